@@ -1,0 +1,1 @@
+"""A small typed actor runtime on plain threads."""
