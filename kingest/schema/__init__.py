@@ -1,0 +1,21 @@
+"""The event schema: generated Protobuf classes, decoding and semantic validation.
+
+``kingest.schema.v1.events_pb2`` is generated from ``proto/kingest/schema/v1/events.proto``
+(``python -m kingest.schema.codegen`` regenerates it); the names below are what the rest
+of kingest uses.
+"""
+
+from kingest.schema.codec import DecodeError, decode_event, encode_event, split_wire_format
+from kingest.schema.v1.events_pb2 import Event
+from kingest.schema.validate import ValidationError, event_type, validate_event
+
+__all__ = [
+    "DecodeError",
+    "Event",
+    "ValidationError",
+    "decode_event",
+    "encode_event",
+    "event_type",
+    "split_wire_format",
+    "validate_event",
+]

@@ -1,0 +1,373 @@
+"""Semantic validation rules: each rule accepts its boundary and rejects just past it."""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Callable
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kingest.schema.codec import decode_event, encode_event
+from kingest.schema.v1.events_pb2 import (
+    DataDriftDetected,
+    EvaluationCompleted,
+    Event,
+    InferenceCompleted,
+    InferenceStatus,
+    MetricLogged,
+    ModelDeployed,
+    ModelVersionRegistered,
+    RunStatus,
+    TrainingRunFinished,
+    TrainingRunStarted,
+)
+from kingest.schema.validate import ValidationError, event_type, validate_event
+from kingest.synth import SyntheticStream
+
+NOW = 1_760_000_000.0
+DAY = 86_400
+
+
+def _envelope(**payload: object) -> Event:
+    event = Event(
+        event_id="0b1c7a5e-8a4c-4e6b-9f0e-2f1f4a5b6c7d",
+        correlation_id="flow-1",
+        source="test",
+        **payload,  # type: ignore[arg-type]
+    )
+    event.occurred_at.seconds = int(NOW) - 60
+    return event
+
+
+VALID_EVENTS: dict[str, Callable[[], Event]] = {
+    "training_run_started": lambda: _envelope(
+        training_run_started=TrainingRunStarted(run_id="run-1", hyperparameters={"lr": "3e-4"})
+    ),
+    "training_run_finished": lambda: _envelope(
+        training_run_finished=TrainingRunFinished(
+            run_id="run-1",
+            status=RunStatus.RUN_STATUS_SUCCEEDED,
+            duration_seconds=10.0,
+            summary_metrics={"loss": 0.1},
+        )
+    ),
+    "metric_logged": lambda: _envelope(
+        metric_logged=MetricLogged(run_id="run-1", key="loss", value=0.5, step=0)
+    ),
+    "model_version_registered": lambda: _envelope(
+        model_version_registered=ModelVersionRegistered(
+            model_name="m", version="1", size_bytes=0, tags={"a": "b"}
+        )
+    ),
+    "model_deployed": lambda: _envelope(
+        model_deployed=ModelDeployed(
+            model_name="m", version="1", environment="prod", traffic_percent=100.0
+        )
+    ),
+    "inference_completed": lambda: _envelope(
+        inference_completed=InferenceCompleted(
+            model_name="m", latency_ms=0.0, status=InferenceStatus.INFERENCE_STATUS_OK
+        )
+    ),
+    "evaluation_completed": lambda: _envelope(
+        evaluation_completed=EvaluationCompleted(model_name="m", metrics={"f1": 0.9})
+    ),
+    "data_drift_detected": lambda: _envelope(
+        data_drift_detected=DataDriftDetected(model_name="m", score=0.3, threshold=0.2)
+    ),
+}
+
+
+def _rejection(event: Event, now: float = NOW) -> tuple[str, str | None]:
+    with pytest.raises(ValidationError) as caught:
+        validate_event(event, now=now)
+    return caught.value.error_class, caught.value.field
+
+
+def test_every_payload_type_has_a_valid_example() -> None:
+    payload_names = {f.name for f in Event.DESCRIPTOR.oneofs_by_name["payload"].fields}
+    assert set(VALID_EVENTS) == payload_names
+
+
+@pytest.mark.parametrize("kind", sorted(VALID_EVENTS))
+def test_minimal_valid_event_passes(kind: str) -> None:
+    event = VALID_EVENTS[kind]()
+    validate_event(event, now=NOW)
+    assert event_type(event) == kind
+
+
+def test_synthetic_stream_is_valid() -> None:
+    stream = SyntheticStream(seed=11, base_time=NOW)
+    for record in stream.take(5000):
+        validate_event(decode_event(record.value), now=NOW)
+
+
+def test_missing_payload() -> None:
+    event = _envelope()
+    assert _rejection(event) == ("missing_payload", "payload")
+    with pytest.raises(ValidationError) as caught:
+        event_type(event)
+    assert caught.value.error_class == "missing_payload"
+
+
+@pytest.mark.parametrize(
+    "event_id",
+    [
+        "",
+        "0b1c7a5e-8a4c-4e6b-9f0e-2f1f4a5b6c7d",
+        "0B1C7A5E-8A4C-4E6B-9F0E-2F1F4A5B6C7D",
+        "0b1c7a5e8a4c4e6b9f0e2f1f4a5b6c7d",
+        "00000000-0000-0000-0000-000000000000",
+    ],
+)
+def test_accepted_event_ids(event_id: str) -> None:
+    event = VALID_EVENTS["metric_logged"]()
+    event.event_id = event_id
+    validate_event(event, now=NOW)
+
+
+@pytest.mark.parametrize(
+    "event_id",
+    [
+        "{0b1c7a5e-8a4c-4e6b-9f0e-2f1f4a5b6c7d}",
+        "urn:uuid:0b1c7a5e-8a4c-4e6b-9f0e-2f1f4a5b6c7d",
+        "0b1c7a5e-8a4c-4e6b-9f0e-2f1f4a5b6c7",
+        "0b1c7a5e-8a4c-4e6b-9f0e-2f1f4a5b6c7d0",
+        "0b1c7a5e8a4c4e6b9f0e2f1f4a5b6c7g",
+        "0b1c7a5e-8a4c4e6b-9f0e-2f1f4a5b6c7d",
+        "order-1234",
+    ],
+)
+def test_rejected_event_ids(event_id: str) -> None:
+    event = VALID_EVENTS["metric_logged"]()
+    event.event_id = event_id
+    assert _rejection(event) == ("invalid_uuid", "event_id")
+
+
+def test_occurred_at_must_be_set() -> None:
+    event = VALID_EVENTS["metric_logged"]()
+    event.ClearField("occurred_at")
+    assert _rejection(event) == ("missing_field", "occurred_at")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "nanos", "valid"),
+    [
+        (946_684_800, 0, True),
+        (946_684_799, 999_999_999, False),
+        (int(NOW) + DAY, 0, True),
+        (int(NOW) + DAY + 1, 0, False),
+        (int(NOW), 999_999_999, True),
+        (int(NOW), -1, False),
+        (int(NOW), 1_000_000_000, False),
+    ],
+)
+def test_occurred_at_bounds(seconds: int, nanos: int, valid: bool) -> None:
+    event = VALID_EVENTS["metric_logged"]()
+    event.occurred_at.seconds = seconds
+    event.occurred_at.nanos = nanos
+    if valid:
+        validate_event(event, now=NOW)
+    else:
+        assert _rejection(event) == ("timestamp_out_of_range", "occurred_at")
+
+
+def test_now_defaults_to_the_current_time() -> None:
+    event = VALID_EVENTS["metric_logged"]()
+    event.occurred_at.GetCurrentTime()
+    validate_event(event)
+    event.occurred_at.seconds += 2 * DAY
+    with pytest.raises(ValidationError):
+        validate_event(event)
+
+
+def _set(path: str, value: object) -> Callable[[Event], None]:
+    """A mutation setting the field at dotted ``path`` (from the envelope) to ``value``."""
+
+    def mutate(event: Event) -> None:
+        *parents, name = path.split(".")
+        target = event
+        for parent in parents:
+            target = getattr(target, parent)
+        setattr(target, name, value)
+
+    return mutate
+
+
+def _put(path: str, key: str, value: object) -> Callable[[Event], None]:
+    """A mutation adding ``key: value`` to the map at ``payload.field`` ``path``."""
+
+    def mutate(event: Event) -> None:
+        kind, name = path.split(".")
+        getattr(getattr(event, kind), name)[key] = value
+
+    return mutate
+
+
+LONG = "x" * 1025
+TEXT_REJECTIONS = [
+    # (payload example, mutation, field reported)
+    ("metric_logged", _set("source", LONG), "source"),
+    ("metric_logged", _set("correlation_id", LONG), "correlation_id"),
+    ("metric_logged", _set("metric_logged.key", LONG), "metric_logged.key"),
+    (
+        "training_run_finished",
+        _set("training_run_finished.error_message", "e" * 8193),
+        "training_run_finished.error_message",
+    ),
+    (
+        "model_version_registered",
+        _set("model_version_registered.artifact_uri", "s" * 8193),
+        "model_version_registered.artifact_uri",
+    ),
+    (
+        "training_run_started",
+        _put("training_run_started.hyperparameters", LONG, "v"),
+        "training_run_started.hyperparameters key",
+    ),
+    (
+        "model_version_registered",
+        _put("model_version_registered.tags", "k", LONG),
+        "model_version_registered.tags[k]",
+    ),
+]
+
+
+@pytest.mark.parametrize(("kind", "mutate", "field"), TEXT_REJECTIONS)
+def test_text_over_its_limit_is_too_long(
+    kind: str, mutate: Callable[[Event], None], field: str
+) -> None:
+    event = VALID_EVENTS[kind]()
+    mutate(event)
+    assert _rejection(event) == ("too_long", field)
+    # The same verdict when the caller supplies the decoded value's length.
+    value = encode_event(event, schema_id=1)
+    with pytest.raises(ValidationError) as caught:
+        validate_event(decode_event(value), now=NOW, encoded_size=len(value))
+    assert (caught.value.error_class, caught.value.field) == ("too_long", field)
+
+
+_CHARS = st.characters(codec="utf-8")
+# Short strings, and strings around the 1024-character limit (most of them multi-byte).
+TEXT = st.text(_CHARS, max_size=20) | st.text(_CHARS, min_size=1000, max_size=1050)
+
+
+@settings(max_examples=300, deadline=None)
+@given(source=TEXT, key=TEXT, run_id=TEXT, hyperparameter=TEXT)
+def test_encoded_size_shortcut_agrees_with_the_full_check(
+    source: str, key: str, run_id: str, hyperparameter: str
+) -> None:
+    event = VALID_EVENTS["training_run_started"]()
+    event.source = source
+    event.training_run_started.run_id = run_id or "run-1"
+    event.training_run_started.hyperparameters[key] = hyperparameter
+    value = encode_event(event)
+
+    def verdict(encoded_size: int | None) -> str | None:
+        try:
+            validate_event(decode_event(value), now=NOW, encoded_size=encoded_size)
+        except ValidationError as exc:
+            return exc.error_class
+        return None
+
+    expected = None
+    if max(len(source), len(key), len(run_id), len(hyperparameter)) > 1024:
+        expected = "too_long"
+    assert verdict(None) == verdict(len(value)) == expected
+
+
+PAYLOAD_REJECTIONS = [
+    # (payload, field, value, error class)
+    ("training_run_started", "run_id", "", "missing_field"),
+    ("training_run_finished", "run_id", "", "missing_field"),
+    ("metric_logged", "run_id", "", "missing_field"),
+    ("metric_logged", "key", "", "missing_field"),
+    ("model_version_registered", "model_name", "", "missing_field"),
+    ("model_version_registered", "version", "", "missing_field"),
+    ("model_deployed", "model_name", "", "missing_field"),
+    ("model_deployed", "version", "", "missing_field"),
+    ("model_deployed", "environment", "", "missing_field"),
+    ("inference_completed", "model_name", "", "missing_field"),
+    ("evaluation_completed", "model_name", "", "missing_field"),
+    ("data_drift_detected", "model_name", "", "missing_field"),
+    ("training_run_finished", "status", 0, "missing_field"),
+    ("training_run_finished", "status", 9, "unknown_enum"),
+    ("inference_completed", "status", 0, "missing_field"),
+    ("inference_completed", "status", 4, "unknown_enum"),
+    ("data_drift_detected", "severity", 4, "unknown_enum"),
+    ("metric_logged", "value", math.nan, "not_finite"),
+    ("metric_logged", "value", math.inf, "not_finite"),
+    ("inference_completed", "latency_ms", math.nan, "not_finite"),
+    ("inference_completed", "latency_ms", math.inf, "not_finite"),
+    ("model_deployed", "traffic_percent", math.nan, "not_finite"),
+    ("training_run_finished", "duration_seconds", math.inf, "not_finite"),
+    ("training_run_finished", "duration_seconds", math.nan, "not_finite"),
+    ("data_drift_detected", "score", -math.inf, "not_finite"),
+    ("data_drift_detected", "threshold", math.nan, "not_finite"),
+    ("metric_logged", "step", -1, "out_of_range"),
+    ("model_version_registered", "size_bytes", -1, "out_of_range"),
+    ("training_run_finished", "duration_seconds", -0.5, "out_of_range"),
+    ("model_deployed", "traffic_percent", -0.1, "out_of_range"),
+    ("model_deployed", "traffic_percent", 100.01, "out_of_range"),
+    ("inference_completed", "latency_ms", -0.001, "out_of_range"),
+    ("inference_completed", "latency_ms", 86_400_000.0, "out_of_range"),
+]
+
+
+@pytest.mark.parametrize(("kind", "name", "value", "error_class"), PAYLOAD_REJECTIONS)
+def test_payload_rule_violations_are_classified(
+    kind: str, name: str, value: object, error_class: str
+) -> None:
+    event = VALID_EVENTS[kind]()
+    setattr(getattr(event, kind), name, value)
+    assert _rejection(event) == (error_class, f"{kind}.{name}")
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "key"),
+    [
+        ("training_run_finished", "summary_metrics", "loss"),
+        ("evaluation_completed", "metrics", "f1"),
+    ],
+)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_map_values_must_be_finite(kind: str, name: str, key: str, value: float) -> None:
+    event = VALID_EVENTS[kind]()
+    getattr(getattr(event, kind), name)[key] = value
+    assert _rejection(event) == ("not_finite", f"{kind}.{name}[{key}]")
+
+
+ACCEPTED_BOUNDARIES = [
+    ("metric_logged", _set("source", "x" * 1024)),
+    ("metric_logged", _set("source", "é" * 1024)),  # 2048 bytes, 1024 characters
+    ("training_run_finished", _set("training_run_finished.error_message", "e" * 8192)),
+    ("model_deployed", _set("model_deployed.endpoint", "h" * 8192)),
+    ("training_run_started", _put("training_run_started.hyperparameters", "k" * 1024, "v" * 1024)),
+    ("model_deployed", _set("model_deployed.traffic_percent", 0.0)),
+    ("model_deployed", _set("model_deployed.traffic_percent", 100.0)),
+    ("inference_completed", _set("inference_completed.latency_ms", 86_399_999.999)),
+    ("data_drift_detected", _set("data_drift_detected.severity", 0)),
+    ("data_drift_detected", _set("data_drift_detected.severity", 3)),
+    ("metric_logged", _set("metric_logged.value", -1e308)),
+    ("evaluation_completed", _set("evaluation_completed.model_version", "")),
+]
+
+
+@pytest.mark.parametrize(
+    ("kind", "mutate"),
+    ACCEPTED_BOUNDARIES,
+    ids=[f"{r[0]}-{i}" for i, r in enumerate(ACCEPTED_BOUNDARIES)],
+)
+def test_boundary_values_are_accepted(kind: str, mutate: Callable[[Event], None]) -> None:
+    event = VALID_EVENTS[kind]()
+    mutate(event)
+    validate_event(event, now=NOW)
+
+
+def test_validation_error_survives_pickling() -> None:
+    error = ValidationError("too_long", "source", "source has 2000 characters")
+    copy = pickle.loads(pickle.dumps(error))
+    assert (copy.error_class, copy.field, str(copy)) == ("too_long", "source", str(error))
