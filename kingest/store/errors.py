@@ -1,0 +1,101 @@
+"""Which database errors are worth retrying, and which mean a row can never be stored.
+
+The writer's decision rests on this: a **transient** error (the server is restarting,
+the connection dropped, a deadlock or serialization conflict, a lock wait that timed
+out) is retried with backoff and never dead-letters anything, since the same batch will
+succeed later. A **permanent** error (the data itself is unacceptable: a NUL character in
+text, a value out of range, a constraint violation) fails the same way every time, so
+the writer bisects the batch down to the offending row and dead-letters only that row.
+
+Anything not recognised is transient: retrying forever is visible (metrics, logs) and
+loses nothing, while dead-lettering on doubt could discard good events.
+
+A SQL error of class 42 (undefined table or column, syntax, permission) is permanent
+but is not about any row: it means the schema is missing or older than the code.
+:func:`is_schema_error` singles those out so the service can stop with a clear message
+instead of dead-lettering every event.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+import psycopg
+
+__all__ = ["ErrorKind", "classify_db_error", "is_schema_error", "sqlstate_of"]
+
+
+class ErrorKind(enum.Enum):
+    TRANSIENT = "transient"
+    PERMANENT = "permanent"
+
+
+#: SQLSTATE classes (first two characters) whose errors go away on their own.
+_TRANSIENT_CLASSES: Final = frozenset(
+    {
+        "08",  # connection exception
+        "53",  # insufficient resources (disk full, out of memory, too many connections)
+        "57",  # operator intervention (admin shutdown, crash shutdown, query_canceled)
+        "58",  # system error (I/O error)
+    }
+)
+_TRANSIENT_STATES: Final = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "55P03",  # lock_not_available (lock_timeout)
+    }
+)
+#: SQLSTATE classes whose errors are caused by the data or the SQL, never by timing.
+_PERMANENT_CLASSES: Final = frozenset(
+    {
+        "22",  # data exception (bad encoding, value out of range, invalid JSON...)
+        "23",  # integrity constraint violation (NOT NULL, CHECK, unique...)
+        "42",  # syntax error or access rule violation (see is_schema_error)
+        "54",  # program limit exceeded (e.g. a value too large for a btree index row)
+        "3F",  # invalid schema name (see is_schema_error)
+    }
+)
+_SCHEMA_CLASSES: Final = frozenset({"42", "3F"})
+
+
+def sqlstate_of(exc: BaseException) -> str | None:
+    """The SQLSTATE PostgreSQL reported for ``exc`` (or the error it wraps), if any."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, psycopg.Error) and current.sqlstate:
+            return current.sqlstate
+        current = current.__cause__
+    return None
+
+
+def classify_db_error(exc: BaseException) -> ErrorKind:
+    """Transient (retry the batch) or permanent (bisect and dead-letter the bad rows)."""
+    sqlstate = sqlstate_of(exc)
+    if sqlstate is not None:
+        if sqlstate in _TRANSIENT_STATES or sqlstate[:2] in _TRANSIENT_CLASSES:
+            return ErrorKind.TRANSIENT
+        if sqlstate[:2] in _PERMANENT_CLASSES:
+            return ErrorKind.PERMANENT
+        return ErrorKind.TRANSIENT
+    if isinstance(exc, psycopg.DataError | UnicodeEncodeError):
+        # Raised by the client before anything reached the server: psycopg refusing to
+        # send a value (a NUL in text, a number out of range), or text that is not
+        # encodable. The same rows fail the same way every time.
+        return ErrorKind.PERMANENT
+    # Connection lost (OperationalError, InterfaceError without SQLSTATE), pool
+    # timeouts, and anything unknown: retry rather than dead-letter on doubt.
+    return ErrorKind.TRANSIENT
+
+
+def is_schema_error(exc: BaseException) -> bool:
+    """True for a SQL error no row can cause: a missing or stale schema, or a grant.
+
+    The caller should stop (the database needs ``kingest migrate`` or privileges)
+    rather than dead-letter events.
+    """
+    sqlstate = sqlstate_of(exc)
+    return sqlstate is not None and sqlstate[:2] in _SCHEMA_CLASSES

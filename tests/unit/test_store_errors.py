@@ -1,0 +1,102 @@
+"""Classification of database errors into retry (transient) and dead-letter (permanent)."""
+
+from __future__ import annotations
+
+import psycopg
+import psycopg_pool
+import pytest
+from psycopg import errors
+
+from kingest.store.errors import ErrorKind, classify_db_error, is_schema_error, sqlstate_of
+
+TRANSIENT = ErrorKind.TRANSIENT
+PERMANENT = ErrorKind.PERMANENT
+
+
+@pytest.mark.parametrize(
+    ("error", "kind"),
+    [
+        # Timing, resources and outages: the same batch succeeds later.
+        (errors.SerializationFailure(), TRANSIENT),  # 40001
+        (errors.DeadlockDetected(), TRANSIENT),  # 40P01
+        (errors.LockNotAvailable(), TRANSIENT),  # 55P03
+        (errors.QueryCanceled(), TRANSIENT),  # 57014 (statement_timeout)
+        (errors.AdminShutdown(), TRANSIENT),  # 57P01
+        (errors.CannotConnectNow(), TRANSIENT),  # 57P03 (server starting)
+        (errors.ConnectionFailure(), TRANSIENT),  # 08006
+        (errors.TooManyConnections(), TRANSIENT),  # 53300
+        (errors.DiskFull(), TRANSIENT),  # 53100
+        (errors.IoError(), TRANSIENT),  # 58030
+        (psycopg.OperationalError("server closed the connection unexpectedly"), TRANSIENT),
+        (psycopg.InterfaceError("the connection is closed"), TRANSIENT),
+        (psycopg_pool.PoolTimeout("couldn't get a connection after 30 sec"), TRANSIENT),
+        # Unknown: never dead-letter on doubt.
+        (errors.RaiseException(), TRANSIENT),  # P0001
+        (errors.InternalError_(), TRANSIENT),  # XX000
+        (ValueError("something else"), TRANSIENT),
+        # The data itself: fails the same way every time.
+        (errors.CharacterNotInRepertoire(), PERMANENT),  # 22021 (NUL in text)
+        (errors.NumericValueOutOfRange(), PERMANENT),  # 22003
+        (errors.InvalidTextRepresentation(), PERMANENT),  # 22P02
+        (errors.UntranslatableCharacter(), PERMANENT),  # 22P05 (\u0000 in jsonb)
+        (errors.NotNullViolation(), PERMANENT),  # 23502
+        (errors.CheckViolation(), PERMANENT),  # 23514
+        (errors.UniqueViolation(), PERMANENT),  # 23505
+        (errors.ProgramLimitExceeded(), PERMANENT),  # 54000 (index row too large)
+        (psycopg.DataError("PostgreSQL text fields cannot contain NUL (0x00) bytes"), PERMANENT),
+        (UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), PERMANENT),
+        # Schema or privileges: permanent, and flagged by is_schema_error.
+        (errors.UndefinedTable(), PERMANENT),  # 42P01
+        (errors.UndefinedColumn(), PERMANENT),  # 42703
+        (errors.InsufficientPrivilege(), PERMANENT),  # 42501
+        (errors.InvalidSchemaName(), PERMANENT),  # 3F000
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+)
+def test_classification(error: BaseException, kind: ErrorKind) -> None:
+    assert classify_db_error(error) is kind
+
+
+@pytest.mark.parametrize(
+    ("error", "schema"),
+    [
+        (errors.UndefinedTable(), True),
+        (errors.UndefinedColumn(), True),
+        (errors.SyntaxError(), True),
+        (errors.InsufficientPrivilege(), True),
+        (errors.InvalidSchemaName(), True),
+        (errors.CharacterNotInRepertoire(), False),
+        (errors.UniqueViolation(), False),
+        (errors.DeadlockDetected(), False),
+        (psycopg.OperationalError("gone"), False),
+        (ValueError("x"), False),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+)
+def test_is_schema_error(error: BaseException, schema: bool) -> None:
+    assert is_schema_error(error) is schema
+
+
+def test_sqlstate_of_reads_the_error_and_what_it_wraps() -> None:
+    assert sqlstate_of(errors.DeadlockDetected()) == "40P01"
+    assert sqlstate_of(psycopg.OperationalError("no state")) is None
+    assert sqlstate_of(ValueError("not a database error")) is None
+
+    try:
+        try:
+            raise errors.CheckViolation()
+        except errors.CheckViolation as inner:
+            raise RuntimeError("writer gave up") from inner
+    except RuntimeError as outer:
+        wrapped = outer
+    assert sqlstate_of(wrapped) == "23514"
+    assert classify_db_error(wrapped) is PERMANENT
+
+
+def test_sqlstate_of_survives_a_cause_cycle() -> None:
+    first = RuntimeError("a")
+    second = RuntimeError("b")
+    first.__cause__ = second
+    second.__cause__ = first
+    assert sqlstate_of(first) is None
+    assert classify_db_error(first) is TRANSIENT
