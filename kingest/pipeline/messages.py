@@ -1,0 +1,75 @@
+"""Messages exchanged by the pipeline's actors.
+
+Actors exchange batches, never single Kafka messages: per-message Python overhead is the
+throughput limit, so each hop carries hundreds to thousands of events.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from kingest.store.rows import RowBatch
+
+#: A Kafka topic-partition, as a plain tuple: cheap to hash and compare on the hot path.
+TopicPartitionKey = tuple[str, int]
+
+
+@attrs.frozen(slots=True)
+class WriteBatch:
+    """Rows built from one partition's offsets ``first_offset..last_offset``."""
+
+    tp: TopicPartitionKey
+    generation: int
+    first_offset: int
+    last_offset: int
+    message_count: int
+    rows: RowBatch
+    #: time.monotonic() when the partition actor opened the batch (queue-latency figures).
+    opened_at: float
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows.nbytes
+
+
+@attrs.frozen(slots=True)
+class Assigned:
+    """The consumer now owns these partitions under ``generation``."""
+
+    tps: tuple[TopicPartitionKey, ...]
+    generation: int
+
+
+@attrs.frozen(slots=True)
+class Released:
+    """The consumer gave these partitions up; their trackers are dropped."""
+
+    tps: tuple[TopicPartitionKey, ...]
+    generation: int
+
+
+@attrs.frozen(slots=True)
+class Register:
+    """A partition actor handed ``first..last`` to the writers (sent before the batch)."""
+
+    tp: TopicPartitionKey
+    generation: int
+    first: int
+    last: int
+
+
+@attrs.frozen(slots=True)
+class Ack:
+    """A writer committed the batch starting at ``first`` in PostgreSQL."""
+
+    tp: TopicPartitionKey
+    generation: int
+    first: int
+
+
+@attrs.frozen(slots=True)
+class Barrier:
+    """Answered once every message told to the committer before it has been applied."""
+
+
+CommitterMessage = Assigned | Released | Register | Ack | Barrier

@@ -1,0 +1,192 @@
+"""DB-writer actors: a pool of them shares one bounded queue of write batches.
+
+Each writer takes a batch from the shared queue, tops it up with whatever other batches
+are already waiting (up to ``batch_size`` messages, without waiting for more), writes all
+of them in ONE transaction through :func:`kingest.store.write.write_batch`, and then
+acknowledges each constituent batch to the offset committer.
+
+Failures are handled by class (see :mod:`kingest.store.errors`):
+
+* transient (connection lost, PostgreSQL restarting, deadlock, serialization failure,
+  pool timeout): retried with capped exponential backoff and full jitter, forever, until
+  it succeeds or the service abandons in-flight work at the drain deadline. Nothing is
+  dead-lettered because of an outage;
+* schema errors (SQLSTATE class 42: a missing table or column means the database was not
+  migrated): raised, so the supervisor stops the service with a clear message;
+* other permanent errors (data exceptions, integrity violations): the batch is bisected
+  until the offending events are isolated; they are stored as dead letters with the
+  SQLSTATE, and every other row of the batch is written.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import random
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from psycopg_pool import ConnectionPool
+
+from actors import Actor, Supervisor
+from kingest.pipeline.messages import Ack, WriteBatch
+from kingest.pipeline.stats import PipelineStats
+from kingest.store.errors import ErrorKind, classify_db_error, is_schema_error, sqlstate_of
+from kingest.store.rows import RowBatch
+from kingest.store.write import WriteResult, write_batch
+
+__all__ = ["AbandonedError", "Backoff", "SchemaNotReadyError", "WriterActor"]
+
+log = logging.getLogger(__name__)
+
+
+class AbandonedError(Exception):
+    """In-flight work was given up at the drain deadline; it will be redelivered."""
+
+
+class SchemaNotReadyError(RuntimeError):
+    """PostgreSQL rejected a statement as invalid SQL: the schema is missing or stale."""
+
+
+class Backoff:
+    """Capped exponential backoff with full jitter (AWS architecture blog's variant)."""
+
+    def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
+        self._initial = initial_s
+        self._max = max_s
+        self._rng = rng or random.Random()
+        self.attempts = 0
+
+    def next_delay(self) -> float:
+        ceiling = min(self._max, self._initial * (2**self.attempts))
+        self.attempts += 1
+        return self._rng.uniform(ceiling / 2, ceiling)
+
+    def reset(self) -> None:
+        self.attempts = 0
+
+
+class WriterActor(Actor[WriteBatch]):
+    """One member of the writer pool; see the module docstring."""
+
+    def __init__(
+        self,
+        index: int,
+        *,
+        pool: ConnectionPool[Any],
+        ack: Callable[[Ack], None],
+        stats: PipelineStats,
+        batch_size: int,
+        retry_initial_s: float,
+        retry_max_s: float,
+        abandon: threading.Event,
+        consumer_group: str | None = None,
+        supervisor: Supervisor | None = None,
+    ) -> None:
+        super().__init__(f"writer-{index}", supervisor=supervisor)
+        self._pool = pool
+        self._ack = ack
+        self._stats = stats
+        self._batch_size = batch_size
+        self._backoff = Backoff(retry_initial_s, retry_max_s)
+        self._abandon = abandon
+        self._consumer_group = consumer_group
+
+    def receive(self, message: WriteBatch) -> Any:
+        batches = [message, *self._take_waiting(self._batch_size - message.message_count)]
+        if len(batches) == 1:
+            rows = message.rows
+        else:
+            rows = RowBatch()
+            for batch in batches:
+                rows.extend(batch.rows)
+        try:
+            self._write_isolating_failures(rows)
+        except AbandonedError:
+            self._stats.add(batches_abandoned=len(batches))
+            return None
+        for batch in batches:
+            self._ack(Ack(batch.tp, batch.generation, batch.first_offset))
+        self._stats.add(
+            batches_written=len(batches),
+            messages_written=sum(b.message_count for b in batches),
+            transactions=1,
+        )
+        return None
+
+    def _take_waiting(self, room: int) -> list[WriteBatch]:
+        """Batches already queued behind this one, while they fit in ``room`` messages."""
+        taken: list[WriteBatch] = []
+        mailbox = self.mailbox
+        while room > 0:
+            try:
+                envelope = mailbox.get_nowait()
+            except (queue.Empty, Exception):
+                break
+            taken.append(envelope.message)
+            room -= envelope.message.message_count
+        return taken
+
+    # ------------------------------------------------------------------ failure handling
+
+    def _write_isolating_failures(self, rows: RowBatch) -> None:
+        """Write ``rows``; bisect on permanent errors so only offending events dead-letter."""
+        error = self._write_retrying(rows)
+        if error is None:
+            return
+        if rows.event_count <= 1:
+            rejected = rows.as_rejected(
+                error_class=type(error).__name__,
+                error_message=str(error).strip().splitlines()[0] if str(error) else "",
+                sqlstate=sqlstate_of(error),
+            )
+            self._stats.add(write_rejections=rows.event_count)
+            log.warning(
+                "event rejected by PostgreSQL; dead-lettering it",
+                extra={"sqlstate": sqlstate_of(error), "error": str(error).strip()},
+            )
+            failure = self._write_retrying(rejected)
+            if failure is not None:
+                raise failure
+            return
+        first_half, second_half = rows.halves()
+        self._write_isolating_failures(first_half)
+        self._write_isolating_failures(second_half)
+
+    def _write_retrying(self, rows: RowBatch) -> Exception | None:
+        """Write in one transaction, retrying transient errors; return a permanent error."""
+        self._backoff.reset()
+        while True:
+            if self._abandon.is_set():
+                raise AbandonedError
+            try:
+                with self._pool.connection() as conn:
+                    result: WriteResult = write_batch(
+                        conn, rows, consumer_group=self._consumer_group
+                    )
+            except Exception as error:
+                if is_schema_error(error):
+                    raise SchemaNotReadyError(
+                        f"PostgreSQL rejected kingest's SQL ({sqlstate_of(error)}: "
+                        f"{str(error).strip()}); is the schema migrated? run `kingest migrate`"
+                    ) from error
+                if classify_db_error(error) is ErrorKind.PERMANENT:
+                    return error
+                delay = self._backoff.next_delay()
+                self._stats.add(retries=1)
+                log.warning(
+                    "transient database error, retrying in %.2fs (attempt %d): %s",
+                    delay,
+                    self._backoff.attempts,
+                    str(error).strip() or type(error).__name__,
+                )
+                if self._abandon.wait(delay):
+                    raise AbandonedError from error
+                continue
+            self._stats.add(
+                rows_inserted=sum(result.inserted.values()),
+                duplicates=result.duplicates,
+                dead_lettered=result.dead_lettered,
+            )
+            return None
