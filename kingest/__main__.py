@@ -1,0 +1,5 @@
+"""``python -m kingest`` runs the command line."""
+
+from kingest.cli import main
+
+main()

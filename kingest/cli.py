@@ -1,0 +1,193 @@
+"""The ``kingest`` command line."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from kingest import __version__
+from kingest.config import (
+    ConfigError,
+    Settings,
+    effective_settings,
+    load_settings,
+    redact_conninfo,
+    reference_markdown,
+)
+from kingest.logs import configure_logging
+
+__all__ = ["app", "main"]
+
+EXIT_BAD_CONFIG = 2
+
+app = typer.Typer(
+    name="kingest",
+    help="Kafka -> PostgreSQL ingest of AI/ML pipeline events, exactly once.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+err = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"kingest {__version__}")
+        raise typer.Exit
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """Configuration comes from KINGEST_* environment variables: see `kingest config`."""
+
+
+def _settings_or_exit() -> Settings:
+    try:
+        return load_settings(os.environ)
+    except ConfigError as error:
+        err.print(f"[bold red]kingest: invalid configuration[/] ({len(error.problems)} problems):")
+        for problem in error.problems:
+            err.print(f"  - {problem}", markup=False, highlight=False)
+        raise typer.Exit(EXIT_BAD_CONFIG) from None
+
+
+@app.command()
+def start() -> None:
+    """Consume the configured topics into PostgreSQL until SIGTERM/SIGINT, then drain."""
+    settings = _settings_or_exit()
+    configure_logging(settings.log_level, settings.log_format)
+    from kingest.service import run_service
+
+    raise typer.Exit(run_service(settings))
+
+
+@app.command()
+def config(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    reference: Annotated[
+        bool, typer.Option("--reference", help="Print every variable with its meaning (Markdown).")
+    ] = False,
+) -> None:
+    """Validate the environment and print the effective configuration, secrets redacted."""
+    if reference:
+        typer.echo(reference_markdown(), nl=False)
+        return
+    settings = _settings_or_exit()
+    values = effective_settings(settings)
+    if as_json:
+        typer.echo(json.dumps(values, indent=2))
+        return
+    table = Table("variable", "value", title="kingest effective configuration")
+    for name, value in values.items():
+        table.add_row(name, str(value))
+    Console().print(table)
+
+
+@app.command()
+def migrate(
+    database_url: Annotated[
+        str,
+        typer.Option(envvar="KINGEST_DATABASE_URL", help="PostgreSQL URL.", show_default=False),
+    ],
+) -> None:
+    """Apply the SQL migrations (idempotent; concurrent runs wait on an advisory lock)."""
+    import psycopg
+
+    from kingest.store.migrate import MigrationError, apply_migrations
+
+    configure_logging("INFO", "console")
+    try:
+        applied = apply_migrations(database_url)
+    except (psycopg.Error, MigrationError) as error:
+        err.print(f"[bold red]kingest migrate failed[/] on {redact_conninfo(database_url)}:")
+        err.print(f"  {str(error).strip()}", markup=False, highlight=False)
+        raise typer.Exit(1) from None
+    if applied:
+        typer.echo(f"applied {len(applied)} migrations: {', '.join(applied)}")
+    else:
+        typer.echo("database is up to date")
+
+
+@app.command()
+def produce(
+    count: Annotated[int, typer.Option(min=1, help="Events to produce.")] = 10_000,
+    topic: Annotated[str, typer.Option(help="Topic to produce to.")] = "ml-events",
+    bootstrap_servers: Annotated[
+        str, typer.Option(envvar="KINGEST_KAFKA_BOOTSTRAP_SERVERS", help="Kafka brokers.")
+    ] = "127.0.0.1:9092",
+    rate: Annotated[
+        float | None,
+        typer.Option(min=0.001, help="Events per second (default: as fast as possible)."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the synthetic stream.")] = 0,
+    partitions: Annotated[
+        int, typer.Option(min=1, help="Partitions when the topic has to be created.")
+    ] = 8,
+    wire_format_share: Annotated[
+        float,
+        typer.Option(min=0.0, max=1.0, help="Share of values in Schema Registry wire format."),
+    ] = 0.1,
+) -> None:
+    """Produce a realistic synthetic stream of AI/ML pipeline events (all event kinds)."""
+    from kingest.devstack import create_topic
+    from kingest.producer import produce_records
+    from kingest.progress import produce_with_progress
+    from kingest.synth import SyntheticStream
+
+    create_topic(bootstrap_servers, topic, partitions)
+    stream = SyntheticStream(seed=seed, wire_format_share=wire_format_share)
+    report = produce_with_progress(
+        lambda progress: produce_records(
+            bootstrap_servers, topic, stream, count=count, rate=rate, progress=progress
+        ),
+        total=count,
+        description=f"producing to {topic}",
+    )
+    typer.echo(
+        f"delivered {report.delivered} of {report.requested} events to {topic} "
+        f"in {report.elapsed_s:.1f}s ({report.delivered / max(report.elapsed_s, 1e-9):,.0f}/s)"
+    )
+    if report.failed:
+        err.print(f"[red]{report.failed} events failed:[/] {'; '.join(report.errors[:3])}")
+        raise typer.Exit(1)
+
+
+@app.command()
+def demo(
+    count: Annotated[int, typer.Option(min=1, help="Events in the demo stream.")] = 200_000,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions of the demo topic.")] = 8,
+    rate: Annotated[
+        float | None,
+        typer.Option(min=1, help="Produce at this rate (default: as fast as possible)."),
+    ] = None,
+    exit_when_done: Annotated[
+        bool, typer.Option("--exit-when-done", help="Stop once everything is ingested.")
+    ] = False,
+) -> None:
+    """Run the real pipeline on embedded local services (a Kafka-protocol broker and
+    PostgreSQL, both from PyPI): migrate, produce a demo stream, ingest it, show progress.
+    Ctrl-C stops everything cleanly."""
+    from kingest.demo import run_demo
+
+    raise typer.Exit(
+        run_demo(count=count, partitions=partitions, rate=rate, exit_when_done=exit_when_done)
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

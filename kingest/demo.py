@@ -1,0 +1,217 @@
+"""``kingest demo``: the real pipeline on embedded local services, end to end.
+
+Starts a Tansu broker and an embedded PostgreSQL (both shipped as PyPI wheels), applies
+the migrations, starts ``kingest start`` as a child process configured only through
+``KINGEST_*`` variables (exactly as in production), produces a synthetic stream and shows
+two live bars: events produced, and events ingested (offsets committed by kingest, which
+only happens once the rows are durable in PostgreSQL). Ctrl-C stops everything cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psycopg
+from confluent_kafka import Consumer, KafkaException, TopicPartition
+from psycopg import sql
+from rich.console import Console
+from rich.table import Table
+
+from kingest.devstack import FAST_GROUP_SETTINGS, LocalKafka, LocalPostgres, create_topic
+from kingest.producer import ProduceReport, produce_records
+from kingest.progress import new_progress
+from kingest.store.migrate import apply_migrations
+from kingest.synth import SyntheticStream
+
+__all__ = ["committed_total", "run_demo"]
+
+TOPIC = "ml-events"
+GROUP = "kingest-demo"
+
+
+def committed_total(bootstrap_servers: str, group: str, topic: str, partitions: int) -> int:
+    """Sum of the group's committed offsets over the topic's partitions (0 when none)."""
+    consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group})
+    try:
+        committed = consumer.committed(
+            [TopicPartition(topic, p) for p in range(partitions)], timeout=10
+        )
+    except KafkaException:
+        return 0
+    finally:
+        consumer.close()
+    return sum(max(tp.offset, 0) for tp in committed)
+
+
+def _service_env(kafka: LocalKafka, postgres: LocalPostgres) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KINGEST_")}
+    env.update(
+        {
+            "KINGEST_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
+            "KINGEST_TOPICS": TOPIC,
+            "KINGEST_GROUP_ID": GROUP,
+            "KINGEST_DATABASE_URL": postgres.url,
+            "KINGEST_ENV": "dev",
+            "KINGEST_KAFKA_SESSION_TIMEOUT_MS": FAST_GROUP_SETTINGS["session.timeout.ms"],
+            "KINGEST_KAFKA_HEARTBEAT_INTERVAL_MS": FAST_GROUP_SETTINGS["heartbeat.interval.ms"],
+            "KINGEST_KAFKA_MAX_POLL_INTERVAL_MS": "60000",
+        }
+    )
+    return env
+
+
+def _table_counts(url: str) -> list[tuple[str, int]]:
+    with psycopg.connect(url) as conn:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT table_name FROM information_schema.tables "
+                "WHERE table_schema = 'kingest' AND table_type = 'BASE TABLE' "
+                "AND table_name NOT LIKE '%%migrations%%' ORDER BY table_name"
+            )
+        ]
+        counts = []
+        for table in tables:
+            query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier("kingest", table))
+            row = conn.execute(query).fetchone()
+            counts.append((table, int(row[0]) if row else 0))
+        return counts
+
+
+def run_demo(
+    *,
+    count: int,
+    partitions: int,
+    rate: float | None,
+    exit_when_done: bool,
+    console: Console | None = None,
+) -> int:
+    """Run the demo; returns the process exit code."""
+    console = console or Console(stderr=True)
+    workdir = Path(tempfile.mkdtemp(prefix="kingest-demo-"))
+    kafka = LocalKafka(log_path=workdir / "broker.log")
+    postgres = LocalPostgres(workdir / "pgdata")
+    child: subprocess.Popen[bytes] | None = None
+    log_path = workdir / "kingest.log"
+    try:
+        with console.status("starting a Kafka-protocol broker (Tansu) and PostgreSQL..."):
+            kafka.start()
+            postgres.start()
+            create_topic(kafka.bootstrap_servers, TOPIC, partitions)
+            applied = apply_migrations(postgres.url)
+        console.print(
+            f"broker    {kafka.bootstrap_servers}  topic {TOPIC} ({partitions} partitions)"
+        )
+        console.print(f"postgres  {postgres.url}  ({len(applied)} migrations applied)")
+        with log_path.open("wb") as log_file:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "kingest", "start"],
+                env=_service_env(kafka, postgres),
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # Ctrl-C reaches the demo, which stops kingest once
+            )
+        console.print(f"kingest   pid {child.pid}, log {log_path}")
+        ingested = _produce_and_follow(
+            kafka, count=count, partitions=partitions, rate=rate, child=child, console=console
+        )
+        if child.poll() is not None:
+            console.print(f"[red]kingest exited with {child.returncode}; its log:[/]")
+            console.print(log_path.read_text(errors="replace")[-4000:], markup=False)
+            return 1
+        _print_summary(console, postgres.url, ingested)
+        if not exit_when_done:
+            console.print(
+                f"\nkingest keeps running. Explore with: [bold]psql '{postgres.url}'[/]"
+                "\nPress Ctrl-C to stop everything."
+            )
+            while child.poll() is None:
+                time.sleep(0.5)
+        return 0
+    except KeyboardInterrupt:
+        console.print("\nstopping...")
+        return 0
+    finally:
+        code = _stop_child(child)
+        if child is not None:
+            console.print(f"kingest stopped (exit code {code})")
+        postgres.cleanup()
+        kafka.stop()
+
+
+def _produce_and_follow(
+    kafka: LocalKafka,
+    *,
+    count: int,
+    partitions: int,
+    rate: float | None,
+    child: subprocess.Popen[bytes],
+    console: Console,
+) -> tuple[int, float]:
+    """Produce in a thread; follow committed offsets until everything is ingested."""
+    report: list[ProduceReport] = []
+    with new_progress(console) as progress:
+        produced_task = progress.add_task("produced", total=count, rate="")
+        ingested_task = progress.add_task("ingested", total=count, rate="")
+
+        def advance(delta: int) -> None:
+            progress.advance(produced_task, delta)
+
+        stream = SyntheticStream(seed=int(time.time()))
+        producer = threading.Thread(
+            target=lambda: report.append(
+                produce_records(
+                    kafka.bootstrap_servers, TOPIC, stream, count=count, rate=rate, progress=advance
+                )
+            ),
+            name="demo-producer",
+            daemon=True,
+        )
+        producer.start()
+        started: float | None = None
+        done = 0
+        while child.poll() is None:
+            done = committed_total(kafka.bootstrap_servers, GROUP, TOPIC, partitions)
+            if done and started is None:
+                started = time.monotonic()
+            progress.update(ingested_task, completed=done)
+            elapsed = time.monotonic() - (started or time.monotonic())
+            if elapsed > 0:
+                progress.update(ingested_task, rate=f"{done / elapsed:,.0f}/s")
+            if done >= count:
+                break
+            time.sleep(0.5)
+        producer.join(timeout=60)
+    return done, time.monotonic() - (started or time.monotonic())
+
+
+def _print_summary(console: Console, url: str, ingested: tuple[int, float]) -> None:
+    done, elapsed = ingested
+    table = Table("table", "rows", title="stored in PostgreSQL (schema kingest)")
+    for name, rows in _table_counts(url):
+        table.add_row(name, f"{rows:,}")
+    console.print(table)
+    if elapsed > 0:
+        console.print(
+            f"{done:,} events ingested in {elapsed:.1f}s ({done / elapsed:,.0f} events/s)"
+        )
+
+
+def _stop_child(child: subprocess.Popen[bytes] | None) -> int | None:
+    if child is None:
+        return None
+    if child.poll() is None:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return child.returncode
