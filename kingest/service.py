@@ -29,9 +29,8 @@ from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from kingest.config import Settings, redact_conninfo
-from kingest.pipeline.kafka import consumer_config
 from kingest.pipeline.pipeline import Pipeline, RunOutcome
-from kingest.store.migrate import pending_migrations
+from kingest.store.migrate import MigrationError, pending_migrations
 
 __all__ = ["EXIT_FORCED", "StartupError", "check_database", "check_kafka", "run_service"]
 
@@ -55,7 +54,7 @@ def check_database(settings: Settings) -> None:
     where = redact_conninfo(url)
     try:
         pending = pending_migrations(url)
-    except psycopg.Error as error:
+    except (psycopg.Error, MigrationError) as error:
         raise StartupError(f"cannot use PostgreSQL at {where}: {_first_line(error)}") from None
     if pending:
         raise StartupError(
@@ -66,13 +65,10 @@ def check_database(settings: Settings) -> None:
 
 def check_kafka(settings: Settings, timeout_s: float = 15.0) -> None:
     """The brokers answer and every configured topic exists."""
-    config = {
-        key: value
-        for key, value in consumer_config(settings).items()
-        if not key.startswith(
-            ("group.", "enable.", "auto.", "partition.", "session.", "heartbeat.")
-        )
-        and key not in ("max.poll.interval.ms", "queued.max.messages.kbytes")
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka.bootstrap_servers,
+        "client.id": settings.kafka.client_id,
+        **settings.kafka.properties,  # security settings (SASL, TLS) apply here too
     }
     try:
         metadata = AdminClient(config).list_topics(timeout=timeout_s)

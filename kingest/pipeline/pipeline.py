@@ -212,6 +212,8 @@ class Pipeline:
             consumed += len(group)
         if consumed:
             self.stats.add(messages_consumed=consumed)
+            if self.stats.first_consumed_at is None:
+                self.stats.first_consumed_at = time.monotonic()
 
     def _on_consume_error(self, error: KafkaError) -> None:
         self.stats.add(consume_errors=1)
@@ -386,11 +388,16 @@ class Pipeline:
         assert self._writers is not None
         self._writers.stop(drain=True, timeout=max(0.0, deadline - time.monotonic()))
         snapshot = self.stats.snapshot()
+        busy = self.stats.busy_seconds()
+        written = snapshot.get("messages_written", 0)
         log.info(
-            "stopped: %d messages consumed, %d written, %d dead-lettered",
+            "stopped: %d messages consumed, %d written, %d dead-lettered; "
+            "%.2fs from first message to last write (%.0f messages/s)",
             snapshot.get("messages_consumed", 0),
-            snapshot.get("messages_written", 0),
+            written,
             snapshot.get("dead_lettered", 0),
+            busy or 0.0,
+            written / busy if busy else 0.0,
         )
         if self._failure is not None:
             return RunOutcome.FAILED

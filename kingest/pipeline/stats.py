@@ -18,6 +18,15 @@ class PipelineStats:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: Counter[str] = Counter()
+        #: time.monotonic() when the first message was consumed, and of the latest write.
+        self.first_consumed_at: float | None = None
+        self.last_written_at: float | None = None
+
+    def busy_seconds(self) -> float | None:
+        """Seconds from the first consumed message to the latest committed write."""
+        if self.first_consumed_at is None or self.last_written_at is None:
+            return None
+        return max(0.0, self.last_written_at - self.first_consumed_at)
 
     def add(self, **deltas: int) -> None:
         with self._lock:

@@ -24,6 +24,7 @@ import logging
 import queue
 import random
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -108,6 +109,7 @@ class WriterActor(Actor[WriteBatch]):
             return None
         for batch in batches:
             self._ack(Ack(batch.tp, batch.generation, batch.first_offset))
+        self._stats.last_written_at = time.monotonic()
         self._stats.add(
             batches_written=len(batches),
             messages_written=sum(b.message_count for b in batches),
@@ -122,7 +124,7 @@ class WriterActor(Actor[WriteBatch]):
         while room > 0:
             try:
                 envelope = mailbox.get_nowait()
-            except (queue.Empty, Exception):
+            except queue.Empty:
                 break
             taken.append(envelope.message)
             room -= envelope.message.message_count

@@ -1,0 +1,92 @@
+"""The `kingest` command line against real services."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import pytest
+from typer.testing import CliRunner
+
+from kingest.cli import app
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def runner() -> CliRunner:
+    return CliRunner()
+
+
+def test_migrate_applies_once_then_reports_up_to_date(runner: CliRunner, database_url: str) -> None:
+    first = runner.invoke(app, ["migrate"], env={"KINGEST_DATABASE_URL": database_url})
+    assert first.exit_code == 0, first.output
+    assert "applied 3 migrations" in first.output
+    second = runner.invoke(app, ["migrate", "--database-url", database_url])
+    assert second.exit_code == 0
+    assert "database is up to date" in second.output
+
+
+def test_migrate_reports_an_unreachable_database_without_a_traceback(runner: CliRunner) -> None:
+    url = "postgresql://kingest:hunter2@127.0.0.1:1/nowhere?connect_timeout=2"
+    result = runner.invoke(app, ["migrate", "--database-url", url])
+    assert result.exit_code == 1
+    assert "kingest migrate failed" in result.output
+    assert "hunter2" not in result.output
+    assert "Traceback" not in result.output
+
+
+def test_config_prints_the_effective_values_as_json_with_secrets_redacted(
+    runner: CliRunner,
+) -> None:
+    env = {
+        "KINGEST_KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
+        "KINGEST_TOPICS": "ml-events",
+        "KINGEST_GROUP_ID": "kingest",
+        "KINGEST_DATABASE_URL": "postgresql://u:topsecret@db/ml",
+        "KINGEST_RDKAFKA_SASL_PASSWORD": "also-secret",
+    }
+    result = runner.invoke(app, ["config", "--json"], env=env)
+    assert result.exit_code == 0, result.output
+    values = json.loads(result.output)
+    assert values["KINGEST_TOPICS"] == "ml-events"
+    assert values["KINGEST_KAFKA_ASSIGNMENT_STRATEGY"] == "roundrobin"
+    assert "topsecret" not in result.output
+    assert "also-secret" not in result.output
+    table = runner.invoke(app, ["config"], env=env)
+    assert table.exit_code == 0
+    assert "KINGEST_GROUP_ID" in table.output
+
+
+def test_config_exits_2_on_bad_configuration(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["config"], env={"KINGEST_WRITERS": "-1"})
+    assert result.exit_code == 2
+    assert "KINGEST_WRITERS: must be between 1 and 256" in result.output
+
+
+def test_version(runner: CliRunner) -> None:
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0
+    assert result.output.startswith("kingest ")
+
+
+def test_produce_writes_the_requested_events(
+    runner: CliRunner, kafka_bootstrap: str, topic_factory: Callable[[int], str]
+) -> None:
+    topic = topic_factory(3)
+    result = runner.invoke(
+        app,
+        ["produce", "--count", "3000", "--topic", topic, "--bootstrap-servers", kafka_bootstrap],
+    )
+    assert result.exit_code == 0, result.output
+    assert "delivered 3000 of 3000 events" in result.output
+
+
+def test_demo_ingests_its_stream_and_stops_cleanly(runner: CliRunner) -> None:
+    result = runner.invoke(
+        app, ["demo", "--count", "4000", "--partitions", "2", "--exit-when-done"]
+    )
+    assert result.exit_code == 0, result.output
+    assert "inferences" in result.output
+    assert "4,000 events ingested" in result.output
+    assert "kingest stopped (exit code 0)" in result.output
