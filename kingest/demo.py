@@ -119,18 +119,20 @@ def run_demo(
                 start_new_session=True,  # Ctrl-C reaches the demo, which stops kingest once
             )
         console.print(f"kingest   pid {child.pid}, log {log_path}")
-        ingested = _produce_and_follow(
+        _produce_and_follow(
             kafka, count=count, partitions=partitions, rate=rate, child=child, console=console
         )
         if child.poll() is not None:
             console.print(f"[red]kingest exited with {child.returncode}; its log:[/]")
             console.print(log_path.read_text(errors="replace")[-4000:], markup=False)
             return 1
-        _print_summary(console, postgres.url, ingested)
+        _print_summary(console, postgres.url)
         if not exit_when_done:
             console.print(
-                f"\nkingest keeps running. Explore with: [bold]psql '{postgres.url}'[/]"
-                "\nPress Ctrl-C to stop everything."
+                "\nkingest keeps running. Explore the tables with:\n"
+                f"  {postgres.psql_path} '{postgres.url}'\nPress Ctrl-C to stop everything.",
+                markup=False,
+                highlight=False,
             )
             while child.poll() is None:
                 time.sleep(0.5)
@@ -154,7 +156,7 @@ def _produce_and_follow(
     rate: float | None,
     child: subprocess.Popen[bytes],
     console: Console,
-) -> tuple[int, float]:
+) -> int:
     """Produce in a thread; follow committed offsets until everything is ingested."""
     report: list[ProduceReport] = []
     with new_progress(console) as progress:
@@ -175,33 +177,42 @@ def _produce_and_follow(
             daemon=True,
         )
         producer.start()
-        started: float | None = None
         done = 0
         while child.poll() is None:
             done = committed_total(kafka.bootstrap_servers, GROUP, TOPIC, partitions)
-            if done and started is None:
-                started = time.monotonic()
             progress.update(ingested_task, completed=done)
-            elapsed = time.monotonic() - (started or time.monotonic())
-            if elapsed > 0:
-                progress.update(ingested_task, rate=f"{done / elapsed:,.0f}/s")
+            speed = progress.tasks[ingested_task].speed
+            if speed:
+                progress.update(ingested_task, rate=f"{speed:,.0f}/s")
             if done >= count:
                 break
             time.sleep(0.5)
         producer.join(timeout=60)
-    return done, time.monotonic() - (started or time.monotonic())
+    return done
 
 
-def _print_summary(console: Console, url: str, ingested: tuple[int, float]) -> None:
-    done, elapsed = ingested
-    table = Table("table", "rows", title="stored in PostgreSQL (schema kingest)")
+def _write_window(url: str) -> tuple[int, float]:
+    """Fact rows, and seconds from the first to the last write transaction's start."""
+    with psycopg.connect(url) as conn:
+        row = conn.execute(
+            "SELECT count(*), "
+            "coalesce(extract(epoch FROM max(ingested_at) - min(ingested_at)), 0) "
+            "FROM (SELECT ingested_at FROM kingest.inferences UNION ALL "
+            "SELECT ingested_at FROM kingest.metrics) AS busiest"
+        ).fetchone()
+    assert row is not None
+    return int(row[0]), float(row[1])
+
+
+def _print_summary(console: Console, url: str) -> None:
+    console.print("\n[bold]stored in PostgreSQL[/] (schema kingest)")
+    table = Table("table", "rows")
     for name, rows in _table_counts(url):
         table.add_row(name, f"{rows:,}")
     console.print(table)
-    if elapsed > 0:
-        console.print(
-            f"{done:,} events ingested in {elapsed:.1f}s ({done / elapsed:,.0f} events/s)"
-        )
+    rows, seconds = _write_window(url)
+    pace = f"over {seconds:.1f}s ({rows / seconds:,.0f} rows/s)" if seconds >= 1 else "in under 1s"
+    console.print(f"inference and metric rows: {rows:,} written {pace}")
 
 
 def _stop_child(child: subprocess.Popen[bytes] | None) -> int | None:

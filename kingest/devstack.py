@@ -888,6 +888,11 @@ class LocalPostgres:
     def _binary(name: str) -> str:
         return str(_postgres_bin_dir() / name)
 
+    @property
+    def psql_path(self) -> str:
+        """The wheel's own ``psql``, for people to explore the data with."""
+        return self._binary("psql")
+
     def _initdb(self, data_dir: Path, run_as: _RunAs) -> None:
         result = subprocess.run(
             [

@@ -88,5 +88,5 @@ def test_demo_ingests_its_stream_and_stops_cleanly(runner: CliRunner) -> None:
     )
     assert result.exit_code == 0, result.output
     assert "inferences" in result.output
-    assert "4,000 events ingested" in result.output
+    assert "inference and metric rows:" in result.output
     assert "kingest stopped (exit code 0)" in result.output
