@@ -26,7 +26,7 @@ from actors.supervision import Failure
 
 M = TypeVar("M")
 
-__all__ = ["KeyRouter", "Pool", "RoundRobinRouter"]
+__all__ = ["KeyRouter", "Pool", "RoundRobinRouter", "Router"]
 
 
 class Pool(Generic[M]):
@@ -179,8 +179,8 @@ class Pool(Generic[M]):
             fail_all(self._mailbox.drain(), self._name)
 
 
-class RoundRobinRouter(Generic[M]):
-    """Sends each message to the next routee in turn (each keeps its own mailbox).
+class Router(Generic[M]):
+    """Base of the routers: sends each message to the routee :meth:`route` picks.
 
     Safe to use from several threads. The routees are started and stopped by their
     owner (e.g. an `ActorSystem`), not by the router.
@@ -190,15 +190,14 @@ class RoundRobinRouter(Generic[M]):
         if not routees:
             raise ValueError("a router needs at least one routee")
         self._routees = tuple(routees)
-        self._counter = itertools.count()  # next() on it is atomic under the GIL
 
     @property
     def routees(self) -> tuple[Actor[M], ...]:
         return self._routees
 
     def route(self, message: M) -> Actor[M]:
-        """The routee the next message goes to."""
-        return self._routees[next(self._counter) % len(self._routees)]
+        """The routee ``message`` goes to."""
+        raise NotImplementedError
 
     def tell(
         self,
@@ -214,7 +213,19 @@ class RoundRobinRouter(Generic[M]):
         return self.route(message).ask(message, timeout=timeout)
 
 
-class KeyRouter(Generic[M]):
+class RoundRobinRouter(Router[M]):
+    """Sends each message to the next routee in turn (each keeps its own mailbox)."""
+
+    def __init__(self, routees: Sequence[Actor[M]]) -> None:
+        super().__init__(routees)
+        self._counter = itertools.count()  # next() on it is atomic under the GIL
+
+    def route(self, message: M) -> Actor[M]:
+        """The routee the next message goes to."""
+        return self._routees[next(self._counter) % len(self._routees)]
+
+
+class KeyRouter(Router[M]):
     """Sends each message to the routee chosen by `key(message)`.
 
     The same key always reaches the same routee (for the life of the process: keys
@@ -224,28 +235,9 @@ class KeyRouter(Generic[M]):
     """
 
     def __init__(self, routees: Sequence[Actor[M]], key: Callable[[M], Hashable]) -> None:
-        if not routees:
-            raise ValueError("a router needs at least one routee")
-        self._routees = tuple(routees)
+        super().__init__(routees)
         self._key = key
-
-    @property
-    def routees(self) -> tuple[Actor[M], ...]:
-        return self._routees
 
     def route(self, message: M) -> Actor[M]:
         """The routee that owns `message`'s key."""
         return self._routees[hash(self._key(message)) % len(self._routees)]
-
-    def tell(
-        self,
-        message: M,
-        *,
-        block: bool = True,
-        timeout: float | None = None,
-        force: bool = False,
-    ) -> None:
-        self.route(message).tell(message, block=block, timeout=timeout, force=force)
-
-    def ask(self, message: M, *, timeout: float | None = None) -> Future[Any]:
-        return self.route(message).ask(message, timeout=timeout)
