@@ -3,19 +3,24 @@
 from __future__ import annotations
 
 import random
+import uuid
 from collections.abc import Callable
 
+import psycopg
 import pytest
 from confluent_kafka import Producer
 
 from kingest.pipeline.pipeline import RunOutcome
 from kingest.producer import produce_records
+from kingest.schema.codec import encode_event
+from kingest.schema.v1.events_pb2 import Event, InferenceCompleted, InferenceStatus
 from kingest.store.migrate import apply_migrations
 from kingest.synth import SyntheticStream
 from tests.integration.support import (
     InProcessKingest,
     all_committed,
     assert_committed_are_stored,
+    committed_offsets,
     count_rows,
     kingest_env,
     stored_event_ids,
@@ -93,3 +98,61 @@ def test_the_same_events_produced_twice_are_stored_once(
     assert len(stored) == 20_000
     assert max(stored.values()) == 1
     assert kingest.pipeline.stats.get("duplicates") == 20_000
+
+
+def test_a_row_postgresql_rejects_is_dead_lettered_and_its_neighbours_stored(
+    kafka_bootstrap: str, database_url: str, topic_factory: Callable[[int], str]
+) -> None:
+    # A NUL character passes validation but PostgreSQL text cannot hold it: the writer
+    # bisects the batch, dead-letters that one event with its SQLSTATE and stores the rest.
+    topic = topic_factory(1)
+    apply_migrations(database_url)
+    good = SyntheticStream(seed=5, wire_format_share=0.0).take(999)
+    bad_event = Event(
+        event_id=str(uuid.uuid4()),
+        correlation_id="flow-nul",
+        source="serving/gateway",
+        inference_completed=InferenceCompleted(
+            model_name="bad\x00model", status=InferenceStatus.INFERENCE_STATUS_OK
+        ),
+    )
+    bad_event.occurred_at.GetCurrentTime()
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    for index, record in enumerate(good):
+        if index == 500:
+            producer.produce(topic, key=b"bad", value=encode_event(bad_event), partition=0)
+        producer.produce(topic, key=record.key, value=record.value, partition=0)
+    assert producer.flush(30) == 0
+    env = kingest_env(kafka_bootstrap, database_url, topic, "bisect")
+    with InProcessKingest(env) as kingest:
+        wait_for(
+            lambda: all_committed(kafka_bootstrap, "bisect", topic, {0: 1000}, 1),
+            timeout=60,
+            what="every offset committed",
+        )
+        assert kingest.stop() is RunOutcome.DRAINED
+    assert set(stored_event_ids(database_url)) == {r.event_id for r in good}
+    where = "error_stage = 'write' AND sqlstate = '22021' AND kafka_offset = 500"
+    assert count_rows(database_url, "dead_letters", where) == 1
+    assert count_rows(database_url, "dead_letters") == 1
+    assert kingest.pipeline.stats.get("write_rejections") == 1
+
+
+def test_a_missing_table_stops_the_pipeline_without_committing_past_it(
+    kafka_bootstrap: str, database_url: str, topic_factory: Callable[[int], str]
+) -> None:
+    topic = topic_factory(2)
+    apply_migrations(database_url)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("DROP TABLE kingest.inferences")
+    records = SyntheticStream(seed=6).take(2_000)
+    report = produce_records(kafka_bootstrap, topic, records, count=len(records))
+    assert report.delivered == 2_000
+    env = kingest_env(kafka_bootstrap, database_url, topic, "schema-gone")
+    kingest = InProcessKingest(env)
+    with kingest:
+        wait_for(lambda: kingest.outcome is not None, timeout=60, what="the pipeline to stop")
+    assert kingest.outcome is RunOutcome.FAILED
+    # Nothing was stored, so nothing may have been committed.
+    committed = committed_offsets(kafka_bootstrap, "schema-gone", topic, 2)
+    assert all(offset < 0 for offset in committed.values())
