@@ -22,21 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from confluent_kafka import Consumer, TopicPartition
-
+from kingest.demo import committed_total
 from kingest.devstack import FAST_GROUP_SETTINGS, LocalKafka, LocalPostgres, create_topic
 from kingest.store.migrate import apply_migrations
 
 SUMMARY = re.compile(r"stopped: (\d+) messages consumed, (\d+) written.*?([\d.]+)s from first")
-
-
-def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        tps = consumer.committed([TopicPartition(topic, p) for p in range(partitions)], timeout=10)
-    finally:
-        consumer.close()
-    return sum(max(tp.offset, 0) for tp in tps)
 
 
 def proc_status(pid: int, field: str) -> int:

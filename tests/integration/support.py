@@ -20,7 +20,6 @@ from confluent_kafka import Consumer, TopicPartition
 from kingest.config import load_settings
 from kingest.devstack import FAST_GROUP_SETTINGS
 from kingest.pipeline.pipeline import Pipeline, RunOutcome
-from kingest.synth import SyntheticRecord
 
 
 def kingest_env(
@@ -135,21 +134,6 @@ class KingestProcess:
 # ---------------------------------------------------------------------------- PostgreSQL
 
 
-def event_tables(url: str) -> list[str]:
-    """Every table of schema kingest that stores events (has a uuid event_id column)."""
-    with psycopg.connect(url) as conn:
-        rows = conn.execute(
-            "SELECT c.table_name FROM information_schema.columns c "
-            "JOIN information_schema.tables t USING (table_schema, table_name) "
-            "WHERE c.table_schema = 'kingest' AND c.column_name = 'event_id' "
-            "AND c.data_type = 'uuid' AND t.table_type = 'BASE TABLE' ORDER BY 1"
-        ).fetchall()
-    return [row[0] for row in rows]
-
-
-FACT_TABLES_QUERY_LIMIT = 50
-
-
 def stored_event_ids(url: str) -> Counter[str]:
     """How many rows each event id has across the append-only fact tables."""
     counts: Counter[str] = Counter()
@@ -236,7 +220,3 @@ def assert_committed_are_stored(
             f"partition {partition}: committed {offset} but {len(missing)} offsets missing"
         )
     return committed
-
-
-def unique_event_ids(records: Iterable[SyntheticRecord]) -> set[str]:
-    return {record.event_id for record in records}

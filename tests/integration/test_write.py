@@ -32,6 +32,7 @@ from kingest.store.errors import ErrorKind, classify_db_error, is_schema_error, 
 from kingest.store.migrate import apply_migrations
 from kingest.store.rows import RowBatch, derive_event_id
 from kingest.store.write import WriteResult, write_batch
+from tests.fakes import FakeRecord
 
 pytestmark = pytest.mark.integration
 
@@ -43,44 +44,23 @@ EPOCH = dt.datetime(1970, 1, 1, tzinfo=UTC)
 OK = InferenceStatus.INFERENCE_STATUS_OK
 
 
-class Record:
-    """A consumed Kafka message (the KafkaRecord protocol)."""
-
-    def __init__(
-        self,
-        value: bytes | None,
-        offset: int,
-        *,
-        partition: int | None = 0,
-        key: bytes | None = None,
-        headers: list[tuple[str, bytes | None]] | None = None,
-    ) -> None:
-        self._value = value
-        self._offset = offset
-        self._partition = partition
-        self._key = key
-        self._headers = headers
-
-    def topic(self) -> str | None:
-        return "events"
-
-    def partition(self) -> int | None:
-        return self._partition
-
-    def offset(self) -> int | None:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def headers(self) -> list[tuple[str, bytes | None]] | None:
-        return self._headers
-
-    def timestamp(self) -> tuple[int, int]:
-        return (1, KAFKA_TIMESTAMP_MS)
+def kafka_record(
+    value: bytes | None,
+    offset: int,
+    *,
+    partition: int | None = 0,
+    key: bytes | None = None,
+    headers: list[tuple[str, bytes | None]] | None = None,
+) -> FakeRecord:
+    """A consumed Kafka message of topic "events" (the KafkaRecord protocol)."""
+    return FakeRecord(
+        value,
+        offset=offset,
+        partition=partition,
+        key=key,
+        headers=headers,
+        timestamp=(1, KAFKA_TIMESTAMP_MS),
+    )
 
 
 def eid(n: int) -> str:
@@ -109,7 +89,7 @@ def message(n: int, *, occurred: Timestamp | None = None, **payload: Any) -> Eve
 def batch(*events: Event | bytes, first_offset: int = 0) -> RowBatch:
     rows = RowBatch(now=NOW)
     rows.add_records(
-        Record(item if isinstance(item, bytes) else encode_event(item), first_offset + i)
+        kafka_record(item if isinstance(item, bytes) else encode_event(item), first_offset + i)
         for i, item in enumerate(events)
     )
     return rows
@@ -549,9 +529,9 @@ def test_a_dead_letter_is_stored_once_with_the_original_message(
         ("bin\x00ary", b"\x00\xff"),
     ]
     poison = RowBatch(now=NOW)
-    poison.add_records([Record(b"\xff\xfe", 17, partition=2, key=b"\x01k", headers=headers)])
+    poison.add_records([kafka_record(b"\xff\xfe", 17, partition=2, key=b"\x01k", headers=headers)])
     good = message(1, metric_logged=MetricLogged(run_id="r", key="k", value=1.0))
-    poison.add_records([Record(encode_event(good), 18, partition=2)])
+    poison.add_records([kafka_record(encode_event(good), 18, partition=2)])
     first = write_batch(conn, poison, consumer_group="kingest-test")
     second = write_batch(conn, poison, consumer_group="kingest-test")
     assert (first.dead_lettered, second.dead_lettered) == (1, 0)
@@ -694,7 +674,7 @@ def test_a_record_without_coordinates_is_a_permanent_data_error(
     """Not a message a consumer delivers, but it must not be retried forever either."""
     rows = RowBatch(now=NOW)
     good = message(1, metric_logged=MetricLogged(run_id="r", key="k", value=1.0))
-    rows.add_records([Record(encode_event(good), 0, partition=None)])
+    rows.add_records([kafka_record(encode_event(good), 0, partition=None)])
     with pytest.raises(psycopg.DataError, match="kafka_partition") as raised:
         write_batch(conn, rows)
     assert classify_db_error(raised.value) is ErrorKind.PERMANENT

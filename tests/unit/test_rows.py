@@ -33,55 +33,12 @@ from kingest.store.rows import (
     derive_event_id,
 )
 from kingest.store.tables import FACT_TABLES, TABLES_BY_EVENT_TYPE, FactTable
+from tests.fakes import FakeRecord
 
 NOW = 1_750_000_000.0
 OCCURRED = Timestamp(seconds=1_749_999_000, nanos=123_456_789)
 OCCURRED_US = 1_749_999_000_123_456  # nanos truncated to microseconds
 EVENT_ID = "6f1c2a9e-8b7d-4c3e-9f10-1a2b3c4d5e6f"
-
-
-class FakeRecord:
-    """A Kafka message as RowBatch sees it (the KafkaRecord protocol)."""
-
-    def __init__(
-        self,
-        value: bytes | None,
-        *,
-        offset: int = 0,
-        topic: str = "events",
-        partition: int = 3,
-        key: bytes | None = b"key",
-        headers: list[tuple[str, bytes | None]] | None = None,
-        timestamp: tuple[int, int] = (1, 1_749_999_000_500),
-    ) -> None:
-        self._value = value
-        self._offset = offset
-        self._topic = topic
-        self._partition = partition
-        self._key = key
-        self._headers = headers
-        self._timestamp = timestamp
-
-    def topic(self) -> str | None:
-        return self._topic
-
-    def partition(self) -> int | None:
-        return self._partition
-
-    def offset(self) -> int | None:
-        return self._offset
-
-    def key(self) -> bytes | None:
-        return self._key
-
-    def value(self) -> bytes | None:
-        return self._value
-
-    def headers(self) -> list[tuple[str, bytes | None]] | None:
-        return self._headers
-
-    def timestamp(self) -> tuple[int, int]:
-        return self._timestamp
 
 
 def event(**fields: Any) -> Event:
