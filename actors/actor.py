@@ -218,6 +218,12 @@ class Actor(Generic[M]):
         return self.__stopping
 
     @property
+    def discarding(self) -> bool:
+        """True once queued messages are dropped instead of handled: a stop without
+        drain, or a STOP/ESCALATE directive. `on_stop` can read it to skip a final flush."""
+        return self.__discarding
+
+    @property
     def processed(self) -> int:
         """Messages handled so far, successfully or not (for health and metrics)."""
         return self.__processed

@@ -30,24 +30,33 @@ from kingest.progress import new_progress
 from kingest.store.migrate import apply_migrations
 from kingest.synth import SyntheticStream
 
-__all__ = ["committed_total", "run_demo"]
+__all__ = ["committed_offsets", "committed_total", "run_demo"]
 
 TOPIC = "ml-events"
 GROUP = "kingest-demo"
 
 
-def committed_total(bootstrap_servers: str, group: str, topic: str, partitions: int) -> int:
-    """Sum of the group's committed offsets over the topic's partitions (0 when none)."""
+def committed_offsets(
+    bootstrap_servers: str, group: str, topic: str, partitions: int
+) -> dict[int, int]:
+    """The group's committed offset per partition (negative: nothing committed)."""
     consumer = Consumer({"bootstrap.servers": bootstrap_servers, "group.id": group})
     try:
         committed = consumer.committed(
             [TopicPartition(topic, p) for p in range(partitions)], timeout=10
         )
-    except KafkaException:
-        return 0
     finally:
         consumer.close()
-    return sum(max(tp.offset, 0) for tp in committed)
+    return {tp.partition: tp.offset for tp in committed}
+
+
+def committed_total(bootstrap_servers: str, group: str, topic: str, partitions: int) -> int:
+    """Sum of the group's committed offsets over the topic's partitions (0 when none)."""
+    try:
+        committed = committed_offsets(bootstrap_servers, group, topic, partitions)
+    except KafkaException:
+        return 0
+    return sum(max(offset, 0) for offset in committed.values())
 
 
 def _service_env(kafka: LocalKafka, postgres: LocalPostgres) -> dict[str, str]:

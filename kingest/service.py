@@ -30,6 +30,7 @@ from confluent_kafka.admin import AdminClient
 
 from kingest.config import Settings, redact_conninfo
 from kingest.pipeline.pipeline import Pipeline, RunOutcome
+from kingest.store.errors import first_line
 from kingest.store.migrate import MigrationError, pending_migrations
 
 __all__ = ["EXIT_FORCED", "StartupError", "check_database", "check_kafka", "run_service"]
@@ -43,11 +44,6 @@ class StartupError(RuntimeError):
     """A pre-flight check failed; the message says what to fix."""
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def check_database(settings: Settings) -> None:
     """PostgreSQL is reachable with these credentials and every migration is applied."""
     url = settings.database.url
@@ -55,7 +51,7 @@ def check_database(settings: Settings) -> None:
     try:
         pending = pending_migrations(url)
     except (psycopg.Error, MigrationError) as error:
-        raise StartupError(f"cannot use PostgreSQL at {where}: {_first_line(error)}") from None
+        raise StartupError(f"cannot use PostgreSQL at {where}: {first_line(error)}") from None
     if pending:
         raise StartupError(
             f"the database at {where} is missing migrations {', '.join(pending)}: "
@@ -74,7 +70,7 @@ def check_kafka(settings: Settings, timeout_s: float = 15.0) -> None:
         metadata = AdminClient(config).list_topics(timeout=timeout_s)
     except KafkaException as error:
         raise StartupError(
-            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {_first_line(error)}"
+            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {first_line(error)}"
         ) from None
     missing = [topic for topic in settings.kafka.topics if topic not in metadata.topics]
     if missing:

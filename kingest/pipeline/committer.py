@@ -41,7 +41,6 @@ class OffsetCommitter(Actor[CommitterMessage]):
         super().__init__("offset-committer", capacity=capacity, supervisor=supervisor)
         self._trackers: dict[TopicPartitionKey, tuple[int, PartitionOffsets]] = {}
         self._changed = threading.Condition()
-        self.stale_acks = 0
 
     def receive(self, message: CommitterMessage) -> Any:
         with self._changed:
@@ -52,8 +51,7 @@ class OffsetCommitter(Actor[CommitterMessage]):
                     or entry[0] != message.generation
                     or not entry[1].ack(message.first)
                 ):
-                    self.stale_acks += 1
-                    return None
+                    return None  # a late completion from an earlier assignment
             elif isinstance(message, Register):
                 entry = self._trackers.get(message.tp)
                 if entry is not None and entry[0] == message.generation:
@@ -82,11 +80,6 @@ class OffsetCommitter(Actor[CommitterMessage]):
                 for tp, (generation, tracker) in self._trackers.items()
                 if tracker.committable is not None
             }
-
-    def pending(self) -> dict[TopicPartitionKey, int]:
-        """Unacknowledged batches per owned partition."""
-        with self._changed:
-            return {tp: tracker.pending_batches for tp, (_, tracker) in self._trackers.items()}
 
     def sync(self, timeout: float | None) -> bool:
         """Wait until everything told to this actor so far has been applied."""

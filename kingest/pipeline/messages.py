@@ -16,16 +16,14 @@ TopicPartitionKey = tuple[str, int]
 
 @attrs.frozen(slots=True)
 class WriteBatch:
-    """Rows built from one partition's offsets ``first_offset..last_offset``."""
+    """Rows built from ``message_count`` messages of one partition, from ``first_offset``
+    on (the same range was registered with the offset committer)."""
 
     tp: TopicPartitionKey
     generation: int
     first_offset: int
-    last_offset: int
     message_count: int
     rows: RowBatch
-    #: time.monotonic() when the partition actor opened the batch (queue-latency figures).
-    opened_at: float
 
     @property
     def nbytes(self) -> int:

@@ -77,13 +77,10 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
         self._linger = batch_linger_s
         self._rows = RowBatch()
         self._first: int | None = None
-        self._last = -1
         self._count = 0
         self._opened_at = 0.0
         #: Offset of the last message this actor has taken from its mailbox (any thread reads).
         self.received_offset = -1
-        self.batches_flushed = 0
-        self._drop_unflushed = False
 
     def receive(self, message: Sequence[KafkaRecord]) -> Any:
         if not message:
@@ -94,7 +91,6 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
         self._rows.add_records(message)
         last = message[-1].offset()
         assert last is not None
-        self._last = last
         self.received_offset = last
         self._count += len(message)
         if self._count >= self._batch_size or time.monotonic() - self._opened_at >= self._linger:
@@ -106,7 +102,8 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
             self.flush()
 
     def on_stop(self) -> None:
-        # Draining stop (revoke, shutdown): what was received is still written.
+        # A draining stop (revoke, shutdown) still writes what was received; a stop
+        # without drain (lost partition) or after a failure does not.
         if self._count and not self.discarding:
             self.flush()
 
@@ -119,23 +116,11 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
             tp=self.tp,
             generation=self.generation,
             first_offset=first,
-            last_offset=self._last,
             message_count=self._count,
             rows=self._rows,
-            opened_at=self._opened_at,
         )
         self._rows = RowBatch()
         self._first = None
         self._count = 0
-        self._committer.tell(Register(self.tp, self.generation, first, batch.last_offset))
+        self._committer.tell(Register(self.tp, self.generation, first, self.received_offset))
         self._writers.tell(batch)
-        self.batches_flushed += 1
-
-    @property
-    def discarding(self) -> bool:
-        """True when the actor is being stopped without drain (lost partition)."""
-        return self._drop_unflushed
-
-    def discard(self) -> None:
-        """Forget unflushed rows on the way out (the partition was lost, not revoked)."""
-        self._drop_unflushed = True

@@ -80,11 +80,8 @@ class Pipeline:
         self._dispatched: dict[TopicPartitionKey, int] = {}
         self._committed: dict[TopicPartitionKey, int] = {}
         self._last_commit = 0.0
-        self._pool: ConnectionPool[Any] | None = None
         self._committer: OffsetCommitter | None = None
         self._writers: Pool[WriteBatch] | None = None
-        self._consumer: Consumer | None = None
-        self.ready = threading.Event()
 
     # ------------------------------------------------------------------ control
 
@@ -96,15 +93,6 @@ class Pipeline:
         """Give up waiting for in-flight writes (a second signal): nothing more is committed."""
         self._abandon.set()
         self._stop.set()
-
-    @property
-    def assignment(self) -> list[TopicPartitionKey]:
-        return sorted(self._partitions)
-
-    @property
-    def committed(self) -> dict[TopicPartitionKey, int]:
-        """Offsets this process has committed (or sent for commit) per partition."""
-        return dict(self._committed)
 
     def _on_actor_failure(self, failure: Failure) -> None:
         if self._failure is None:
@@ -124,14 +112,14 @@ class Pipeline:
         """Consume until :meth:`request_stop` (or a failure); drain, commit, return."""
         settings = self.settings
         pipeline = settings.pipeline
-        self._pool = _open_pool(settings)
+        db_pool = _open_pool(settings)
         committer = self._committer = OffsetCommitter(supervisor=self._supervisor)
         self._system.spawn(committer)
         writers = self._writers = Pool(
             "writers",
             lambda index: WriterActor(
                 index,
-                pool=self._pool_or_fail(),
+                pool=db_pool,
                 ack=committer.tell,
                 stats=self.stats,
                 batch_size=pipeline.batch_size,
@@ -148,7 +136,7 @@ class Pipeline:
         self._system.spawn(writers)
         config = consumer_config(settings)
         config["on_commit"] = self._on_commit
-        consumer = self._consumer = self._consumer_factory(config)
+        consumer = self._consumer_factory(config)
         outcome = RunOutcome.FAILED
         try:
             consumer.subscribe(
@@ -157,25 +145,19 @@ class Pipeline:
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
             )
-            self.ready.set()
             self._poll_until_stopped(consumer)
             outcome = self._shutdown(consumer)
         finally:
-            self.ready.clear()
             self._abandon.set()
             self._system.stop(timeout=5.0)
             try:
                 consumer.close()
             except (KafkaException, RuntimeError) as error:
                 log.warning("closing the consumer failed: %s", error)
-            self._pool.close()
+            db_pool.close()
         if self._failure is not None:
             return RunOutcome.FAILED
         return outcome
-
-    def _pool_or_fail(self) -> ConnectionPool[Any]:
-        assert self._pool is not None
-        return self._pool
 
     def _poll_until_stopped(self, consumer: Consumer) -> None:
         batch_size = self.settings.kafka.poll_batch_size
@@ -245,10 +227,6 @@ class Pipeline:
         if to_resume:
             consumer.resume(to_resume)
             log.debug("resumed %s", [(t.topic, t.partition) for t in to_resume])
-
-    @property
-    def paused(self) -> list[TopicPartitionKey]:
-        return sorted(self._paused)
 
     # ------------------------------------------------------------------ commits
 
@@ -357,8 +335,6 @@ class Pipeline:
         assert self._committer is not None
         actors = [self._partitions[tp] for tp in tps if tp in self._partitions]
         for actor in actors:
-            if not drain:
-                actor.discard()
             actor.stop(drain=drain, timeout=0)
         complete = all(actor.join(max(0.0, deadline - time.monotonic())) for actor in actors)
         owned = [actor.tp for actor in actors]

@@ -33,7 +33,13 @@ from psycopg_pool import ConnectionPool
 from actors import Actor, Supervisor
 from kingest.pipeline.messages import Ack, WriteBatch
 from kingest.pipeline.stats import PipelineStats
-from kingest.store.errors import ErrorKind, classify_db_error, is_schema_error, sqlstate_of
+from kingest.store.errors import (
+    ErrorKind,
+    classify_db_error,
+    first_line,
+    is_schema_error,
+    sqlstate_of,
+)
 from kingest.store.rows import RowBatch
 from kingest.store.write import WriteResult, write_batch
 
@@ -140,7 +146,7 @@ class WriterActor(Actor[WriteBatch]):
         if rows.event_count <= 1:
             rejected = rows.as_rejected(
                 error_class=type(error).__name__,
-                error_message=str(error).strip().splitlines()[0] if str(error) else "",
+                error_message=first_line(error),
                 sqlstate=sqlstate_of(error),
             )
             self._stats.add(write_rejections=rows.event_count)

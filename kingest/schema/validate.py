@@ -142,8 +142,9 @@ def event_type(event: Event) -> str:
 
 def validate_event(
     event: Event, *, now: float | None = None, encoded_size: int | None = None
-) -> None:
-    """Raise ``ValidationError`` unless ``event`` satisfies every rule of the module table.
+) -> str:
+    """Raise ``ValidationError`` unless ``event`` satisfies every rule of the module table;
+    return its payload name (as :func:`event_type`), which callers need next anyway.
 
     ``now`` (Unix seconds) bounds ``occurred_at`` from above; it defaults to the current
     time. Pass it once per batch to validate a batch against one clock reading.
@@ -151,9 +152,7 @@ def validate_event(
     included is fine: it only has to be an upper bound); it saves re-encoding the event
     to learn whether its strings need their lengths checked.
     """
-    kind = event.WhichOneof("payload")
-    if kind is None:
-        raise ValidationError("missing_payload", "payload", "event carries no payload")
+    kind = event_type(event)
     event_id = event.event_id
     if event_id and _uuid_match(event_id) is None:
         raise ValidationError("invalid_uuid", "event_id", f"event_id {event_id[:64]!r} is no UUID")
@@ -176,6 +175,7 @@ def validate_event(
     if (event.ByteSize() if encoded_size is None else encoded_size) > MAX_TEXT_CHARS:
         _check_text_lengths(event, "")
     _PAYLOAD_RULES[kind](getattr(event, kind), kind)
+    return kind
 
 
 # --- helpers shared by the payload rules -------------------------------------------------

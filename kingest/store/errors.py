@@ -23,7 +23,7 @@ from typing import Final
 
 import psycopg
 
-__all__ = ["ErrorKind", "classify_db_error", "is_schema_error", "sqlstate_of"]
+__all__ = ["ErrorKind", "classify_db_error", "first_line", "is_schema_error", "sqlstate_of"]
 
 
 class ErrorKind(enum.Enum):
@@ -99,3 +99,10 @@ def is_schema_error(exc: BaseException) -> bool:
     """
     sqlstate = sqlstate_of(exc)
     return sqlstate is not None and sqlstate[:2] in _SCHEMA_CLASSES
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (PostgreSQL adds DETAIL/HINT lines), or its
+    class name when the message is empty."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

@@ -355,13 +355,14 @@ class RowBatch:
                     self._reject_undecodable(record, exc)
                     continue
                 try:
-                    validate(event, now=now)
+                    # The value's length bounds every string in it: validation need not
+                    # re-encode the event to know whether lengths must be checked.
+                    kind = validate(event, now=now, encoded_size=len(value))  # type: ignore[arg-type]
                 except ValidationError as exc:
                     self._reject_invalid(record, event, exc.error_class, str(exc))
                     continue
                 # Everything that could fail comes before the first append, so a row is
                 # either wholly buffered or not at all.
-                kind: str = event.WhichOneof("payload")
                 columns = buffers[kind]
                 topic = record.topic()
                 partition = record.partition()
@@ -384,7 +385,7 @@ class RowBatch:
                 columns[5].append(partition)
                 columns[6].append(offset)
                 columns[-1].append(record)
-                value_bytes += len(value)  # type: ignore[arg-type]  # decoded, so not None
+                value_bytes += len(value)  # type: ignore[arg-type]
         finally:
             added = self.event_count - rows_before
             self._nbytes += 2 * value_bytes + _ROW_OVERHEAD_BYTES * added

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from confluent_kafka import Consumer, TopicPartition
 
 from kingest.config import load_settings
+from kingest.demo import committed_offsets
 from kingest.devstack import FAST_GROUP_SETTINGS
 from kingest.pipeline.pipeline import Pipeline, RunOutcome
 
@@ -185,18 +185,6 @@ def total_stored_rows(url: str) -> int:
 
 
 # ---------------------------------------------------------------------------- Kafka
-
-
-def committed_offsets(bootstrap: str, group: str, topic: str, partitions: int) -> dict[int, int]:
-    """The group's committed offset per partition (-1001 = none)."""
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group})
-    try:
-        committed = consumer.committed(
-            [TopicPartition(topic, p) for p in range(partitions)], timeout=10
-        )
-    finally:
-        consumer.close()
-    return {tp.partition: tp.offset for tp in committed}
 
 
 def all_committed(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from kingest.demo import committed_total
 from kingest.producer import ProduceReport, produce_records
 from kingest.store.migrate import apply_migrations
 from kingest.synth import SyntheticStream
@@ -19,7 +20,6 @@ from tests.integration.support import (
     KingestProcess,
     all_committed,
     assert_committed_are_stored,
-    committed_offsets,
     kingest_env,
     stored_event_ids,
     total_stored_rows,
@@ -53,11 +53,6 @@ class BackgroundProducer:
         assert self.report is not None
         assert self.report.delivered == len(self.records)
         return self.report
-
-
-def committed_count(bootstrap: str, group: str, topic: str) -> int:
-    """Messages below the group's committed offsets (the topic starts at offset 0)."""
-    return sum(max(0, o) for o in committed_offsets(bootstrap, group, topic, PARTITIONS).values())
 
 
 def run_to_completion(
@@ -99,7 +94,7 @@ def test_interrupted_mid_stream_then_restarted_loses_and_doubles_nothing(
 
     with KingestProcess(env, tmp_path / "first.log") as first:
         wait_for(
-            lambda: committed_count(kafka_bootstrap, group, topic) >= EVENTS // 4,
+            lambda: committed_total(kafka_bootstrap, group, topic, PARTITIONS) >= EVENTS // 4,
             timeout=90,
             what="a quarter of the stream committed",
         )

@@ -608,7 +608,9 @@ def test_an_enum_the_mapping_does_not_know_is_rejected_not_buffered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Defence in depth: should validation ever let an unknown enum through."""
-    monkeypatch.setattr("kingest.store.rows.validate_event", lambda event, now: None)
+    monkeypatch.setattr(
+        "kingest.store.rows.validate_event", lambda event, **_: event.WhichOneof("payload")
+    )
     unknown = InferenceCompleted(model_name="m", status=99)  # type: ignore[arg-type]
     good = InferenceCompleted(model_name="m", status=InferenceStatus.INFERENCE_STATUS_OK)
     rows = batch_of(
