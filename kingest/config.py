@@ -39,6 +39,7 @@ LogFormat = Literal["console", "json"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 AssignmentStrategy = Literal["roundrobin", "range", "cooperative-sticky"]
 OffsetReset = Literal["earliest", "latest", "error"]
+DeadLetterStore = Literal["table", "topic", "both"]
 
 # librdkafka properties whose values are secrets (matched on the property name).
 _SECRET_PROPERTY = re.compile(r"(password|secret|jaas|token|\.pem$|private)", re.IGNORECASE)
@@ -88,6 +89,16 @@ def _check_topics(value: tuple[str, ...]) -> str | None:
         return "at least one topic is required"
     bad = [t for t in value if not _TOPIC_NAME.fullmatch(t) or t in (".", "..")]
     return f"{', '.join(map(repr, bad))} is not a valid topic name" if bad else None
+
+
+def _check_dead_letter_topic(value: str) -> str | None:
+    example = value.replace("{topic}", "events")
+    if _TOPIC_NAME.fullmatch(example) and example not in (".", ".."):
+        return None
+    return (
+        f"{value!r} is not a valid topic name (letters, digits, '.', '_', '-'; "
+        "{topic} stands for the source topic)"
+    )
 
 
 def _check_not_blank(value: str) -> str | None:
@@ -277,6 +288,33 @@ class PipelineSettings:
 
 
 @attrs.frozen
+class DeadLetterSettings:
+    """Where messages that cannot be stored as facts go (see the README's dead letters)."""
+
+    store: DeadLetterStore = _setting(
+        "KINGEST_DEAD_LETTER_STORE",
+        "Where dead letters go: table (kingest.dead_letters, in the batch's own "
+        "transaction), topic, or both.",
+        "table",
+    )
+    topic: str = _setting(
+        "KINGEST_DEAD_LETTER_TOPIC",
+        "Dead-letter topic when the store includes topic; {topic} stands for the source "
+        "topic. The topic must exist.",
+        "{topic}.dlq",
+        check=_check_dead_letter_topic,
+    )
+
+    @property
+    def to_table(self) -> bool:
+        return self.store in ("table", "both")
+
+    @property
+    def to_topic(self) -> bool:
+        return self.store in ("topic", "both")
+
+
+@attrs.frozen
 class LogSettings:
     """Log output; defaults depend on the profile."""
 
@@ -295,6 +333,7 @@ class Settings:
     kafka: KafkaSettings
     database: DatabaseSettings
     pipeline: PipelineSettings = attrs.Factory(PipelineSettings)
+    dead_letters: DeadLetterSettings = attrs.Factory(DeadLetterSettings)
     log: LogSettings = attrs.Factory(LogSettings)
     env: Profile = _setting("KINGEST_ENV", "Deployment profile: dev, staging or prod.", "dev")
 
@@ -307,7 +346,14 @@ class Settings:
         return self.log.format or ("console" if self.env == "dev" else "json")
 
 
-for _cls in (KafkaSettings, DatabaseSettings, PipelineSettings, LogSettings, Settings):
+for _cls in (
+    KafkaSettings,
+    DatabaseSettings,
+    PipelineSettings,
+    DeadLetterSettings,
+    LogSettings,
+    Settings,
+):
     attrs.resolve_types(_cls)
 
 
@@ -497,6 +543,11 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     return settings
 
 
+def dead_letter_topic(template: str, source_topic: str) -> str:
+    """The dead-letter topic of ``source_topic``: ``"{topic}.dlq"`` -> ``"events.dlq"``."""
+    return template.replace("{topic}", source_topic)
+
+
 def _cross_field_problems(settings: Settings) -> dict[str, str]:
     """Rules that relate several settings; run once every value is valid on its own."""
     kafka, pipeline = settings.kafka, settings.pipeline
@@ -511,6 +562,15 @@ def _cross_field_problems(settings: Settings) -> dict[str, str]:
         )
     if pipeline.retry_max_s < pipeline.retry_initial_s:
         problems["KINGEST_RETRY_MAX_S"] = "must be at least KINGEST_RETRY_INITIAL_S"
+    dead_letters = settings.dead_letters
+    if dead_letters.to_topic:
+        looping = [
+            t for t in kafka.topics if dead_letter_topic(dead_letters.topic, t) in kafka.topics
+        ]
+        if looping:
+            problems["KINGEST_DEAD_LETTER_TOPIC"] = (
+                f"the dead-letter topic of {', '.join(looping)} is a consumed topic"
+            )
     return problems
 
 

@@ -28,7 +28,7 @@ import psycopg
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from kingest.config import Settings, redact_conninfo
+from kingest.config import Settings, dead_letter_topic, redact_conninfo
 from kingest.pipeline.pipeline import Pipeline, RunOutcome
 from kingest.store.errors import first_line
 from kingest.store.migrate import MigrationError, pending_migrations
@@ -60,7 +60,7 @@ def check_database(settings: Settings) -> None:
 
 
 def check_kafka(settings: Settings, timeout_s: float = 15.0) -> None:
-    """The brokers answer and every configured topic exists."""
+    """The brokers answer and every configured topic (and dead-letter topic) exists."""
     config: dict[str, Any] = {
         "bootstrap.servers": settings.kafka.bootstrap_servers,
         "client.id": settings.kafka.client_id,
@@ -72,7 +72,10 @@ def check_kafka(settings: Settings, timeout_s: float = 15.0) -> None:
         raise StartupError(
             f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {first_line(error)}"
         ) from None
-    missing = [topic for topic in settings.kafka.topics if topic not in metadata.topics]
+    wanted = list(settings.kafka.topics)
+    if settings.dead_letters.to_topic:
+        wanted += [dead_letter_topic(settings.dead_letters.topic, t) for t in settings.kafka.topics]
+    missing = [topic for topic in dict.fromkeys(wanted) if topic not in metadata.topics]
     if missing:
         raise StartupError(
             f"topics not found on {settings.kafka.bootstrap_servers}: {', '.join(missing)}"

@@ -30,6 +30,7 @@ from psycopg_pool import ConnectionPool
 from actors import ActorSystem, Failure, OneForOneSupervisor, Pool
 from actors.supervision import escalate_always
 from kingest.config import Settings
+from kingest.deadletter import DeadLetterPublisher
 from kingest.pipeline.committer import OffsetCommitter
 from kingest.pipeline.kafka import consumer_config
 from kingest.pipeline.messages import Assigned, Released, TopicPartitionKey, WriteBatch
@@ -113,6 +114,7 @@ class Pipeline:
         settings = self.settings
         pipeline = settings.pipeline
         db_pool = _open_pool(settings)
+        publisher = _open_dead_letter_publisher(settings)
         committer = self._committer = OffsetCommitter(supervisor=self._supervisor)
         self._system.spawn(committer)
         writers = self._writers = Pool(
@@ -127,6 +129,8 @@ class Pipeline:
                 retry_max_s=pipeline.retry_max_s,
                 abandon=self._abandon,
                 consumer_group=settings.kafka.group_id,
+                dead_letter_table=settings.dead_letters.to_table,
+                dead_letter_publisher=publisher,
                 supervisor=self._supervisor,
             ),
             pipeline.writers,
@@ -155,6 +159,8 @@ class Pipeline:
             except (KafkaException, RuntimeError) as error:
                 log.warning("closing the consumer failed: %s", error)
             db_pool.close()
+            if publisher is not None:
+                publisher.close()
         if self._failure is not None:
             return RunOutcome.FAILED
         return outcome
@@ -378,6 +384,21 @@ class Pipeline:
         if self._failure is not None:
             return RunOutcome.FAILED
         return RunOutcome.DRAINED if complete else RunOutcome.DRAIN_TIMEOUT
+
+
+def _open_dead_letter_publisher(settings: Settings) -> DeadLetterPublisher | None:
+    """The dead-letter topic's producer, when dead letters go to a topic."""
+    if not settings.dead_letters.to_topic:
+        return None
+    kafka = settings.kafka
+    config = {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "client.id": f"{kafka.client_id}-dead-letters",
+        **kafka.properties,  # security settings (SASL, TLS) apply to the producer too
+    }
+    return DeadLetterPublisher(
+        config, topic_template=settings.dead_letters.topic, consumer_group=kafka.group_id
+    )
 
 
 def _open_pool(settings: Settings) -> ConnectionPool[Any]:

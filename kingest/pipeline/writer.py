@@ -16,6 +16,11 @@ Failures are handled by class (see :mod:`kingest.store.errors`):
 * other permanent errors (data exceptions, integrity violations): the batch is bisected
   until the offending events are isolated; they are stored as dead letters with the
   SQLSTATE, and every other row of the batch is written.
+
+Dead letters go into ``kingest.dead_letters`` in the same transaction as the rows (the
+table store), and/or to the dead-letter topic after that transaction committed (the
+topic store): a batch is acknowledged only once the broker confirmed every one of its
+dead letters. Publishing is retried like a transient database error.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from typing import Any
 from psycopg_pool import ConnectionPool
 
 from actors import Actor, Supervisor
+from kingest.deadletter import DeadLetterPublisher, DeadLetterPublishError
 from kingest.pipeline.messages import Ack, WriteBatch
 from kingest.pipeline.stats import PipelineStats
 from kingest.store.errors import (
@@ -40,7 +46,7 @@ from kingest.store.errors import (
     is_schema_error,
     sqlstate_of,
 )
-from kingest.store.rows import RowBatch
+from kingest.store.rows import Rejection, RowBatch
 from kingest.store.write import WriteResult, write_batch
 
 __all__ = ["AbandonedError", "Backoff", "SchemaNotReadyError", "WriterActor"]
@@ -89,6 +95,8 @@ class WriterActor(Actor[WriteBatch]):
         retry_max_s: float,
         abandon: threading.Event,
         consumer_group: str | None = None,
+        dead_letter_table: bool = True,
+        dead_letter_publisher: DeadLetterPublisher | None = None,
         supervisor: Supervisor | None = None,
     ) -> None:
         super().__init__(f"writer-{index}", supervisor=supervisor)
@@ -99,6 +107,10 @@ class WriterActor(Actor[WriteBatch]):
         self._backoff = Backoff(retry_initial_s, retry_max_s)
         self._abandon = abandon
         self._consumer_group = consumer_group
+        self._dead_letter_table = dead_letter_table
+        self._publisher = dead_letter_publisher
+        #: Rejections of the current message whose transaction committed (topic store).
+        self._written_rejections: list[Rejection] = []
 
     def receive(self, message: WriteBatch) -> Any:
         batches = [message, *self._take_waiting(self._batch_size - message.message_count)]
@@ -108,8 +120,11 @@ class WriterActor(Actor[WriteBatch]):
             rows = RowBatch()
             for batch in batches:
                 rows.extend(batch.rows)
+        self._written_rejections = []
         try:
             self._write_isolating_failures(rows)
+            if self._publisher is not None and self._written_rejections:
+                self._publish_retrying(self._publisher, self._written_rejections)
         except AbandonedError:
             self._stats.add(batches_abandoned=len(batches))
             return None
@@ -171,7 +186,10 @@ class WriterActor(Actor[WriteBatch]):
             try:
                 with self._pool.connection() as conn:
                     result: WriteResult = write_batch(
-                        conn, rows, consumer_group=self._consumer_group
+                        conn,
+                        rows,
+                        consumer_group=self._consumer_group,
+                        store_dead_letters=self._dead_letter_table,
                     )
             except Exception as error:
                 if is_schema_error(error):
@@ -197,4 +215,32 @@ class WriterActor(Actor[WriteBatch]):
                 duplicates=result.duplicates,
                 dead_lettered=result.dead_lettered,
             )
+            self._written_rejections.extend(rows.rejections)
             return None
+
+    def _publish_retrying(
+        self, publisher: DeadLetterPublisher, rejections: list[Rejection]
+    ) -> None:
+        """Publish to the dead-letter topic until the broker confirmed every message."""
+        self._backoff.reset()
+        pending = rejections
+        while True:
+            if self._abandon.is_set():
+                raise AbandonedError
+            try:
+                publisher.publish(pending)
+            except DeadLetterPublishError as error:
+                pending = error.unconfirmed
+                delay = self._backoff.next_delay()
+                self._stats.add(retries=1)
+                log.warning(
+                    "dead-letter topic unavailable, retrying in %.2fs (attempt %d): %s",
+                    delay,
+                    self._backoff.attempts,
+                    error,
+                )
+                if self._abandon.wait(delay):
+                    raise AbandonedError from error
+                continue
+            self._stats.add(dead_letters_published=len(rejections))
+            return

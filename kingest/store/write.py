@@ -236,9 +236,16 @@ def _dead_letter_params(rejection: Rejection, consumer_group: str | None) -> tup
 
 
 def write_batch(
-    conn: psycopg.Connection[Any], batch: RowBatch, *, consumer_group: str | None = None
+    conn: psycopg.Connection[Any],
+    batch: RowBatch,
+    *,
+    consumer_group: str | None = None,
+    store_dead_letters: bool = True,
 ) -> WriteResult:
     """Store every row and rejection of ``batch`` in one transaction; return the counts.
+
+    With ``store_dead_letters=False`` the rejections are left to the caller (the
+    dead-letter topic) and only the rows are written.
 
     Idempotent: writing a batch again inserts nothing new (``duplicates`` counts the
     events already stored) and leaves state tables as they were. Raises psycopg errors
@@ -274,7 +281,7 @@ def write_batch(
             state_counts = counts[len(statement.fact_tables) :]
             for name, count in zip(statement.state_tables, state_counts, strict=True):
                 state_changed[name] = count
-        if batch.rejection_count:
+        if store_dead_letters and batch.rejection_count:
             cursor.executemany(
                 INSERT_DEAD_LETTER,
                 [_dead_letter_params(rejection, consumer_group) for rejection in batch.rejections],

@@ -1,0 +1,293 @@
+"""Dead letters on a Kafka topic: the message layout, publishing, and reading back.
+
+A dead letter goes to the ``kingest.dead_letters`` table (in the same transaction as
+the rows around it), to a dead-letter topic, or to both (``KINGEST_DEAD_LETTER_STORE``).
+On the topic, a dead letter is the original message, byte for byte, plus headers:
+
+* key and value: the original ones; the Kafka timestamp: the original one;
+* headers: the original headers first, in order, then ``kingest.dlq.*`` headers with
+  the source coordinates and the reason (UTF-8 text values, see :data:`HEADERS`);
+* ``traceparent``, last: the W3C trace context of the dead-lettering work when there
+  is one (an original ``traceparent`` stays where it was, among the original headers).
+
+kingest's block always starts with ``kingest.dlq.source.topic``, so
+:func:`decode_message` gives back the original headers unchanged: those before it.
+
+The topic is at-least-once: a crash between the publication and the offset commit
+publishes the dead letter again on redelivery. Consumers of the topic deduplicate by
+the source coordinates (``kingest.dlq.source.*``), which are unique per message; the
+table is exactly-once (unique on the same coordinates).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any, Final
+
+import attrs
+from confluent_kafka import KafkaError, Message, Producer
+from opentelemetry import propagate
+
+from kingest.config import dead_letter_topic
+from kingest.store.rows import Headers, Rejection
+
+__all__ = [
+    "HEADERS",
+    "DeadLetter",
+    "DeadLetterPublishError",
+    "DeadLetterPublisher",
+    "NotADeadLetterError",
+    "dead_letter_topic",
+    "decode_message",
+    "encode_headers",
+]
+
+log = logging.getLogger(__name__)
+
+SOURCE_TOPIC: Final = "kingest.dlq.source.topic"
+SOURCE_PARTITION: Final = "kingest.dlq.source.partition"
+SOURCE_OFFSET: Final = "kingest.dlq.source.offset"
+SOURCE_TIMESTAMP: Final = "kingest.dlq.source.timestamp"
+CONSUMER_GROUP: Final = "kingest.dlq.consumer.group"
+ERROR_STAGE: Final = "kingest.dlq.error.stage"
+ERROR_CLASS: Final = "kingest.dlq.error.class"
+ERROR_MESSAGE: Final = "kingest.dlq.error.message"
+SQLSTATE: Final = "kingest.dlq.sqlstate"
+ATTEMPTS: Final = "kingest.dlq.attempts"
+DEAD_LETTERED_AT: Final = "kingest.dlq.time"
+EVENT_ID: Final = "kingest.dlq.event.id"
+EVENT_TYPE: Final = "kingest.dlq.event.type"
+CORRELATION_ID: Final = "kingest.dlq.correlation.id"
+TRACEPARENT: Final = "traceparent"
+
+#: Every header kingest adds, with its meaning (the README's dead-letter section).
+HEADERS: Final = {
+    SOURCE_TOPIC: "topic the message was consumed from",
+    SOURCE_PARTITION: "its partition (decimal)",
+    SOURCE_OFFSET: "its offset (decimal)",
+    SOURCE_TIMESTAMP: "its Kafka timestamp in epoch milliseconds, when it had one",
+    CONSUMER_GROUP: "consumer group that dead-lettered it",
+    ERROR_STAGE: "decode, validate or write",
+    ERROR_CLASS: "stable reason code, e.g. invalid_protobuf or a PostgreSQL error name",
+    ERROR_MESSAGE: "human-readable reason",
+    SQLSTATE: "PostgreSQL SQLSTATE, for write-stage failures",
+    ATTEMPTS: "deliveries that ended in this dead letter (decimal)",
+    DEAD_LETTERED_AT: "when it was dead-lettered (ISO 8601, UTC)",
+    EVENT_ID: "the event's event_id as sent, when the value decoded",
+    EVENT_TYPE: "payload kind, e.g. inference_completed, when the value decoded",
+    CORRELATION_ID: "correlation id from the envelope or header, when known",
+    TRACEPARENT: "W3C trace context of the work that dead-lettered it",
+}
+_PREFIX: Final = "kingest.dlq."
+
+
+class NotADeadLetterError(ValueError):
+    """A message on a dead-letter topic lacks kingest's source headers."""
+
+
+class DeadLetterPublishError(RuntimeError):
+    """Some dead letters were not confirmed by the broker; publishing them is retried."""
+
+    def __init__(self, message: str, unconfirmed: Sequence[Rejection]) -> None:
+        super().__init__(message)
+        self.unconfirmed = list(unconfirmed)
+
+
+@attrs.frozen
+class DeadLetter:
+    """A dead letter as published: the rejected message and where it was rejected."""
+
+    rejection: Rejection
+    consumer_group: str | None
+    attempts: int
+    dead_lettered_at: datetime
+
+
+def _text(value: str) -> bytes:
+    return value.encode("utf-8", "surrogateescape")
+
+
+def encode_headers(
+    dead_letter: DeadLetter, traceparent: str | None = None
+) -> list[tuple[str, bytes | None]]:
+    """The headers of ``dead_letter`` on the topic: original ones, then kingest's."""
+    rejection = dead_letter.rejection
+    optional = {
+        SOURCE_TIMESTAMP: None
+        if rejection.kafka_timestamp_ms is None
+        else str(rejection.kafka_timestamp_ms),
+        CONSUMER_GROUP: dead_letter.consumer_group,
+        SQLSTATE: rejection.sqlstate,
+        EVENT_ID: rejection.event_id,
+        EVENT_TYPE: rejection.event_type,
+        CORRELATION_ID: rejection.correlation_id,
+        TRACEPARENT: traceparent,
+    }
+    return [
+        *rejection.headers,
+        (SOURCE_TOPIC, _text(rejection.topic)),  # first of kingest's block (see module doc)
+        (SOURCE_PARTITION, _text(str(rejection.partition))),
+        (SOURCE_OFFSET, _text(str(rejection.offset))),
+        (ERROR_STAGE, _text(rejection.error_stage)),
+        (ERROR_CLASS, _text(rejection.error_class)),
+        (ERROR_MESSAGE, _text(rejection.error_message)),
+        (ATTEMPTS, _text(str(dead_letter.attempts))),
+        (DEAD_LETTERED_AT, _text(dead_letter.dead_lettered_at.isoformat())),
+        *((name, _text(value)) for name, value in optional.items() if value is not None),
+    ]
+
+
+def _header_list(headers: Headers | None) -> list[tuple[str, bytes | None]]:
+    if not headers:
+        return []
+    pairs = headers.items() if isinstance(headers, Mapping) else headers
+    return [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs]
+
+
+def decode_message(key: bytes | None, value: bytes | None, headers: Headers | None) -> DeadLetter:
+    """Read a dead letter back from a message of a dead-letter topic."""
+    pairs = _header_list(headers)
+    start = next((i for i, (name, _) in enumerate(pairs) if name == SOURCE_TOPIC), None)
+    if start is None:
+        raise NotADeadLetterError(f"not a kingest dead letter: no {SOURCE_TOPIC} header")
+    ours = {name: (raw or b"").decode("utf-8", "surrogateescape") for name, raw in pairs[start:]}
+    try:
+        partition = int(ours[SOURCE_PARTITION])
+        offset = int(ours[SOURCE_OFFSET])
+        attempts = int(ours.get(ATTEMPTS, "1"))
+        timestamp = int(ours[SOURCE_TIMESTAMP]) if SOURCE_TIMESTAMP in ours else None
+        at = ours.get(DEAD_LETTERED_AT)
+        dead_lettered_at = datetime.fromisoformat(at) if at else datetime.fromtimestamp(0, UTC)
+    except (KeyError, ValueError) as error:
+        raise NotADeadLetterError(f"malformed kingest dead-letter headers: {error}") from None
+    rejection = Rejection(
+        topic=ours[SOURCE_TOPIC],
+        partition=partition,
+        offset=offset,
+        key=key,
+        value=value,
+        headers=tuple(pairs[:start]),
+        kafka_timestamp_ms=timestamp,
+        error_stage=ours.get(ERROR_STAGE, ""),
+        error_class=ours.get(ERROR_CLASS, ""),
+        error_message=ours.get(ERROR_MESSAGE, ""),
+        sqlstate=ours.get(SQLSTATE),
+        event_id=ours.get(EVENT_ID),
+        event_type=ours.get(EVENT_TYPE),
+        correlation_id=ours.get(CORRELATION_ID),
+    )
+    return DeadLetter(
+        rejection=rejection,
+        consumer_group=ours.get(CONSUMER_GROUP),
+        attempts=attempts,
+        dead_lettered_at=dead_lettered_at,
+    )
+
+
+def current_traceparent() -> str | None:
+    """The W3C traceparent of the current OpenTelemetry context, if it has a span."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return carrier.get(TRACEPARENT)
+
+
+class _Deliveries:
+    """Delivery reports of one :meth:`DeadLetterPublisher.publish` call (any thread)."""
+
+    def __init__(self, expected: int) -> None:
+        self._lock = threading.Lock()
+        self.pending = expected
+        self.confirmed: set[int] = set()
+        self.last_error: KafkaError | None = None
+
+    def callback(self, index: int) -> Any:
+        def on_delivery(error: KafkaError | None, _message: Message) -> None:
+            with self._lock:
+                self.pending -= 1
+                if error is None:
+                    self.confirmed.add(index)
+                else:
+                    self.last_error = error
+
+        return on_delivery
+
+
+class DeadLetterPublisher:
+    """Publishes dead letters and returns only once the broker confirmed every one.
+
+    One idempotent producer (``acks=all``) shared by all writers; each call waits for
+    the delivery reports of its own messages, serving callbacks by polling. A message
+    the broker did not confirm raises :class:`DeadLetterPublishError` naming how many;
+    the caller retries with backoff (only the failed ones are given again), and the
+    source offsets are not acknowledged meanwhile, so nothing is lost.
+    """
+
+    def __init__(
+        self,
+        config: dict[str, Any],
+        *,
+        topic_template: str,
+        consumer_group: str | None,
+        delivery_timeout_s: float = 30.0,
+    ) -> None:
+        producer_config = {
+            **config,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.timeout.ms": int(delivery_timeout_s * 1000),
+        }
+        self._producer = Producer(producer_config)
+        self._template = topic_template
+        self._group = consumer_group
+        self._timeout_s = delivery_timeout_s + 5.0
+
+    def topic_for(self, source_topic: str) -> str:
+        return dead_letter_topic(self._template, source_topic)
+
+    def publish(self, rejections: Sequence[Rejection], *, attempts: int = 1) -> None:
+        """Publish ``rejections``; raise :class:`DeadLetterPublishError` with the rest."""
+        if not rejections:
+            return
+        now = datetime.now(UTC)
+        traceparent = current_traceparent()
+        deliveries = _Deliveries(len(rejections))
+        for index, rejection in enumerate(rejections):
+            dead_letter = DeadLetter(rejection, self._group, attempts, now)
+            self._produce(
+                self.topic_for(rejection.topic),
+                key=rejection.key,
+                value=rejection.value,
+                headers=encode_headers(dead_letter, traceparent),
+                timestamp=rejection.kafka_timestamp_ms or 0,
+                on_delivery=deliveries.callback(index),
+            )
+        deadline = time.monotonic() + self._timeout_s
+        while deliveries.pending > 0 and time.monotonic() < deadline:
+            self._producer.poll(0.05)
+        if len(deliveries.confirmed) < len(rejections):
+            unconfirmed = [r for i, r in enumerate(rejections) if i not in deliveries.confirmed]
+            error = deliveries.last_error
+            reason = error.str() if error is not None else "no delivery report in time"
+            raise DeadLetterPublishError(
+                f"{len(unconfirmed)} of {len(rejections)} dead letters not confirmed by "
+                f"the broker: {reason}",
+                unconfirmed,
+            )
+
+    def _produce(self, topic: str, **kwargs: Any) -> None:
+        while True:
+            try:
+                self._producer.produce(topic, **kwargs)
+                return
+            except BufferError:
+                self._producer.poll(0.1)  # local queue full: serve delivery reports
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        remaining = self._producer.flush(timeout_s)
+        if remaining:
+            log.warning("%d dead-letter messages still unconfirmed at close", remaining)
