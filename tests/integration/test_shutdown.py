@@ -1,0 +1,118 @@
+"""Shutdown while the database holds the writers back: the drain deadline and a second
+signal both end the process with their documented exit codes, and lose nothing."""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from kingest.producer import produce_records
+from kingest.store.migrate import apply_migrations
+from kingest.synth import SyntheticStream
+from tests.integration.support import (
+    KingestProcess,
+    all_committed,
+    assert_committed_are_stored,
+    kingest_env,
+    stored_event_ids,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PARTITIONS = 2
+EVENTS = 10_000
+
+
+@contextmanager
+def metrics_table_locked(url: str) -> Iterator[None]:
+    """Hold an exclusive lock on kingest.metrics: every write batch waits behind it."""
+    with psycopg.connect(url) as conn:
+        conn.execute("LOCK TABLE kingest.metrics IN ACCESS EXCLUSIVE MODE")
+        yield
+        conn.rollback()
+
+
+def writers_waiting_on_a_lock(url: str) -> bool:
+    with psycopg.connect(url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM pg_stat_activity "
+            "WHERE application_name LIKE 'kingest:%' AND wait_event_type = 'Lock'"
+        ).fetchone()
+    return row is not None and row[0] > 0
+
+
+@pytest.fixture
+def stream(
+    kafka_bootstrap: str, database_url: str, topic_factory: Callable[[int], str]
+) -> tuple[str, dict[int, int], set[str]]:
+    topic = topic_factory(PARTITIONS)
+    apply_migrations(database_url)
+    records = SyntheticStream(seed=11).take(EVENTS)
+    report = produce_records(kafka_bootstrap, topic, records, count=len(records))
+    assert report.delivered == EVENTS
+    return topic, dict(report.end_offsets), {r.event_id for r in records}
+
+
+@pytest.mark.parametrize(
+    ("first", "drain_timeout", "expected_exit"),
+    [
+        pytest.param(signal.SIGINT, "3", 3, id="drain-deadline-passes-exit-3"),
+        pytest.param(signal.SIGTERM, "120", 130, id="second-signal-forces-exit-130"),
+    ],
+)
+def test_a_stuck_drain_ends_by_deadline_or_second_signal_and_loses_nothing(
+    kafka_bootstrap: str,
+    database_url: str,
+    stream: tuple[str, dict[int, int], set[str]],
+    tmp_path: Path,
+    first: signal.Signals,
+    drain_timeout: str,
+    expected_exit: int,
+) -> None:
+    topic, end_offsets, event_ids = stream
+    group = f"stuck-{expected_exit}"
+    env = kingest_env(
+        kafka_bootstrap,
+        database_url,
+        topic,
+        group,
+        KINGEST_DRAIN_TIMEOUT_S=drain_timeout,
+        KINGEST_KAFKA_MAX_POLL_INTERVAL_MS="300000",
+    )
+    log = tmp_path / "kingest.log"
+    with metrics_table_locked(database_url), KingestProcess(env, log) as kingest:
+        wait_for(
+            lambda: writers_waiting_on_a_lock(database_url),
+            timeout=60,
+            what=f"a writer blocked on the locked table (log: {log})",
+        )
+        kingest.signal(first)
+        wait_for(lambda: "draining" in kingest.log, timeout=30, what="the drain to begin")
+        if expected_exit == 130:
+            assert kingest.proc.poll() is None, "exited although its writes are blocked"
+            kingest.signal(signal.SIGTERM)
+        assert kingest.wait(60) == expected_exit, kingest.log
+    if expected_exit == 3:
+        assert "drain deadline passed" in kingest.log
+    else:
+        assert "exiting without waiting" in kingest.log
+    # Whatever was committed before the end is stored (nothing was, behind the lock).
+    assert_committed_are_stored(database_url, kafka_bootstrap, group, topic, PARTITIONS)
+
+    # A restart with the database free again stores everything exactly once.
+    with KingestProcess(env, tmp_path / "restart.log") as kingest:
+        wait_for(
+            lambda: all_committed(kafka_bootstrap, group, topic, end_offsets, PARTITIONS),
+            timeout=120,
+            what="every offset committed after the restart",
+        )
+        assert kingest.terminate_and_wait() == 0, kingest.log
+    stored = stored_event_ids(database_url)
+    assert set(stored) == event_ids
+    assert max(stored.values()) == 1
