@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 
@@ -11,6 +12,7 @@ from kingest.deadletter import (
     ATTEMPTS,
     CORRELATION_ID,
     ERROR_CLASS,
+    HEADERS,
     SOURCE_OFFSET,
     SOURCE_TOPIC,
     SQLSTATE,
@@ -155,3 +157,9 @@ def test_unconfirmed_dead_letters_are_reported_for_retry() -> None:
         publisher.publish(batch)
     assert caught.value.unconfirmed == batch
     publisher.close(timeout_s=0.1)
+
+
+def test_the_readme_documents_every_dead_letter_header() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    for name, meaning in HEADERS.items():
+        assert f"| `{name}` | {meaning} |" in readme, name
