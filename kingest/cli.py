@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kingest import __version__
+from kingest.cli_dlq import dlq_app
 from kingest.config import (
     ConfigError,
     Settings,
@@ -33,6 +34,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+app.add_typer(dlq_app, name="dlq")
 err = Console(stderr=True)
 
 

@@ -19,7 +19,13 @@ down to the offending row and dead-letters it with the original key, value and h
 
 Idempotency key of a row: the event's ``event_id``, or when empty a UUIDv5 of
 ``"{topic}/{partition}/{offset}"`` in :data:`DERIVED_EVENT_ID_NAMESPACE`, so a
-redelivered message maps to the same key. Correlation id: the envelope's, else the
+redelivered message maps to the same key. A dead letter replayed to its source topic
+(``kingest dlq replay --to source``) lands at a new offset but carries a
+``kingest.replay.of: topic/partition/offset`` header (:data:`REPLAY_OF_HEADER`) naming
+the original message; an event without ``event_id`` then takes the key derived from
+those ORIGINAL coordinates, so however often it is replayed it maps to the one row the
+original would have been. Headers are only read when ``event_id`` is empty, which keeps
+the common case off this lookup. Correlation id: the envelope's, else the
 ``correlation-id`` Kafka header, else the event id.
 """
 
@@ -54,17 +60,21 @@ from kingest.store.tables import ENVELOPE, FACT_TABLES, TABLES_BY_EVENT_TYPE, Fa
 __all__ = [
     "CORRELATION_ID_HEADER",
     "DERIVED_EVENT_ID_NAMESPACE",
+    "REPLAY_OF_HEADER",
     "Headers",
     "KafkaRecord",
     "Rejection",
     "RowBatch",
     "derive_event_id",
+    "parse_replay_of",
 ]
 
 #: Namespace of the event ids derived from Kafka coordinates. Fixed forever: changing
 #: it would give a redelivered message a new key, hence a duplicate row.
 DERIVED_EVENT_ID_NAMESPACE: Final = uuid.UUID("a76e5044-6f7d-476d-84a6-2998463a6357")
 CORRELATION_ID_HEADER: Final = "correlation-id"
+#: Header of a replayed dead letter naming its original message: ``topic/partition/offset``.
+REPLAY_OF_HEADER: Final = "kingest.replay.of"
 
 #: Approximate memory of one buffered row besides its Kafka value: list slots and the
 #: small objects of its columns (tracemalloc on the synthetic mix: about 640 bytes)
@@ -140,6 +150,34 @@ class Rejection:
 def derive_event_id(topic: str | None, partition: int | None, offset: int | None) -> str:
     """The idempotency key of an event sent without ``event_id``: stable per message."""
     return str(uuid.uuid5(DERIVED_EVENT_ID_NAMESPACE, f"{topic}/{partition}/{offset}"))
+
+
+def parse_replay_of(value: str | bytes) -> tuple[str, int, int] | None:
+    """A :data:`REPLAY_OF_HEADER` value ``"topic/partition/offset"`` as a tuple, or None
+    when malformed.
+
+    Topic names cannot contain ``/``, so the split is unambiguous.
+    """
+    text = value if isinstance(value, str) else value.decode("utf-8", "replace")
+    topic, _, rest = text.partition("/")
+    partition, _, offset = rest.partition("/")
+    try:
+        return (topic, int(partition), int(offset)) if topic else None
+    except ValueError:
+        return None
+
+
+def _derived_event_id(
+    record: KafkaRecord, topic: str | None, partition: int | None, offset: int | None
+) -> str:
+    """The key of an event without ``event_id``: from the ``kingest.replay.of`` header's
+    original coordinates when the message is a replayed dead letter, else its own."""
+    for key, value in _header_pairs(record.headers()):
+        if key == REPLAY_OF_HEADER and value:
+            original = parse_replay_of(value)
+            if original is not None:
+                return derive_event_id(*original)
+    return derive_event_id(topic, partition, offset)
 
 
 def _header_pairs(headers: Headers | None) -> Iterable[tuple[str, str | bytes | None]]:
@@ -367,7 +405,7 @@ class RowBatch:
                 topic = record.topic()
                 partition = record.partition()
                 offset = record.offset()
-                event_id = event.event_id or derive_event_id(topic, partition, offset)
+                event_id = event.event_id or _derived_event_id(record, topic, partition, offset)
                 correlation_id = event.correlation_id or header_correlation_id(record) or event_id
                 occurred_at = event.occurred_at
                 try:
