@@ -20,6 +20,7 @@ from kingest.config import (
     load_settings,
     redact_conninfo,
     reference_markdown,
+    safe_error_text,
 )
 from kingest.logs import configure_logging
 
@@ -113,7 +114,7 @@ def migrate(
         applied = apply_migrations(database_url)
     except (psycopg.Error, MigrationError) as error:
         err.print(f"[bold red]kingest migrate failed[/] on {redact_conninfo(database_url)}:")
-        err.print(f"  {str(error).strip()}", markup=False, highlight=False)
+        err.print(f"  {safe_error_text(error, database_url)}", markup=False, highlight=False)
         raise typer.Exit(1) from None
     if applied:
         typer.echo(f"applied {len(applied)} migrations: {', '.join(applied)}")

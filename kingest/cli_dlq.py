@@ -28,7 +28,14 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 from rich.text import Text
 
-from kingest.config import ConfigError, Settings, dead_letter_topic, load_settings, redact_conninfo
+from kingest.config import (
+    ConfigError,
+    Settings,
+    dead_letter_topic,
+    load_settings,
+    redact_conninfo,
+    safe_error_text,
+)
 
 if TYPE_CHECKING:
     from kingest.dlq import DeadLetterFilter, ReplayPlan, ReplaySummary, StoredDeadLetter
@@ -120,7 +127,9 @@ def _reported(database_url: str) -> Iterator[None]:
                 f"({first_line(error)}): run `kingest migrate`",
             ) from None
         raise _fail(
-            EXIT_FAILED, f"PostgreSQL at {redact_conninfo(database_url)}: {first_line(error)}"
+            EXIT_FAILED,
+            f"PostgreSQL at {redact_conninfo(database_url)}: "
+            f"{safe_error_text(error, database_url)}",
         ) from None
     except (DlqError, KafkaException) as error:
         raise _fail(EXIT_FAILED, str(error)) from None

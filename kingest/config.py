@@ -588,6 +588,23 @@ def redact_conninfo(url: str) -> str:
     return make_conninfo("", **params)
 
 
+def safe_error_text(error: BaseException, conninfo: str) -> str:
+    """The first line of ``error`` (raised while using ``conninfo``), safe to print.
+
+    libpq quotes the connection string, or the token it could not parse, in some parse
+    errors (``invalid percent-encoded token: "pa%zzss"``), password included. When the
+    string does not parse, only a generic description is returned; otherwise the
+    password, if any, is blanked wherever it appears.
+    """
+    try:
+        password = conninfo_to_dict(conninfo).get("password")
+    except Exception:
+        return "not a valid libpq URL or key=value connection string"
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else type(error).__name__
+    return text.replace(str(password), REDACTED) if password else text
+
+
 def redact_property(name: str, value: str) -> str:
     """The value of a librdkafka property, hidden when its name marks it as a secret."""
     return REDACTED if _SECRET_PROPERTY.search(name) else value

@@ -6,7 +6,8 @@ Exit codes (also in the README):
 0      stopped on SIGTERM/SIGINT after draining: everything received was written and
        its offsets committed
 1      runtime failure (a fatal Kafka error, a pipeline actor failed) or a start-up
-       check failed (database or broker unreachable, schema not migrated, topic missing)
+       check failed (database or broker unreachable, schema not migrated, the database
+       role lacks a privilege of docs/security.md, topic missing)
 2      invalid configuration (every problem is listed)
 3      stopped, but in-flight work was abandoned at the drain deadline (it will be
        redelivered; nothing is lost)
@@ -25,8 +26,9 @@ from types import FrameType
 from typing import Any
 
 import psycopg
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
+from psycopg.conninfo import make_conninfo
 
 from kingest.config import Settings, dead_letter_topic, redact_conninfo
 from kingest.pipeline.pipeline import Pipeline, RunOutcome
@@ -48,8 +50,11 @@ def check_database(settings: Settings) -> None:
     """PostgreSQL is reachable with these credentials and every migration is applied."""
     url = settings.database.url
     where = redact_conninfo(url)
+    # libpq waits forever for a server that accepts the connection but never answers;
+    # the writers' pool is bounded by the same setting.
+    bounded = make_conninfo(url, connect_timeout=max(1, round(settings.database.connect_timeout_s)))
     try:
-        pending = pending_migrations(url)
+        pending = pending_migrations(bounded)
     except (psycopg.Error, MigrationError) as error:
         raise StartupError(f"cannot use PostgreSQL at {where}: {first_line(error)}") from None
     if pending:
@@ -57,20 +62,99 @@ def check_database(settings: Settings) -> None:
             f"the database at {where} is missing migrations {', '.join(pending)}: "
             "run `kingest migrate` first"
         )
+    try:
+        with psycopg.connect(bounded, autocommit=True) as conn:
+            role, missing = _missing_privileges(conn)
+    except psycopg.Error as error:
+        raise StartupError(f"cannot use PostgreSQL at {where}: {first_line(error)}") from None
+    if missing:
+        raise StartupError(
+            f"role {role} lacks privileges on the database at {where}: {'; '.join(missing)} "
+            "(grant them as in docs/security.md, 'Least-privilege roles')"
+        )
+
+
+#: What the runtime role needs on every table of the schema (docs/security.md), and on
+#: its sequences (dead_letters.id). A missing grant would otherwise surface only at the
+#: first write, as a failed pipeline with the batch's events uncommitted.
+_TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE")
+_MISSING_PRIVILEGES = """
+SELECT c.relname, p.privilege
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+CROSS JOIN unnest(%s::text[]) AS p(privilege)
+WHERE n.nspname = 'kingest'
+  AND CASE WHEN c.relkind IN ('r', 'p') THEN NOT has_table_privilege(c.oid, p.privilege) END
+UNION ALL
+SELECT c.relname, 'USAGE'
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+WHERE n.nspname = 'kingest'
+  AND CASE WHEN c.relkind = 'S' THEN NOT has_sequence_privilege(c.oid, 'USAGE') END
+ORDER BY 1, 2
+"""
+
+
+def _missing_privileges(conn: psycopg.Connection[Any]) -> tuple[str, list[str]]:
+    """The current role, and ``"INSERT, UPDATE on kingest.x"`` for each table it lacks."""
+    row = conn.execute("SELECT current_user").fetchone()
+    role = str(row[0]) if row else "?"
+    lacking: dict[str, list[str]] = {}
+    for relation, privilege in conn.execute(_MISSING_PRIVILEGES, (list(_TABLE_PRIVILEGES),)):
+        lacking.setdefault(relation, []).append(privilege)
+    return role, [f"{', '.join(p)} on kingest.{relation}" for relation, p in lacking.items()]
+
+
+class _ClientErrors:
+    """What librdkafka reports while the check runs, kept for the failure message.
+
+    Without a logger librdkafka writes its own lines straight to stderr (one per
+    reconnect attempt, about twenty a second, outside the JSON log format); routed to a
+    logger without handlers they are dropped, and the error callback keeps the reason
+    (connection refused, authentication failed...) for the one message that matters.
+    """
+
+    def __init__(self) -> None:
+        self.errors: list[KafkaError] = []
+        self.quiet_logger = logging.Logger("kingest.preflight.librdkafka")
+        self.quiet_logger.addHandler(logging.NullHandler())
+
+    def on_error(self, error: KafkaError) -> None:
+        self.errors.append(error)
+
+    def reason(self) -> str:
+        """The most telling error seen: the last one that is not "all brokers down"."""
+        for error in reversed(self.errors):
+            if error.code() != KafkaError._ALL_BROKERS_DOWN:
+                return f" (last client error: {error.str()})"
+        return ""
+
+
+def _kafka_error_text(error: KafkaException) -> str:
+    """The human part of a KafkaException ("Failed to get metadata: ..."), not its repr."""
+    if error.args and isinstance(error.args[0], KafkaError):
+        return str(error.args[0].str())
+    return first_line(error)
 
 
 def check_kafka(settings: Settings, timeout_s: float = 15.0) -> None:
     """The brokers answer and every configured topic (and dead-letter topic) exists."""
+    client_errors = _ClientErrors()
     config: dict[str, Any] = {
         "bootstrap.servers": settings.kafka.bootstrap_servers,
         "client.id": settings.kafka.client_id,
         **settings.kafka.properties,  # security settings (SASL, TLS) apply here too
+        "error_cb": client_errors.on_error,
+        "logger": client_errors.quiet_logger,
     }
+    admin = AdminClient(config)
     try:
-        metadata = AdminClient(config).list_topics(timeout=timeout_s)
+        metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as error:
+        admin.poll(0)  # serves the queued error callbacks
         raise StartupError(
-            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: {first_line(error)}"
+            f"cannot reach Kafka at {settings.kafka.bootstrap_servers}: "
+            f"{_kafka_error_text(error)}{client_errors.reason()}"
         ) from None
     wanted = list(settings.kafka.topics)
     if settings.dead_letters.to_topic:

@@ -54,7 +54,7 @@ from kingest.schema.v1.events_pb2 import (
     TrainingRunFinished,
     TrainingRunStarted,
 )
-from kingest.schema.validate import ValidationError, validate_event
+from kingest.schema.validate import MAX_INDEXED_IDENTIFIER_BYTES, ValidationError, validate_event
 from kingest.store.tables import ENVELOPE, FACT_TABLES, TABLES_BY_EVENT_TYPE, FactTable
 
 __all__ = [
@@ -189,9 +189,18 @@ def _header_pairs(headers: Headers | None) -> Iterable[tuple[str, str | bytes | 
 
 
 def _header_correlation_id(record: KafkaRecord) -> str:
+    """The ``correlation-id`` header, or ``""`` when absent or unusable.
+
+    Unlike the envelope, a header is not validated, so one PostgreSQL would refuse (a
+    NUL character; more than an indexed identifier's bytes) is ignored: the event then
+    takes its event id as correlation id instead of failing its whole batch's write.
+    """
     for key, value in _header_pairs(record.headers()):
         if key == CORRELATION_ID_HEADER and value:
-            return value if isinstance(value, str) else value.decode("utf-8", "replace")
+            text = value if isinstance(value, str) else value.decode("utf-8", "replace")
+            if "\x00" in text or len(text.encode()) > MAX_INDEXED_IDENTIFIER_BYTES:
+                return ""
+            return text
     return ""
 
 
@@ -393,9 +402,10 @@ class RowBatch:
                     self._reject_undecodable(record, exc)
                     continue
                 try:
-                    # The value's length bounds every string in it: validation need not
-                    # re-encode the event to know whether lengths must be checked.
-                    kind = validate(event, now=now, encoded_size=len(value))  # type: ignore[arg-type]
+                    # The value bounds every string in it (validation need not re-encode
+                    # the event to know whether lengths must be checked), and a value
+                    # without a zero byte cannot hold NUL (no text scan needed).
+                    kind = validate(event, now=now, encoded=value)  # type: ignore[arg-type]
                 except ValidationError as exc:
                     self._reject_invalid(record, event, exc.error_class, str(exc))
                     continue

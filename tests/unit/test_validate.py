@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
@@ -24,7 +27,12 @@ from kingest.schema.v1.events_pb2 import (
     TrainingRunFinished,
     TrainingRunStarted,
 )
-from kingest.schema.validate import ValidationError, event_type, validate_event
+from kingest.schema.validate import (
+    INDEXED_IDENTIFIER_FIELDS,
+    ValidationError,
+    event_type,
+    validate_event,
+)
 from kingest.synth import SyntheticStream
 
 NOW = 1_760_000_000.0
@@ -266,17 +274,20 @@ def test_encoded_size_shortcut_agrees_with_the_full_check(
     event.training_run_started.hyperparameters[key] = hyperparameter
     value = encode_event(event)
 
-    def verdict(encoded_size: int | None) -> str | None:
+    def verdict(**hint: int | bytes) -> str | None:
         try:
-            validate_event(decode_event(value), now=NOW, encoded_size=encoded_size)
+            validate_event(decode_event(value), now=NOW, **hint)  # type: ignore[arg-type]
         except ValidationError as exc:
             return exc.error_class
         return None
 
     expected = None
-    if max(len(source), len(key), len(run_id), len(hyperparameter)) > 1024:
+    texts = (source, key, run_id, hyperparameter)
+    if max(map(len, texts)) > 1024 or len(run_id.encode()) > 1024:
         expected = "too_long"
-    assert verdict(None) == verdict(len(value)) == expected
+    elif any("\x00" in text for text in texts):
+        expected = "nul_character"
+    assert verdict() == verdict(encoded_size=len(value)) == verdict(encoded=value) == expected
 
 
 PAYLOAD_REJECTIONS = [
@@ -314,6 +325,8 @@ PAYLOAD_REJECTIONS = [
     ("model_deployed", "traffic_percent", 100.01, "out_of_range"),
     ("inference_completed", "latency_ms", -0.001, "out_of_range"),
     ("inference_completed", "latency_ms", 86_400_000.0, "out_of_range"),
+    ("training_run_finished", "duration_seconds", 315_576_000.5, "out_of_range"),
+    ("training_run_finished", "duration_seconds", 1e300, "out_of_range"),
 ]
 
 
@@ -353,6 +366,13 @@ ACCEPTED_BOUNDARIES = [
     ("data_drift_detected", _set("data_drift_detected.severity", 3)),
     ("metric_logged", _set("metric_logged.value", -1e308)),
     ("evaluation_completed", _set("evaluation_completed.model_version", "")),
+    ("training_run_finished", _set("training_run_finished.duration_seconds", 315_576_000.0)),
+    # Indexed identifiers: 1024 UTF-8 bytes is the bound, whatever the characters.
+    ("metric_logged", _set("metric_logged.run_id", "\U0001d538" * 256)),
+    ("metric_logged", _set("correlation_id", "x" * 1024)),
+    # Not indexed: only the character bound applies.
+    ("training_run_started", _set("training_run_started.experiment", "\U0001d538" * 1024)),
+    ("inference_completed", _set("inference_completed.request_id", "\U0001d538" * 1024)),
 ]
 
 
@@ -371,3 +391,121 @@ def test_validation_error_survives_pickling() -> None:
     error = ValidationError("too_long", "source", "source has 2000 characters")
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.error_class, copy.field, str(copy)) == ("too_long", "source", str(error))
+
+
+# --- NUL characters and indexed identifiers ---------------------------------------------
+
+
+def _text_fields(kind: str) -> list[str]:
+    """Dotted paths of every singular string field of the envelope and ``kind``'s payload."""
+    payload: Any = Event.DESCRIPTOR.fields_by_name[kind].message_type
+    envelope = [f.name for f in Event.DESCRIPTOR.fields if f.type == f.TYPE_STRING]
+    own = [f"{kind}.{f.name}" for f in payload.fields if f.type == f.TYPE_STRING]
+    return [name for name in envelope if name != "event_id"] + own
+
+
+NUL_FIELDS = [(kind, path) for kind in sorted(VALID_EVENTS) for path in _text_fields(kind)]
+
+
+def _verdicts(event: Event) -> set[tuple[str, str | None]]:
+    """The rejection with and without each size hint, from plain and framed bytes."""
+    found = set()
+    for value in (encode_event(event), encode_event(event, schema_id=0)):
+        for hint in ({}, {"encoded_size": len(value)}, {"encoded": value}):
+            with pytest.raises(ValidationError) as caught:
+                validate_event(decode_event(value), now=NOW, **hint)
+            found.add((caught.value.error_class, caught.value.field))
+    return found
+
+
+@pytest.mark.parametrize(("kind", "path"), NUL_FIELDS, ids=[f"{k}-{p}" for k, p in NUL_FIELDS])
+def test_nul_in_any_text_field_is_rejected(kind: str, path: str) -> None:
+    event = VALID_EVENTS[kind]()
+    _set(path, "a\x00b")(event)
+    assert _verdicts(event) == {("nul_character", path)}
+
+
+@pytest.mark.parametrize(
+    ("kind", "name", "key", "value", "field"),
+    [
+        ("training_run_started", "hyperparameters", "l\x00r", "1", "hyperparameters key"),
+        ("training_run_started", "hyperparameters", "lr", "\x00", "hyperparameters[lr]"),
+        ("model_version_registered", "tags", "\x00", "v", "tags key"),
+        ("model_version_registered", "tags", "stage", "p\x00", "tags[stage]"),
+        ("training_run_finished", "summary_metrics", "lo\x00ss", 0.5, "summary_metrics key"),
+        ("evaluation_completed", "metrics", "\x00f1", 0.5, "metrics key"),
+    ],
+)
+def test_nul_in_map_keys_and_values_is_rejected(
+    kind: str, name: str, key: str, value: object, field: str
+) -> None:
+    event = VALID_EVENTS[kind]()
+    _put(f"{kind}.{name}", key, value)(event)
+    assert _verdicts(event) == {("nul_character", f"{kind}.{field}")}
+
+
+def test_every_text_field_is_covered_by_the_nul_test() -> None:
+    """A string field added to the schema gets a NUL test case without editing this file."""
+    names = {path.rsplit(".", 1)[-1] for _, path in NUL_FIELDS}
+    for field in Event.DESCRIPTOR.oneofs_by_name["payload"].fields:
+        payload: Any = field.message_type
+        for sub in payload.fields:
+            if sub.type == sub.TYPE_STRING:
+                assert sub.name in names
+
+
+def test_zero_bytes_outside_text_do_not_trip_the_nul_rule() -> None:
+    """Doubles and framing headers hold 0x00 bytes; only a NUL in text is rejected."""
+    event = VALID_EVENTS["model_deployed"]()
+    event.model_deployed.traffic_percent = 100.0  # 0x4059000000000000
+    for value in (encode_event(event), encode_event(event, schema_id=0)):
+        assert b"\x00" in value
+        assert validate_event(decode_event(value), now=NOW, encoded=value) == "model_deployed"
+
+
+FOUR_BYTES = "\U0001d538"  # MATHEMATICAL DOUBLE-STRUCK CAPITAL A: 4 UTF-8 bytes
+
+
+@pytest.mark.parametrize(
+    ("kind", "path"),
+    [
+        ("metric_logged", "correlation_id"),
+        ("metric_logged", "metric_logged.run_id"),
+        ("metric_logged", "metric_logged.key"),
+        ("training_run_started", "training_run_started.run_id"),
+        ("training_run_finished", "training_run_finished.run_id"),
+        ("model_deployed", "model_deployed.model_name"),
+        ("model_deployed", "model_deployed.environment"),
+        ("inference_completed", "inference_completed.model_name"),
+        ("evaluation_completed", "evaluation_completed.model_name"),
+        ("data_drift_detected", "data_drift_detected.model_name"),
+        ("model_version_registered", "model_version_registered.model_name"),
+    ],
+)
+def test_indexed_identifier_is_bounded_in_utf8_bytes(kind: str, path: str) -> None:
+    """1024 four-byte characters pass the character bound but not a btree entry (2704 B)."""
+    event = VALID_EVENTS[kind]()
+    _set(path, FOUR_BYTES * 1024)(event)
+    assert _verdicts(event) == {("too_long", path)}
+    _set(path, FOUR_BYTES * 256 + "x")(event)  # 1025 bytes: just past the bound
+    assert _verdicts(event) == {("too_long", path)}
+    _set(path, FOUR_BYTES * 256)(event)  # exactly 1024 bytes
+    validate_event(event, now=NOW)
+
+
+def test_indexed_identifier_set_matches_the_indexed_columns() -> None:
+    """Every text column in a btree index of sql/ is bounded (and nothing else is)."""
+    sql_dir = Path(__file__).resolve().parents[2] / "sql"
+    indexed: set[str] = set()
+    for path in sql_dir.glob("*.sql"):
+        text = path.read_text()
+        for columns in re.findall(r"CREATE (?:UNIQUE )?INDEX \S+\s+ON \S+ \(([^)]*)\)", text):
+            indexed.update(c.strip() for c in columns.split(","))
+        for columns in re.findall(r"PRIMARY KEY \(([^)]*)\)", text):
+            indexed.update(c.strip() for c in columns.split(","))
+        indexed.update(re.findall(r"^\s+(\w+)\s+text PRIMARY KEY", text, re.MULTILINE))
+    # Not identifiers from events: set by kingest itself (status, error_class) or the
+    # numbers/timestamps of composite indexes.
+    not_event_text = {"occurred_at", "step", "status", "status_at", "dead_lettered_at"}
+    not_event_text |= {"error_class", "kafka_topic", "kafka_partition", "kafka_offset"}
+    assert indexed - not_event_text == set(INDEXED_IDENTIFIER_FIELDS)
