@@ -122,7 +122,8 @@ class OneForOneSupervisor:
     a restart cannot fix does not loop forever. On ESCALATE `on_escalate` is called
     (in the failing actor's thread; its exceptions are logged, not raised) and the
     runtime stops the actor. `ActorRuntimeError`s are escalated whatever the decider says.
-    Every failure is logged with its traceback and the directive taken.
+    Every failure is logged with the directive taken, and with its traceback unless
+    `traceback_for` says the error is an expected condition that its message explains.
     """
 
     def __init__(
@@ -131,6 +132,7 @@ class OneForOneSupervisor:
         max_restarts: int = 3,
         within_seconds: float = 60.0,
         on_escalate: Callable[[Failure], None] | None = None,
+        traceback_for: Callable[[BaseException], bool] = lambda _error: True,
     ) -> None:
         if max_restarts < 0:
             raise ValueError(f"max_restarts must be non-negative, got {max_restarts}")
@@ -140,6 +142,7 @@ class OneForOneSupervisor:
         self._max_restarts = max_restarts
         self._within_seconds = within_seconds
         self._on_escalate = on_escalate
+        self._traceback_for = traceback_for
         self._lock = threading.Lock()
         # Weak keys: supervising an actor must not keep it alive.
         self._restarts: weakref.WeakKeyDictionary[Actor[Any], deque[float]] = (
@@ -165,7 +168,7 @@ class OneForOneSupervisor:
             failure.actor_name,
             type(failure.error).__name__,
             directive.name,
-            exc_info=failure.error,
+            exc_info=failure.error if self._traceback_for(failure.error) else None,
         )
         if directive is Directive.ESCALATE and self._on_escalate is not None:
             try:

@@ -80,6 +80,19 @@ class Backoff:
         self.attempts = 0
 
 
+#: SQLSTATE insufficient_privilege: the role lost a grant, the schema is there.
+_INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def _schema_error_text(error: Exception) -> str:
+    sqlstate = sqlstate_of(error)
+    if sqlstate == _INSUFFICIENT_PRIVILEGE:
+        hint = "the database role lacks a privilege (see docs/security.md for the grants)"
+    else:
+        hint = "is the schema migrated? run `kingest migrate`"
+    return f"PostgreSQL rejected kingest's SQL ({sqlstate}: {first_line(error)}); {hint}"
+
+
 class WriterActor(Actor[WriteBatch]):
     """One member of the writer pool; see the module docstring."""
 
@@ -193,10 +206,7 @@ class WriterActor(Actor[WriteBatch]):
                     )
             except Exception as error:
                 if is_schema_error(error):
-                    raise SchemaNotReadyError(
-                        f"PostgreSQL rejected kingest's SQL ({sqlstate_of(error)}: "
-                        f"{str(error).strip()}); is the schema migrated? run `kingest migrate`"
-                    ) from error
+                    raise SchemaNotReadyError(_schema_error_text(error)) from error
                 if classify_db_error(error) is ErrorKind.PERMANENT:
                     return error
                 delay = self._backoff.next_delay()

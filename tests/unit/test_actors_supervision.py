@@ -353,3 +353,27 @@ def test_idle_timeouts_are_not_failures() -> None:
         assert decider.failures == []
     finally:
         assert actor.stop(timeout=5)
+
+
+def test_an_expected_failure_is_logged_without_its_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class Explained(Actor[str]):
+        def receive(self, message: str) -> None:
+            raise (BoomError if message == "bug" else KeyError)(message)
+
+    supervisor = OneForOneSupervisor(
+        escalate_always, traceback_for=lambda error: not isinstance(error, KeyError)
+    )
+    with ActorSystem("expected") as system, caplog.at_level(logging.ERROR, logger="actors"):
+        for message in ("known", "bug"):
+            actor = system.spawn(Explained(f"explained-{message}", supervisor=supervisor))
+            actor.tell(message)
+            assert actor.join(timeout=5)
+    logged = {
+        type(record.exc_info[1]).__name__ if record.exc_info else "none": record.getMessage()
+        for record in caplog.records
+        if "directive ESCALATE" in record.getMessage()
+    }
+    assert set(logged) == {"none", "BoomError"}
+    assert "KeyError" in logged["none"]
