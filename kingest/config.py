@@ -243,6 +243,13 @@ class PipelineSettings:
         5_000,
         check=_between(1, 1_000_000),
     )
+    batch_bytes: int = _setting(
+        "KINGEST_BATCH_BYTES",
+        "Estimated memory of a write batch at which a partition flushes it even if it "
+        "holds fewer than KINGEST_BATCH_SIZE messages (bounds batches of large messages).",
+        8 * 1024 * 1024,
+        check=_at_least(65_536),
+    )
     batch_linger_ms: int = _setting(
         "KINGEST_BATCH_LINGER_MS",
         "Longest a partition holds a batch that is not full.",
@@ -258,7 +265,7 @@ class PipelineSettings:
     partition_queue_messages: int = _setting(
         "KINGEST_PARTITION_QUEUE_MESSAGES",
         "Queued messages per partition before it is paused on the consumer.",
-        20_000,
+        10_000,
         check=_at_least(1),
     )
     partition_queue_bytes: int = _setting(

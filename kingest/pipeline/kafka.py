@@ -11,6 +11,13 @@ __all__ = ["consumer_config"]
 
 log = logging.getLogger(__name__)
 
+#: librdkafka's default fetch.max.bytes (50 MiB): the most one fetch response carries.
+FETCH_MAX_BYTES_DEFAULT = 52_428_800
+#: librdkafka's consumer queue holds at most this many polls' worth of messages.
+PREFETCH_POLLS = 4
+#: How long librdkafka waits before fetching again once its queue is full (default 1 s).
+FETCH_QUEUE_BACKOFF_MS = 50
+
 
 def _log_client_error(error: Any) -> None:
     # Client-level errors (all brokers down, authentication failures) are reported here;
@@ -31,7 +38,22 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "session.timeout.ms": kafka.session_timeout_ms,
         "heartbeat.interval.ms": kafka.heartbeat_interval_ms,
         "max.poll.interval.ms": kafka.max_poll_interval_ms,
+        # The prefetch bound (docs/memory.md). With subscribe() every partition feeds ONE
+        # consumer queue and queued.max.messages.kbytes bounds that queue as a whole
+        # (librdkafka >= 1.5; CONFIGURATION.md, issue #4137); fetching stops once the
+        # queue holds that many kilobytes or queued.min.messages messages. A fetch
+        # response already under way is still queued in full, so a response may not be
+        # bigger than the queue itself: fetch.max.bytes (default 50 MiB) is capped to
+        # it. librdkafka raises it to message.max.bytes (1 MB) when it is lower.
         "queued.max.messages.kbytes": kafka.fetch_queue_kbytes,
+        "fetch.max.bytes": min(FETCH_MAX_BYTES_DEFAULT, kafka.fetch_queue_kbytes * 1024),
+        # The count bound of the same queue (librdkafka's default is 100,000 messages,
+        # ~50 MiB of small events). Four polls' worth keeps the loop fed while
+        # librdkafka fetches more; fetch.queue.backoff.ms (default 1 s) is how long it
+        # waits before fetching again once a bound is reached, and 1 s is long enough
+        # to drain such a queue and starve the loop (measured: -28 % throughput).
+        "queued.min.messages": PREFETCH_POLLS * kafka.poll_batch_size,
+        "fetch.queue.backoff.ms": FETCH_QUEUE_BACKOFF_MS,
         # Offsets are committed explicitly, only once every message below them is durable.
         "enable.auto.commit": False,
         "enable.auto.offset.store": False,

@@ -2,7 +2,8 @@
 
 It receives lists of Kafka messages (each list is one poll's worth for this partition,
 in offset order), decodes, validates and maps them into a :class:`RowBatch`, and hands
-the batch to the writer pool when it holds ``batch_size`` messages or has been open for
+the batch to the writer pool when it holds ``batch_size`` messages, when its estimated
+memory (:attr:`RowBatch.nbytes`) reaches ``batch_bytes``, or when it has been open for
 ``batch_linger`` seconds. Messages that fail to decode or validate become rejections
 inside the same batch, so they are stored (with their coordinates and the reason) in the
 same transaction as their neighbours and never block the partition.
@@ -27,8 +28,9 @@ if TYPE_CHECKING:
 
 __all__ = ["PartitionActor", "records_size"]
 
-#: Rough per-message overhead of a confluent_kafka.Message beyond its key and value.
-MESSAGE_OVERHEAD_BYTES = 160
+#: Per-message memory of a confluent_kafka.Message beyond its key and value: the object,
+#: a str for the topic, bytes for key and value (measured ~290 B; docs/memory.md).
+MESSAGE_OVERHEAD_BYTES = 320
 
 
 def records_size(records: Sequence[KafkaRecord]) -> int:
@@ -55,6 +57,7 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
         writers: Pool[WriteBatch],
         committer: OffsetCommitter,
         batch_size: int,
+        batch_bytes: int,
         batch_linger_s: float,
         max_bytes: int,
         supervisor: Supervisor | None = None,
@@ -74,6 +77,7 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
         self._writers = writers
         self._committer = committer
         self._batch_size = batch_size
+        self._batch_bytes = batch_bytes
         self._linger = batch_linger_s
         self._rows = RowBatch()
         self._first: int | None = None
@@ -93,7 +97,11 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
         assert last is not None
         self.received_offset = last
         self._count += len(message)
-        if self._count >= self._batch_size or time.monotonic() - self._opened_at >= self._linger:
+        if (
+            self._count >= self._batch_size
+            or self._rows.nbytes >= self._batch_bytes
+            or time.monotonic() - self._opened_at >= self._linger
+        ):
             self.flush()
         return None
 

@@ -33,10 +33,11 @@ from kingest.config import Settings
 from kingest.deadletter import DeadLetterPublisher
 from kingest.pipeline.committer import OffsetCommitter
 from kingest.pipeline.kafka import consumer_config
+from kingest.pipeline.memory import memory_budget
 from kingest.pipeline.messages import Assigned, Released, TopicPartitionKey, WriteBatch
 from kingest.pipeline.partition import PartitionActor
 from kingest.pipeline.stats import PipelineStats
-from kingest.pipeline.writer import WriterActor
+from kingest.pipeline.writer import SchemaNotReadyError, WriterActor
 
 __all__ = ["Pipeline", "RunOutcome"]
 
@@ -74,7 +75,11 @@ class Pipeline:
         # Restarting it would drop the batch it held and stall its partition's commits
         # forever, so every failure escalates and the process stops: starting again from
         # the committed offsets is always safe.
-        self._supervisor = OneForOneSupervisor(escalate_always, on_escalate=self._on_actor_failure)
+        self._supervisor = OneForOneSupervisor(
+            escalate_always,
+            on_escalate=self._on_actor_failure,
+            traceback_for=_is_unexpected,
+        )
         self._generation = 0
         self._partitions: dict[TopicPartitionKey, PartitionActor] = {}
         self._paused: set[TopicPartitionKey] = set()
@@ -103,7 +108,7 @@ class Pipeline:
                 failure.actor_name,
                 type(failure.error).__name__,
                 failure.error,
-                exc_info=failure.error,
+                exc_info=failure.error if _is_unexpected(failure.error) else None,
             )
         self._stop.set()
 
@@ -309,6 +314,7 @@ class Pipeline:
                 writers=self._writers,
                 committer=self._committer,
                 batch_size=pipeline.batch_size,
+                batch_bytes=pipeline.batch_bytes,
                 batch_linger_s=pipeline.batch_linger_ms / 1000,
                 max_bytes=pipeline.partition_queue_bytes,
                 supervisor=self._supervisor,
@@ -317,6 +323,13 @@ class Pipeline:
             self._partitions[tp] = actor
         self.stats.add(rebalances=1)
         log.info("assigned %d partitions (generation %d): %s", len(tps), generation, list(tps))
+        budget = memory_budget(self.settings, max(1, len(self._partitions)))
+        log.info(
+            "memory bound for %d partitions: %.0f MiB (mean message of %d bytes; docs/memory.md)",
+            budget.partitions,
+            budget.total_mib,
+            budget.message_bytes,
+        )
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
@@ -386,6 +399,12 @@ class Pipeline:
         return RunOutcome.DRAINED if complete else RunOutcome.DRAIN_TIMEOUT
 
 
+def _is_unexpected(error: BaseException) -> bool:
+    """False for a condition the service recognises and explains in one line (the schema
+    or a grant is missing); true for anything else, a bug that keeps its traceback."""
+    return not isinstance(error, SchemaNotReadyError)
+
+
 def _open_dead_letter_publisher(settings: Settings) -> DeadLetterPublisher | None:
     """The dead-letter topic's producer, when dead letters go to a topic."""
     if not settings.dead_letters.to_topic:
@@ -421,6 +440,13 @@ def _open_pool(settings: Settings) -> ConnectionPool[Any]:
         kwargs={"connect_timeout": max(1, round(database.connect_timeout_s))},
         configure=configure,
         timeout=database.connect_timeout_s,
+        # The pool reconnects a lost connection on its own schedule, doubling the delay
+        # after each failure for up to reconnect_timeout (default 300 s): after a 20 s
+        # PostgreSQL outage its next attempt came ~9 s after the server was back, after
+        # longer ones minutes later. Giving up after the writers' longest backoff instead
+        # makes the waiting writers start a fresh attempt (the pool grows on demand), so
+        # reconnecting follows the writers' bounded backoff (invariant 5).
+        reconnect_timeout=settings.pipeline.retry_max_s,
         name="kingest-writers",
         open=False,
     )

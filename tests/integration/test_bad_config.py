@@ -31,6 +31,7 @@ from kingest.store.migrate import apply_migrations
 from kingest.synth import SyntheticStream
 from tests.integration.support import (
     KingestProcess,
+    assert_committed_are_stored,
     count_rows,
     kingest_env,
     total_stored_rows,
@@ -377,3 +378,32 @@ def test_a_role_without_write_privileges_fails_the_start_up_check(
         "docs/security.md",
     )
     stream.assert_nothing_consumed(least_privilege.migrate_url)
+
+
+def test_a_privilege_revoked_while_running_stops_with_one_clear_line(
+    stream: Stream, least_privilege: Roles, tmp_path: Path
+) -> None:
+    env = stream.env(KINGEST_DATABASE_URL=least_privilege.app_url)
+    with KingestProcess(env, tmp_path / "kingest.log") as kingest:
+        wait_for(
+            lambda: (
+                committed_total(stream.bootstrap, stream.group, stream.topic, PARTITIONS)
+                >= STREAM_MESSAGES
+            ),
+            timeout=120,
+            what="the stream committed",
+        )
+        with psycopg.connect(least_privilege.migrate_url, autocommit=True) as conn:
+            conn.execute("REVOKE INSERT ON ALL TABLES IN SCHEMA kingest FROM kingest_app")
+        more = SyntheticStream(seed=4).take(100)
+        assert produce_records(stream.bootstrap, stream.topic, more, count=100).delivered == 100
+        assert kingest.wait(120) == EXIT_STARTUP_FAILED, kingest.log
+    log = kingest.log
+    assert "the database role lacks a privilege" in log, log
+    assert "Traceback" not in log, log
+    assert PASSWORD not in log
+    # Nothing written after the revoke was committed past what is stored.
+    assert_committed_are_stored(
+        least_privilege.migrate_url, stream.bootstrap, stream.group, stream.topic, PARTITIONS
+    )
+    assert total_stored_rows(least_privilege.migrate_url) == STREAM_MESSAGES

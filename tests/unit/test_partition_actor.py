@@ -1,0 +1,74 @@
+"""The partition actor flushes its batch by message count, by estimated bytes, and on
+linger; every batch is registered with the committer before the writers see it."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from actors import Actor, ActorSystem, Pool
+from kingest.pipeline.committer import OffsetCommitter
+from kingest.pipeline.messages import WriteBatch
+from kingest.pipeline.partition import PartitionActor
+from kingest.synth import SyntheticStream
+from tests.fakes import FakeRecord
+
+
+class Collector(Actor[WriteBatch]):
+    def __init__(self, index: int, batches: list[WriteBatch], seen: threading.Event) -> None:
+        super().__init__(f"collector-{index}")
+        self._batches = batches
+        self._seen = seen
+
+    def receive(self, message: WriteBatch) -> Any:
+        self._batches.append(message)
+        self._seen.set()
+
+
+def run_partition(values: list[bytes], **limits: Any) -> list[WriteBatch]:
+    batches: list[WriteBatch] = []
+    seen = threading.Event()
+    with ActorSystem("partition-test") as system:
+        committer = system.spawn(OffsetCommitter())
+        writers: Pool[WriteBatch] = system.spawn(
+            Pool("writers", lambda i: Collector(i, batches, seen), 1, capacity=100)
+        )
+        actor = PartitionActor(
+            ("events", 0),
+            1,
+            writers=writers,
+            committer=committer,
+            max_bytes=1 << 30,
+            **limits,
+        )
+        system.spawn(actor)
+        records = [FakeRecord(v, offset=i, partition=0) for i, v in enumerate(values)]
+        for start in range(0, len(records), 10):
+            actor.tell(records[start : start + 10])
+        actor.stop(drain=True, timeout=10)
+        assert actor.join(10)
+        writers.stop(drain=True, timeout=10)
+    return batches
+
+
+def event_values(count: int) -> list[bytes]:
+    return [r.value for r in SyntheticStream(seed=2).take(count)]
+
+
+def test_batches_close_at_the_message_count() -> None:
+    batches = run_partition(
+        event_values(100), batch_size=40, batch_bytes=1 << 30, batch_linger_s=60
+    )
+    assert [b.message_count for b in batches] == [40, 40, 20]
+    assert [b.first_offset for b in batches] == [0, 40, 80]
+
+
+def test_batches_close_at_the_byte_bound_before_the_count() -> None:
+    values = event_values(100)
+    batches = run_partition(values, batch_size=1000, batch_bytes=65_536, batch_linger_s=60)
+    assert len(batches) > 1
+    assert sum(b.message_count for b in batches) == 100
+    # A batch closes on the first poll's worth (10 messages) that takes it past the bound.
+    for batch in batches[:-1]:
+        assert batch.rows.nbytes >= 65_536
+        assert batch.message_count <= 65_536 // 700 + 10
