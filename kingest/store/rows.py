@@ -405,7 +405,7 @@ class RowBatch:
                     # The value bounds every string in it (validation need not re-encode
                     # the event to know whether lengths must be checked), and a value
                     # without a zero byte cannot hold NUL (no text scan needed).
-                    kind = validate(event, now=now, encoded=value)  # type: ignore[arg-type]
+                    kind = validate(event, now=now, encoded=value)
                 except ValidationError as exc:
                     self._reject_invalid(record, event, exc.error_class, str(exc))
                     continue
