@@ -36,6 +36,7 @@ from kingest.config import (
     redact_conninfo,
     safe_error_text,
 )
+from kingest.pipeline.kafka import client_config
 
 if TYPE_CHECKING:
     from kingest.dlq import DeadLetterFilter, ReplayPlan, ReplaySummary, StoredDeadLetter
@@ -338,15 +339,6 @@ def _settings() -> Settings:
         raise typer.Exit(EXIT_BAD_INPUT) from None
 
 
-def _kafka_config(settings: Settings) -> dict[str, Any]:
-    kafka = settings.kafka
-    return {
-        "bootstrap.servers": kafka.bootstrap_servers,
-        "client.id": f"{kafka.client_id}-dlq-replay",
-        **kafka.properties,  # security settings (SASL, TLS)
-    }
-
-
 def _would_replay(dead_letter: StoredDeadLetter, destination: str) -> dict[str, Any]:
     """What a dry run says of one dead letter (for --to pipeline: today's verdict)."""
     from kingest.dlq import judge_now  # noqa: PLC0415
@@ -508,7 +500,7 @@ def replay_command(
         )
         options: dict[str, Any] = {
             "database_url": database_url,
-            "kafka_config": _kafka_config(settings),
+            "kafka_config": client_config(settings, "dlq-replay"),
             "consumer_group": settings.kafka.group_id,
         }
         announced: list[dict[str, Any]] = []

@@ -31,6 +31,7 @@ from confluent_kafka.admin import AdminClient
 from psycopg.conninfo import make_conninfo
 
 from kingest.config import Settings, dead_letter_topic, redact_conninfo
+from kingest.pipeline.kafka import client_config
 from kingest.pipeline.pipeline import Pipeline, RunOutcome
 from kingest.store.errors import first_line
 from kingest.store.migrate import MigrationError, pending_migrations
@@ -141,9 +142,7 @@ def check_kafka(settings: Settings, timeout_s: float = 15.0) -> None:
     """The brokers answer and every configured topic (and dead-letter topic) exists."""
     client_errors = _ClientErrors()
     config: dict[str, Any] = {
-        "bootstrap.servers": settings.kafka.bootstrap_servers,
-        "client.id": settings.kafka.client_id,
-        **settings.kafka.properties,  # security settings (SASL, TLS) apply here too
+        **client_config(settings, "preflight"),
         "error_cb": client_errors.on_error,
         "logger": client_errors.quiet_logger,
     }

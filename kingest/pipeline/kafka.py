@@ -7,7 +7,7 @@ from typing import Any
 
 from kingest.config import Settings
 
-__all__ = ["consumer_config"]
+__all__ = ["client_config", "consumer_config"]
 
 log = logging.getLogger(__name__)
 
@@ -23,6 +23,18 @@ def _log_client_error(error: Any) -> None:
     # Client-level errors (all brokers down, authentication failures) are reported here;
     # librdkafka keeps retrying by itself unless the error is fatal.
     log.warning("kafka client error: %s", error)
+
+
+def client_config(settings: Settings, role: str) -> dict[str, Any]:
+    """Properties of a helper client (admin check, dead-letter producer, replay): the
+    brokers, a client.id naming its role, and every KINGEST_RDKAFKA_* pass-through
+    property, so SASL and TLS apply to every connection kingest makes."""
+    kafka = settings.kafka
+    return {
+        "bootstrap.servers": kafka.bootstrap_servers,
+        "client.id": f"{kafka.client_id}-{role}",
+        **kafka.properties,
+    }
 
 
 def consumer_config(settings: Settings) -> dict[str, Any]:

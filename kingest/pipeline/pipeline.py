@@ -32,7 +32,7 @@ from actors.supervision import escalate_always
 from kingest.config import Settings
 from kingest.deadletter import DeadLetterPublisher
 from kingest.pipeline.committer import OffsetCommitter
-from kingest.pipeline.kafka import consumer_config
+from kingest.pipeline.kafka import client_config, consumer_config
 from kingest.pipeline.memory import memory_budget
 from kingest.pipeline.messages import Assigned, Released, TopicPartitionKey, WriteBatch
 from kingest.pipeline.partition import PartitionActor
@@ -409,14 +409,10 @@ def _open_dead_letter_publisher(settings: Settings) -> DeadLetterPublisher | Non
     """The dead-letter topic's producer, when dead letters go to a topic."""
     if not settings.dead_letters.to_topic:
         return None
-    kafka = settings.kafka
-    config = {
-        "bootstrap.servers": kafka.bootstrap_servers,
-        "client.id": f"{kafka.client_id}-dead-letters",
-        **kafka.properties,  # security settings (SASL, TLS) apply to the producer too
-    }
     return DeadLetterPublisher(
-        config, topic_template=settings.dead_letters.topic, consumer_group=kafka.group_id
+        client_config(settings, "dead-letters"),
+        topic_template=settings.dead_letters.topic,
+        consumer_group=settings.kafka.group_id,
     )
 
 
