@@ -10,6 +10,9 @@ from kingest.config import Settings
 __all__ = ["client_config", "consumer_config"]
 
 log = logging.getLogger(__name__)
+#: librdkafka's own log lines go through Python logging (JSON or console, like the rest)
+#: instead of straight to stderr.
+RDKAFKA_LOG = logging.getLogger("kingest.librdkafka")
 
 #: librdkafka's default fetch.max.bytes (50 MiB): the most one fetch response carries.
 FETCH_MAX_BYTES_DEFAULT = 52_428_800
@@ -33,6 +36,7 @@ def client_config(settings: Settings, role: str) -> dict[str, Any]:
     return {
         "bootstrap.servers": kafka.bootstrap_servers,
         "client.id": f"{kafka.client_id}-{role}",
+        "logger": RDKAFKA_LOG,
         **kafka.properties,
     }
 
@@ -71,6 +75,7 @@ def consumer_config(settings: Settings) -> dict[str, Any]:
         "enable.auto.offset.store": False,
         "enable.partition.eof": False,
         "error_cb": _log_client_error,
+        "logger": RDKAFKA_LOG,
     }
     config.update(kafka.properties)
     return config
