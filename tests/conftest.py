@@ -22,6 +22,7 @@ from psycopg import sql
 from kingest.devstack import (
     TEST_POSTGRES_SETTINGS,
     LocalPostgres,
+    MockKafkaCluster,
     ServiceError,
     ServicePlan,
     create_topic,
@@ -96,6 +97,14 @@ def topic_factory(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Topic
         return name
 
     return make
+
+
+@pytest.fixture(scope="session")
+def mock_cluster() -> Iterator[MockKafkaCluster]:
+    """librdkafka's in-process mock cluster, for what Tansu does not do well (DESIGN.md):
+    cooperative rebalances, end offsets of batched produce requests."""
+    with MockKafkaCluster() as cluster:
+        yield cluster
 
 
 @pytest.fixture
