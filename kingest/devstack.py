@@ -549,6 +549,13 @@ def _declare_mock_api(lib: ctypes.CDLL) -> None:
     lib.rd_kafka_mock_topic_create.argtypes = [pointer, text, integer, integer]
     lib.rd_kafka_mock_group_initial_rebalance_delay_ms.restype = None
     lib.rd_kafka_mock_group_initial_rebalance_delay_ms.argtypes = [pointer, ctypes.c_int32]
+    lib.rd_kafka_mock_push_request_errors_array.restype = None
+    lib.rd_kafka_mock_push_request_errors_array.argtypes = [
+        pointer,
+        ctypes.c_int16,
+        ctypes.c_size_t,
+        ctypes.POINTER(integer),
+    ]
     lib.rd_kafka_err2str.restype = text
     lib.rd_kafka_err2str.argtypes = [integer]
 
@@ -637,6 +644,18 @@ class MockKafkaCluster(_Service):
         if code not in (0, KafkaError.TOPIC_ALREADY_EXISTS):
             reason = lib.rd_kafka_err2str(code).decode()
             raise ServiceError(f"mock cluster cannot create topic {name!r}: {reason}")
+
+    def push_request_errors(self, api_key: int, *errors: int) -> None:
+        """Answer the next ``len(errors)`` requests of Kafka API ``api_key`` (e.g. 12,
+        Heartbeat) with these error codes, in order: a fault injected at the protocol level,
+        e.g. ``KafkaError.UNKNOWN_MEMBER_ID`` to a heartbeat makes the member lose its
+        assignment."""
+        if self._cluster is None:
+            raise ServiceError("MockKafkaCluster has not been started")
+        codes = (ctypes.c_int * len(errors))(*errors)
+        _librdkafka().rd_kafka_mock_push_request_errors_array(
+            self._cluster, api_key, len(errors), codes
+        )
 
     def stop(self) -> None:
         """Destroy the cluster; its clients see their connections refused. Idempotent."""
