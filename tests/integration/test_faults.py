@@ -63,14 +63,23 @@ def test_kill_9_storm_loses_and_doubles_nothing(
     topic = topic_factory(PARTITIONS)
     apply_migrations(database_url)
     group = "kill-storm"
-    env = kingest_env(kafka_bootstrap, database_url, topic, group)
+    # A killed member holds its partitions until its session expires: a short session
+    # makes each restart's wait shorter (the storm tests crashes, not session timing).
+    env = kingest_env(
+        kafka_bootstrap,
+        database_url,
+        topic,
+        group,
+        KINGEST_KAFKA_SESSION_TIMEOUT_MS="3000",
+        KINGEST_KAFKA_HEARTBEAT_INTERVAL_MS="1000",
+    )
     rng = random.Random(20261128)
     producer = FaultyStreamProducer(
         kafka_bootstrap,
         topic,
         seed=31,
         minimum=STORM_EVENTS,
-        rate=2_500,
+        rate=4_000,
         poison_share=0.02,
         duplicate_share=0.03,
     )
