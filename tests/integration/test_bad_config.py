@@ -111,6 +111,16 @@ class Stream:
         assert all(offset < 0 for offset in committed.values()), committed
         assert total_stored_rows(database_url or self.database_url) == 0
 
+    def wait_all_committed(self) -> None:
+        wait_for(
+            lambda: (
+                committed_total(self.bootstrap, self.group, self.topic, PARTITIONS)
+                >= STREAM_MESSAGES
+            ),
+            timeout=120,
+            what="the stream committed",
+        )
+
 
 @pytest.fixture
 def stream(kafka_bootstrap: str, database_url: str, topic_factory: Callable[[int], str]) -> Stream:
@@ -338,14 +348,7 @@ def test_the_documented_runtime_role_ingests_everything_and_can_do_nothing_else(
 ) -> None:
     env = stream.env(KINGEST_DATABASE_URL=least_privilege.app_url)
     with KingestProcess(env, tmp_path / "kingest.log") as kingest:
-        wait_for(
-            lambda: (
-                committed_total(stream.bootstrap, stream.group, stream.topic, PARTITIONS)
-                >= STREAM_MESSAGES
-            ),
-            timeout=120,
-            what="the stream committed",
-        )
+        stream.wait_all_committed()
         assert kingest.terminate_and_wait() == 0, kingest.log
         assert PASSWORD not in kingest.log
     # Every event (all kinds, state tables included) is stored by the runtime role.
@@ -385,14 +388,7 @@ def test_a_privilege_revoked_while_running_stops_with_one_clear_line(
 ) -> None:
     env = stream.env(KINGEST_DATABASE_URL=least_privilege.app_url)
     with KingestProcess(env, tmp_path / "kingest.log") as kingest:
-        wait_for(
-            lambda: (
-                committed_total(stream.bootstrap, stream.group, stream.topic, PARTITIONS)
-                >= STREAM_MESSAGES
-            ),
-            timeout=120,
-            what="the stream committed",
-        )
+        stream.wait_all_committed()
         with psycopg.connect(least_privilege.migrate_url, autocommit=True) as conn:
             conn.execute("REVOKE INSERT ON ALL TABLES IN SCHEMA kingest FROM kingest_app")
         more = SyntheticStream(seed=4).take(100)
