@@ -22,7 +22,7 @@ from kingest.config import (
     reference_markdown,
     safe_error_text,
 )
-from kingest.logs import configure_logging
+from kingest.logs import configure_logging, secret_values
 
 __all__ = ["app", "main"]
 
@@ -69,10 +69,18 @@ def _settings_or_exit() -> Settings:
 def start() -> None:
     """Consume the configured topics into PostgreSQL until SIGTERM/SIGINT, then drain."""
     settings = _settings_or_exit()
-    configure_logging(settings.log_level, settings.log_format)
+    configure_logging(settings.log_level, settings.log_format, secrets=secret_values(settings))
     from kingest.service import run_service
+    from kingest.telemetry.tracing import configure_tracing, load_tracing_config
 
-    raise typer.Exit(run_service(settings))
+    # Validated with the settings above. Spans still queued are exported before the
+    # process exits, whatever its exit code (a second signal's immediate exit skips it).
+    tracing = configure_tracing(load_tracing_config(os.environ))
+    try:
+        code = run_service(settings)
+    finally:
+        tracing.shutdown()
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -88,6 +96,9 @@ def config(
         return
     settings = _settings_or_exit()
     values = effective_settings(settings)
+    from kingest.telemetry.tracing import describe_tracing, load_tracing_config
+
+    values.update(describe_tracing(load_tracing_config(os.environ)))
     if as_json:
         typer.echo(json.dumps(values, indent=2))
         return
@@ -186,6 +197,56 @@ def demo(
     raise typer.Exit(
         run_demo(count=count, partitions=partitions, rate=rate, exit_when_done=exit_when_done)
     )
+
+
+@app.command()
+def lag(
+    group: Annotated[
+        str, typer.Option(envvar="KINGEST_GROUP_ID", help="Consumer group.", show_default=False)
+    ],
+    topic: Annotated[
+        str,
+        typer.Option(envvar="KINGEST_TOPICS", help="Topics, comma-separated.", show_default=False),
+    ],
+    bootstrap_servers: Annotated[
+        str, typer.Option(envvar="KINGEST_KAFKA_BOOTSTRAP_SERVERS", help="Kafka brokers.")
+    ] = "127.0.0.1:9092",
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    timeout: Annotated[
+        float, typer.Option(min=0.1, help="Seconds to wait for the broker's answers.")
+    ] = 10.0,
+) -> None:
+    """Committed offset, end offset and lag of every partition, for a consumer group
+    (KINGEST_RDKAFKA_* properties apply, e.g. SASL/TLS)."""
+    from kingest.config import RDKAFKA_PREFIX, rdkafka_property_name
+    from kingest.lag import LagError, group_lag
+
+    config: dict[str, str] = {
+        rdkafka_property_name(name): value
+        for name, value in os.environ.items()
+        if name.startswith(RDKAFKA_PREFIX) and len(name) > len(RDKAFKA_PREFIX)
+    }
+    config["bootstrap.servers"] = bootstrap_servers
+    config["client.id"] = "kingest-lag"
+    topics = [t.strip() for t in topic.split(",") if t.strip()]
+    try:
+        partitions = group_lag(config, group, topics, timeout_s=timeout)
+    except LagError as error:
+        err.print(f"[bold red]kingest lag:[/] {error}", highlight=False)
+        raise typer.Exit(1) from None
+    total = sum(p.lag for p in partitions)
+    if as_json:
+        rows = [p.as_dict() for p in partitions]
+        typer.echo(json.dumps({"group": group, "partitions": rows, "total_lag": total}, indent=2))
+        return
+    table = Table(
+        "topic", "partition", "committed", "end offset", "lag", title=f"consumer group {group}"
+    )
+    for p in partitions:
+        committed = "-" if p.committed is None else str(p.committed)
+        table.add_row(p.topic, str(p.partition), committed, str(p.end_offset), str(p.lag))
+    table.caption = f"total lag: {total} messages"
+    Console().print(table)
 
 
 def main() -> None:

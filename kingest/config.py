@@ -28,6 +28,8 @@ import cattrs
 from cattrs.errors import ClassValidationError
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from kingest.telemetry.tracing import tracing_problems
+
 ENV_PREFIX = "KINGEST_"
 RDKAFKA_PREFIX = "KINGEST_RDKAFKA_"
 #: Variables under this prefix belong to the test suite, not to the service.
@@ -292,6 +294,14 @@ class PipelineSettings:
         10.0,
         check=_positive,
     )
+    trace_message_spans: int = _setting(
+        "KINGEST_TRACE_MESSAGE_SPANS",
+        "With tracing on, most per-message spans one batch records for messages whose "
+        "traceparent is sampled, spread over the batch (0: none); the batch span links "
+        "them all either way.",
+        16,
+        check=_between(0, 1_000_000),
+    )
 
 
 @attrs.frozen
@@ -334,6 +344,48 @@ class LogSettings:
 
 
 @attrs.frozen
+class HttpSettings:
+    """The HTTP endpoints: Prometheus metrics, liveness and readiness."""
+
+    enabled: bool = _setting(
+        "KINGEST_HTTP_ENABLED",
+        "Serve /metrics, /healthz and /readyz (true or false).",
+        True,
+    )
+    host: str = _setting(
+        "KINGEST_HTTP_HOST",
+        "Address the HTTP endpoints listen on (0.0.0.0: every interface).",
+        "0.0.0.0",  # noqa: S104 - probes and scrapes come from outside the container
+        check=_check_not_blank,
+    )
+    port: int = _setting(
+        "KINGEST_HTTP_PORT",
+        "Port of the HTTP endpoints (0: any free port, logged at start).",
+        9464,
+        check=_between(0, 65_535),
+    )
+    loop_stall_s: float = _setting(
+        "KINGEST_HEALTH_LOOP_STALL_S",
+        "/healthz fails when the consumer loop has not polled for this long (keep it above "
+        "KINGEST_DRAIN_TIMEOUT_S: a drain does not poll).",
+        60.0,
+        check=_positive,
+    )
+    max_unacked_age_s: float = _setting(
+        "KINGEST_HEALTH_MAX_UNACKED_AGE_S",
+        "/readyz fails when a consumed message has not been stored for this long.",
+        300.0,
+        check=_positive,
+    )
+    lag_interval_s: float = _setting(
+        "KINGEST_LAG_INTERVAL_S",
+        "How often end and committed offsets are read from the broker for the lag gauge.",
+        5.0,
+        check=_positive,
+    )
+
+
+@attrs.frozen
 class Settings:
     """The whole effective configuration of one kingest process."""
 
@@ -342,6 +394,7 @@ class Settings:
     pipeline: PipelineSettings = attrs.Factory(PipelineSettings)
     dead_letters: DeadLetterSettings = attrs.Factory(DeadLetterSettings)
     log: LogSettings = attrs.Factory(LogSettings)
+    http: HttpSettings = attrs.Factory(HttpSettings)
     env: Profile = _setting("KINGEST_ENV", "Deployment profile: dev, staging or prod.", "dev")
 
     @property
@@ -359,6 +412,7 @@ for _cls in (
     PipelineSettings,
     DeadLetterSettings,
     LogSettings,
+    HttpSettings,
     Settings,
 ):
     attrs.resolve_types(_cls)
@@ -428,11 +482,24 @@ def _make_converter() -> cattrs.Converter:
             raise ValueError(f"expected a finite number, got {value!r}")
         return result
 
+    def strict_bool(value: Any, _: type) -> bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in _TRUE:
+            return True
+        if text in _FALSE:
+            return False
+        raise ValueError(f"expected true or false, got {value!r}")
+
+    converter.register_structure_hook(bool, strict_bool)
     converter.register_structure_hook(int, strict_int)
     converter.register_structure_hook(float, strict_float)
     return converter
 
 
+_TRUE = frozenset({"true", "1", "yes", "on"})
+_FALSE = frozenset({"false", "0", "no", "off"})
 _CONVERTER = _make_converter()
 
 
@@ -544,6 +611,7 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     if settings is not None and not by_variable:
         by_variable.update(_cross_field_problems(settings))
     problems += [f"{variable}: {text}" for variable, text in by_variable.items()]
+    problems += tracing_problems(environ)  # the standard OTEL_* tracing variables
     if problems:
         raise ConfigError(problems)
     assert settings is not None
@@ -652,6 +720,8 @@ def reference_markdown() -> str:
             shown = ""
         elif default is None:
             shown = "by profile"
+        elif isinstance(default, bool):
+            shown = f"`{str(default).lower()}`"
         else:
             shown = f"`{default}`"
         lines.append(f"| `{field.metadata['env']}` | {shown} | {field.metadata['doc']} |")

@@ -34,6 +34,7 @@ from opentelemetry import propagate
 
 from kingest.config import dead_letter_topic
 from kingest.store.rows import Headers, Rejection
+from kingest.telemetry import tracing
 
 __all__ = [
     "HEADERS",
@@ -92,9 +93,13 @@ class NotADeadLetterError(ValueError):
 class DeadLetterPublishError(RuntimeError):
     """Some dead letters were not confirmed by the broker; publishing them is retried."""
 
-    def __init__(self, message: str, unconfirmed: Sequence[Rejection]) -> None:
+    def __init__(
+        self, message: str, unconfirmed: Sequence[Rejection], reason: str = "unconfirmed"
+    ) -> None:
         super().__init__(message)
         self.unconfirmed = list(unconfirmed)
+        #: The Kafka error name of the last failed delivery (e.g. _MSG_TIMED_OUT).
+        self.reason = reason
 
 
 @attrs.frozen
@@ -250,9 +255,18 @@ class DeadLetterPublisher:
         return dead_letter_topic(self._template, source_topic)
 
     def publish(self, rejections: Sequence[Rejection], *, attempts: int = 1) -> None:
-        """Publish ``rejections``; raise :class:`DeadLetterPublishError` with the rest."""
+        """Publish ``rejections``; raise :class:`DeadLetterPublishError` with the rest.
+
+        The publication is a PRODUCER span (when tracing is on); its context is the
+        ``traceparent`` header of every dead letter it publishes.
+        """
         if not rejections:
             return
+        topics = [self.topic_for(rejection.topic) for rejection in rejections]
+        with tracing.dead_letter_span(topics, len(rejections), self._group):
+            self._publish(rejections, attempts)
+
+    def _publish(self, rejections: Sequence[Rejection], attempts: int) -> None:
         now = datetime.now(UTC)
         traceparent = current_traceparent()
         deliveries = _Deliveries(len(rejections))
@@ -277,6 +291,7 @@ class DeadLetterPublisher:
                 f"{len(unconfirmed)} of {len(rejections)} dead letters not confirmed by "
                 f"the broker: {reason}",
                 unconfirmed,
+                reason=str(error.name()) if error is not None else "no_delivery_report",
             )
 
     def _produce(self, topic: str, **kwargs: Any) -> None:

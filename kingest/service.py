@@ -35,6 +35,7 @@ from kingest.pipeline.kafka import client_config
 from kingest.pipeline.pipeline import Pipeline, RunOutcome
 from kingest.store.errors import first_line
 from kingest.store.migrate import MigrationError, pending_migrations
+from kingest.telemetry.http import TelemetryServer
 
 __all__ = ["EXIT_FORCED", "StartupError", "check_database", "check_kafka", "run_service"]
 
@@ -174,6 +175,19 @@ def run_service(settings: Settings, *, pipeline: Pipeline | None = None) -> int:
         log.error("%s", error)
         return int(RunOutcome.FAILED)
     pipeline = pipeline or Pipeline(settings)
+    server: TelemetryServer | None = None
+    if settings.http.enabled:
+        try:
+            server = TelemetryServer(pipeline, settings).start()
+        except OSError as error:
+            log.error(
+                "cannot serve /metrics, /healthz and /readyz on %s:%d: %s "
+                "(set KINGEST_HTTP_PORT, or KINGEST_HTTP_ENABLED=false)",
+                settings.http.host,
+                settings.http.port,
+                error.strerror or error,
+            )
+            return int(RunOutcome.FAILED)
     signals = _StopOnSignals(pipeline)
     signals.install()
     log.info(
@@ -192,6 +206,8 @@ def run_service(settings: Settings, *, pipeline: Pipeline | None = None) -> int:
         return int(RunOutcome.FAILED)
     finally:
         signals.uninstall()
+        if server is not None:
+            server.stop()
     log.info("kingest stopped: %s", outcome.name.lower())
     return int(outcome)
 

@@ -19,6 +19,9 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from opentelemetry import trace
+from opentelemetry.trace import SpanContext
+
 from actors import Actor, Supervisor
 from kingest.pipeline.messages import (
     Ack,
@@ -41,6 +44,9 @@ class OffsetCommitter(Actor[CommitterMessage]):
         super().__init__("offset-committer", capacity=capacity, supervisor=supervisor)
         self._trackers: dict[TopicPartitionKey, tuple[int, PartitionOffsets]] = {}
         self._changed = threading.Condition()
+        #: Per partition, (last offset, span context) of registered batches whose process
+        #: span was sampled, until a commit covers them (the commit span links to them).
+        self._batch_spans: dict[TopicPartitionKey, list[tuple[int, SpanContext]]] = {}
 
     def receive(self, message: CommitterMessage) -> Any:
         with self._changed:
@@ -56,21 +62,43 @@ class OffsetCommitter(Actor[CommitterMessage]):
                 entry = self._trackers.get(message.tp)
                 if entry is not None and entry[0] == message.generation:
                     entry[1].register(message.first, message.last)
+                    # Told inside the batch's span: the envelope brought its context.
+                    span_context = trace.get_current_span().get_span_context()
+                    if span_context.trace_flags.sampled:
+                        self._batch_spans.setdefault(message.tp, []).append(
+                            (message.last, span_context)
+                        )
                 return None
             elif isinstance(message, Assigned):
                 for tp in message.tps:
                     self._trackers[tp] = (message.generation, PartitionOffsets())
+                    self._batch_spans.pop(tp, None)
             elif isinstance(message, Released):
                 for tp in message.tps:
                     entry = self._trackers.get(tp)
                     if entry is not None and entry[0] == message.generation:
                         del self._trackers[tp]
+                        self._batch_spans.pop(tp, None)
             elif isinstance(message, Barrier):
                 return True
             self._changed.notify_all()
         return None
 
     # ------------------------------------------------------------------ read side (any thread)
+
+    def commit_links(self, offsets: Iterable[tuple[TopicPartitionKey, int]]) -> list[SpanContext]:
+        """Span contexts of the sampled batches that committing ``offsets`` settles (each
+        given once: they are forgotten here)."""
+        links: list[SpanContext] = []
+        with self._changed:
+            for tp, offset in offsets:
+                pending = self._batch_spans.get(tp)
+                if not pending:
+                    continue
+                keep = [entry for entry in pending if entry[0] >= offset]
+                links.extend(context for last, context in pending if last < offset)
+                self._batch_spans[tp] = keep
+        return links
 
     def committable(self) -> dict[TopicPartitionKey, tuple[int, int]]:
         """``{tp: (generation, next offset to commit)}`` for partitions with progress."""
@@ -80,6 +108,11 @@ class OffsetCommitter(Actor[CommitterMessage]):
                 for tp, (generation, tracker) in self._trackers.items()
                 if tracker.committable is not None
             }
+
+    def unacked_batches(self) -> int:
+        """Batches registered and not acknowledged yet, over every owned partition."""
+        with self._changed:
+            return sum(tracker.unacked_batches for _, tracker in self._trackers.values())
 
     def sync(self, timeout: float | None) -> bool:
         """Wait until everything told to this actor so far has been applied."""

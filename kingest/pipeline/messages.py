@@ -6,9 +6,14 @@ throughput limit, so each hop carries hundreds to thousands of events.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import attrs
 
 from kingest.store.rows import RowBatch
+
+if TYPE_CHECKING:
+    from kingest.telemetry.tracing import BatchTrace
 
 #: A Kafka topic-partition, as a plain tuple: cheap to hash and compare on the hot path.
 TopicPartitionKey = tuple[str, int]
@@ -24,6 +29,16 @@ class WriteBatch:
     first_offset: int
     message_count: int
     rows: RowBatch
+    #: The batch's span context and open per-message spans, while tracing is on.
+    trace: BatchTrace | None = None
+    #: Kafka timestamps (epoch ms) of the batch's first and last message, when they have
+    #: one: the end-to-end latency is observed for these two, not for every message.
+    first_timestamp_ms: int | None = None
+    last_timestamp_ms: int | None = None
+
+    @property
+    def timestamps_ms(self) -> tuple[int, ...]:
+        return tuple(t for t in (self.first_timestamp_ms, self.last_timestamp_ms) if t is not None)
 
     @property
     def nbytes(self) -> int:

@@ -85,6 +85,11 @@ class PartitionOffsets:
         return len(self._pending)
 
     @property
+    def unacked_batches(self) -> int:
+        """Registered batches not acknowledged yet (queued or being written)."""
+        return sum(1 for entry in self._pending if not entry.acked)
+
+    @property
     def oldest_pending(self) -> int | None:
         """First offset of the oldest batch that holds the committable position back."""
         return self._pending[0].first if self._pending else None

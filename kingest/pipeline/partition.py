@@ -19,9 +19,12 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from actors import Actor, Pool, Supervisor
 from kingest.pipeline.messages import Register, TopicPartitionKey, WriteBatch
 from kingest.store.rows import KafkaRecord, RowBatch
+from kingest.telemetry import tracing
 
 if TYPE_CHECKING:
     from kingest.pipeline.committer import OffsetCommitter
@@ -46,6 +49,12 @@ def records_size(records: Sequence[KafkaRecord]) -> int:
     return total
 
 
+def _timestamp_ms(record: KafkaRecord) -> int | None:
+    """The Kafka timestamp of ``record`` in epoch ms, None when it has none."""
+    kind, value = record.timestamp()
+    return value if kind and value >= 0 else None
+
+
 class PartitionActor(Actor[Sequence[KafkaRecord]]):
     """Decodes one partition's messages in offset order into write batches."""
 
@@ -61,6 +70,8 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
         batch_linger_s: float,
         max_bytes: int,
         supervisor: Supervisor | None = None,
+        consumer_group: str | None = None,
+        trace_message_spans: int = 16,
     ) -> None:
         super().__init__(
             f"partition-{tp[0]}-{tp[1]}",
@@ -83,6 +94,13 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
         self._first: int | None = None
         self._count = 0
         self._opened_at = 0.0
+        self._consumer_group = consumer_group
+        self._trace_message_spans = trace_message_spans
+        #: Trace contexts of the open batch's messages (None while tracing is off).
+        self._traces: tracing.TraceCollector | None = None
+        #: Kafka timestamps of the open batch's first and latest message (latency).
+        self._first_timestamp_ms: int | None = None
+        self._last_timestamp_ms: int | None = None
         #: Offset of the last message this actor has taken from its mailbox (any thread reads).
         self.received_offset = -1
 
@@ -92,6 +110,11 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
         if self._first is None:
             self._first = message[0].offset()
             self._opened_at = time.monotonic()
+            self._traces = tracing.open_batch()
+            self._first_timestamp_ms = _timestamp_ms(message[0])
+        self._last_timestamp_ms = _timestamp_ms(message[-1])
+        if self._traces is not None:
+            self._traces.scan(message)
         self._rows.add_records(message)
         last = message[-1].offset()
         assert last is not None
@@ -126,9 +149,29 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
             first_offset=first,
             message_count=self._count,
             rows=self._rows,
+            first_timestamp_ms=self._first_timestamp_ms,
+            last_timestamp_ms=self._last_timestamp_ms,
         )
         self._rows = RowBatch()
         self._first = None
         self._count = 0
-        self._committer.tell(Register(self.tp, self.generation, first, self.received_offset))
-        self._writers.tell(batch)
+        register = Register(self.tp, self.generation, first, self.received_offset)
+        traces, self._traces = self._traces, None
+        if traces is None:
+            self._committer.tell(register)
+            self._writers.tell(batch)
+            return
+        # The batch's process span is current while the batch is handed over, so the
+        # committer and the writer receive its context with the messages.
+        with tracing.batch_span(
+            self.tp,
+            group=self._consumer_group,
+            first_offset=first,
+            last_offset=register.last,
+            message_count=batch.message_count,
+            rows=batch.rows,
+            collector=traces,
+            max_message_spans=self._trace_message_spans,
+        ) as batch_trace:
+            self._committer.tell(register)
+            self._writers.tell(attrs.evolve(batch, trace=batch_trace))

@@ -21,6 +21,7 @@ import enum
 import logging
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -38,6 +39,8 @@ from kingest.pipeline.messages import Assigned, Released, TopicPartitionKey, Wri
 from kingest.pipeline.partition import PartitionActor
 from kingest.pipeline.stats import PipelineStats
 from kingest.pipeline.writer import SchemaNotReadyError, WriterActor
+from kingest.telemetry import catalog, tracing
+from kingest.telemetry.metrics import PartitionState, PipelineMetrics, PipelineState
 
 __all__ = ["Pipeline", "RunOutcome"]
 
@@ -66,6 +69,10 @@ class Pipeline:
     ) -> None:
         self.settings = settings
         self.stats = PipelineStats()
+        # Series of known label values start at 0, so that rates and alerts see them.
+        self.stats.count(catalog.COMMITS, {("ok",): 0, ("failed",): 0})
+        self.stats.count(catalog.REBALANCES, {(kind,): 0 for kind in ("assign", "revoke", "lost")})
+        self.metrics = PipelineMetrics(self.stats, self)
         self._consumer_factory = consumer_factory
         self._stop = threading.Event()
         self._abandon = threading.Event()
@@ -88,6 +95,17 @@ class Pipeline:
         self._last_commit = 0.0
         self._committer: OffsetCommitter | None = None
         self._writers: Pool[WriteBatch] | None = None
+        self._commit_spans = tracing.CommitSpans(settings.kafka.group_id)
+        # Observed from other threads (metrics, health): written by the loop thread only.
+        self._phase = "starting"
+        self._heartbeat = time.monotonic()
+        self._fatal: str | None = None
+        #: Offsets the broker confirmed as committed by this process, per partition.
+        self._confirmed: dict[TopicPartitionKey, int] = {}
+        #: Per partition, (last offset, time consumed) of each poll's messages not yet
+        #: known durable; and the time of the oldest of them (the unacknowledged age).
+        self._unacked: dict[TopicPartitionKey, deque[tuple[int, float]]] = {}
+        self._unacked_since: dict[TopicPartitionKey, float] = {}
 
     # ------------------------------------------------------------------ control
 
@@ -111,6 +129,48 @@ class Pipeline:
                 exc_info=failure.error if _is_unexpected(failure.error) else None,
             )
         self._stop.set()
+
+    # ------------------------------------------------------------------ observation
+
+    def assigned(self) -> list[TopicPartitionKey]:
+        """The partitions this process owns now (any thread)."""
+        return list(self._partitions.copy())
+
+    def state(self) -> PipelineState:
+        """A snapshot for metrics and health checks (any thread; never calls Kafka)."""
+        partitions = self._partitions.copy()
+        paused = frozenset(self._paused)
+        confirmed = self._confirmed.copy()
+        since = self._unacked_since.copy()
+        committer, writers = self._committer, self._writers
+        phase = self._phase
+        dead: list[str] = []
+        if phase == "running":
+            actors: list[Any] = [committer, writers, *partitions.values()]
+            dead = [a.name for a in actors if a is not None and not a.alive and not a.stopping]
+        failure = self._fatal
+        if self._failure is not None:
+            error = self._failure.error
+            failure = f"actor {self._failure.actor_name} failed: {type(error).__name__}: {error}"
+        return PipelineState(
+            partitions=tuple(
+                PartitionState(
+                    tp=tp,
+                    mailbox_depth=len(actor.mailbox),
+                    paused=tp in paused,
+                    committed=confirmed.get(tp),
+                    unacked_since=since.get(tp),
+                )
+                for tp, actor in partitions.items()
+            ),
+            writer_queue_depth=len(writers.mailbox) if writers is not None else 0,
+            batches_in_flight=committer.unacked_batches() if committer is not None else 0,
+            joined=self._generation > 0,
+            phase=phase,
+            loop_idle_s=max(0.0, time.monotonic() - self._heartbeat),
+            failure=failure,
+            dead_actors=tuple(dead),
+        )
 
     # ------------------------------------------------------------------ run
 
@@ -137,6 +197,7 @@ class Pipeline:
                 dead_letter_table=settings.dead_letters.to_table,
                 dead_letter_publisher=publisher,
                 supervisor=self._supervisor,
+                metrics=self.metrics,
             ),
             pipeline.writers,
             capacity=pipeline.writer_queue_batches,
@@ -154,9 +215,13 @@ class Pipeline:
                 on_revoke=self._on_revoke,
                 on_lost=self._on_lost,
             )
+            self._heartbeat = time.monotonic()
+            self._phase = "running"
             self._poll_until_stopped(consumer)
             outcome = self._shutdown(consumer)
         finally:
+            self._phase = "stopped"
+            self._commit_spans.close()
             self._abandon.set()
             self._system.stop(timeout=5.0)
             try:
@@ -173,6 +238,7 @@ class Pipeline:
     def _poll_until_stopped(self, consumer: Consumer) -> None:
         batch_size = self.settings.kafka.poll_batch_size
         while not self._stop.is_set():
+            self._heartbeat = time.monotonic()
             messages = consumer.consume(batch_size, POLL_TIMEOUT_S)
             if messages:
                 self._dispatch(messages)
@@ -193,24 +259,37 @@ class Pipeline:
                 groups[tp] = [message]
             else:
                 group.append(message)
-        consumed = 0
+        consumed: dict[tuple[str, ...], int] = {}
+        group_id = self.settings.kafka.group_id
+        now = time.monotonic()
         for tp, group in groups.items():
             actor = self._partitions.get(tp)
             if actor is None:
                 # Not ours (any more): never committed by us, so it will be redelivered.
-                log.warning("dropping %d messages of unassigned partition %s", len(group), tp)
+                log.warning(
+                    "dropping %d messages of unassigned partition %s",
+                    len(group),
+                    tp,
+                    extra={"topic": tp[0], "partition": tp[1], "offset": group[0].offset()},
+                )
                 continue
             actor.tell(group, force=True)
-            self._dispatched[tp] = group[-1].offset() or 0
-            consumed += len(group)
+            last = self._dispatched[tp] = group[-1].offset() or 0
+            consumed[(tp[0], str(tp[1]), group_id)] = len(group)
+            unacked = self._unacked.get(tp)
+            if unacked is None:
+                unacked = self._unacked[tp] = deque()
+            unacked.append((last, now))
+            self._unacked_since.setdefault(tp, now)
         if consumed:
-            self.stats.add(messages_consumed=consumed)
+            self.stats.count(catalog.MESSAGES_CONSUMED, consumed)
             if self.stats.first_consumed_at is None:
                 self.stats.first_consumed_at = time.monotonic()
 
     def _on_consume_error(self, error: KafkaError) -> None:
         self.stats.add(consume_errors=1)
         if error.fatal():
+            self._fatal = f"fatal Kafka error: {error.str()}"
             raise KafkaException(error)
         log.warning("kafka consume error: %s", error)
 
@@ -246,10 +325,12 @@ class Pipeline:
         if now - self._last_commit < self.settings.kafka.commit_interval_ms / 1000:
             return
         self._last_commit = now
+        self._forget_acknowledged()
         offsets = self._committable(self._partitions)
         if offsets:
             for tp in offsets:
                 self._committed[(tp.topic, tp.partition)] = tp.offset
+            self._commit_spans.started(offsets, self._committer)
             consumer.commit(offsets=offsets, asynchronous=True)
 
     def _committable(self, tps: Iterable[TopicPartitionKey]) -> list[TopicPartition]:
@@ -265,9 +346,25 @@ class Pipeline:
                 offsets.append(TopicPartition(tp[0], tp[1], offset))
         return offsets
 
+    def _forget_acknowledged(self) -> None:
+        """Drop the consumed-at times of messages now durable (the unacknowledged age)."""
+        assert self._committer is not None
+        for tp, (generation, offset) in self._committer.committable().items():
+            actor = self._partitions.get(tp)
+            unacked = self._unacked.get(tp)
+            if actor is None or actor.generation != generation or not unacked:
+                continue
+            while unacked and unacked[0][0] < offset:
+                unacked.popleft()
+            if unacked:
+                self._unacked_since[tp] = unacked[0][1]
+            else:
+                self._unacked_since.pop(tp, None)
+
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         # Runs on the loop thread inside consume(). A failed asynchronous commit is retried
         # by the next interval: forgetting it makes the offset committable again.
+        self._commit_spans.finished(error, partitions)
         failed = [p for p in partitions if p.error is not None] if error is None else partitions
         for p in failed:
             key = (p.topic, p.partition)
@@ -275,17 +372,28 @@ class Pipeline:
                 del self._committed[key]
         if failed:
             log.warning("offset commit failed for %d partitions: %s", len(failed), error)
+            self.stats.count(catalog.COMMITS, {("failed",): 1})
         else:
-            self.stats.add(commits=1)
+            self._confirm(partitions)
+            self.stats.count(catalog.COMMITS, {("ok",): 1})
+
+    def _confirm(self, partitions: Iterable[TopicPartition]) -> None:
+        """Remember offsets the broker confirmed (the committed-offset gauge)."""
+        for p in partitions:
+            key = (p.topic, p.partition)
+            if key in self._partitions and p.offset >= 0:
+                self._confirmed[key] = p.offset
 
     def _commit_now(self, consumer: Consumer, tps: Iterable[TopicPartitionKey]) -> bool:
         offsets = self._committable(tps)
         if not offsets:
             return True
         try:
-            results = consumer.commit(offsets=offsets, asynchronous=False)
+            with self._commit_spans.sync(offsets, self._committer):
+                results = consumer.commit(offsets=offsets, asynchronous=False)
         except KafkaException as error:
             log.warning("final offset commit failed: %s", error)
+            self.stats.count(catalog.COMMITS, {("failed",): 1})
             return False
         ok = True
         for result in results or []:
@@ -294,7 +402,8 @@ class Pipeline:
                 log.warning("final offset commit failed for %s: %s", result, result.error)
             else:
                 self._committed[(result.topic, result.partition)] = result.offset
-        self.stats.add(commits=1)
+        self._confirm(r for r in results or [] if r.error is None)
+        self.stats.count(catalog.COMMITS, {("ok" if ok else "failed",): 1})
         return ok
 
     # ------------------------------------------------------------------ rebalances
@@ -318,10 +427,12 @@ class Pipeline:
                 batch_linger_s=pipeline.batch_linger_ms / 1000,
                 max_bytes=pipeline.partition_queue_bytes,
                 supervisor=self._supervisor,
+                consumer_group=self.settings.kafka.group_id,
+                trace_message_spans=pipeline.trace_message_spans,
             )
             actor.start()
             self._partitions[tp] = actor
-        self.stats.add(rebalances=1)
+        self.stats.count(catalog.REBALANCES, {("assign",): 1})
         log.info("assigned %d partitions (generation %d): %s", len(tps), generation, list(tps))
         budget = memory_budget(self.settings, max(1, len(self._partitions)))
         log.info(
@@ -333,12 +444,14 @@ class Pipeline:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
+        self.stats.count(catalog.REBALANCES, {("revoke",): 1})
         deadline = time.monotonic() + self.settings.pipeline.drain_timeout_s
         complete = self._release(consumer, tps, drain=True, deadline=deadline)
         log.info("revoked %d partitions (drained: %s)", len(tps), complete)
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
+        self.stats.count(catalog.REBALANCES, {("lost",): 1})
         self._release(consumer, tps, drain=False, deadline=time.monotonic())
         log.warning("lost %d partitions; nothing committed for them", len(tps))
 
@@ -367,6 +480,9 @@ class Pipeline:
             del self._partitions[actor.tp]
             self._paused.discard(actor.tp)
             self._dispatched.pop(actor.tp, None)
+            self._confirmed.pop(actor.tp, None)
+            self._unacked.pop(actor.tp, None)
+            self._unacked_since.pop(actor.tp, None)
         for generation, released in by_generation.items():
             self._committer.tell(Released(tuple(released), generation))
         return complete
@@ -374,6 +490,7 @@ class Pipeline:
     # ------------------------------------------------------------------ shutdown
 
     def _shutdown(self, consumer: Consumer) -> RunOutcome:
+        self._phase = "stopping"
         deadline = time.monotonic() + self.settings.pipeline.drain_timeout_s
         drain = self._failure is None and not self._abandon.is_set()
         complete = self._release(consumer, list(self._partitions), drain=drain, deadline=deadline)
@@ -390,7 +507,7 @@ class Pipeline:
             "%.2fs from first message to last write (%.0f messages/s)",
             snapshot.get("messages_consumed", 0),
             written,
-            snapshot.get("dead_lettered", 0),
+            snapshot.get("dead_letters", 0),
             busy or 0.0,
             written / busy if busy else 0.0,
         )

@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from opentelemetry.trace import Link
 from psycopg_pool import ConnectionPool
 
 from actors import Actor, Supervisor
@@ -48,6 +49,8 @@ from kingest.store.errors import (
 )
 from kingest.store.rows import Rejection, RowBatch
 from kingest.store.write import WriteResult, write_batch
+from kingest.telemetry import catalog, tracing
+from kingest.telemetry.metrics import PipelineMetrics
 
 __all__ = ["AbandonedError", "Backoff", "SchemaNotReadyError", "WriterActor"]
 
@@ -84,6 +87,13 @@ class Backoff:
 _INSUFFICIENT_PRIVILEGE = "42501"
 
 
+def _retry_reason(error: Exception) -> str:
+    """The reason label of a retried database error: its SQLSTATE class, else its type
+    (a connection failure has no SQLSTATE: OperationalError, PoolTimeout...)."""
+    sqlstate = sqlstate_of(error)
+    return sqlstate[:2] if sqlstate else type(error).__name__
+
+
 def _schema_error_text(error: Exception) -> str:
     sqlstate = sqlstate_of(error)
     if sqlstate == _INSUFFICIENT_PRIVILEGE:
@@ -111,8 +121,10 @@ class WriterActor(Actor[WriteBatch]):
         dead_letter_table: bool = True,
         dead_letter_publisher: DeadLetterPublisher | None = None,
         supervisor: Supervisor | None = None,
+        metrics: PipelineMetrics | None = None,
     ) -> None:
         super().__init__(f"writer-{index}", supervisor=supervisor)
+        self._metrics = metrics
         self._pool = pool
         self._ack = ack
         self._stats = stats
@@ -124,6 +136,8 @@ class WriterActor(Actor[WriteBatch]):
         self._publisher = dead_letter_publisher
         #: Rejections of the current message whose transaction committed (topic store).
         self._written_rejections: list[Rejection] = []
+        #: Links from the current transaction's spans to the other batches it writes.
+        self._trace_links: list[Link] = []
 
     def receive(self, message: WriteBatch) -> Any:
         batches = [message, *self._take_waiting(self._batch_size - message.message_count)]
@@ -134,16 +148,21 @@ class WriterActor(Actor[WriteBatch]):
             for batch in batches:
                 rows.extend(batch.rows)
         self._written_rejections = []
+        self._trace_links = tracing.transaction_links(batches)
         try:
             self._write_isolating_failures(rows)
             if self._publisher is not None and self._written_rejections:
                 self._publish_retrying(self._publisher, self._written_rejections)
         except AbandonedError:
             self._stats.add(batches_abandoned=len(batches))
+            tracing.end_message_spans(batches, abandoned=True)
             return None
+        tracing.end_message_spans(batches, self._written_rejections)
         for batch in batches:
             self._ack(Ack(batch.tp, batch.generation, batch.first_offset))
         self._stats.last_written_at = time.monotonic()
+        if self._metrics is not None:
+            self._metrics.record_batches(batches)
         self._stats.add(
             batches_written=len(batches),
             messages_written=sum(b.message_count for b in batches),
@@ -168,7 +187,11 @@ class WriterActor(Actor[WriteBatch]):
 
     def _write_isolating_failures(self, rows: RowBatch) -> None:
         """Write ``rows``; bisect on permanent errors so only offending events dead-letter."""
-        error = self._write_retrying(rows)
+        with tracing.db_write_span(
+            rows, self._trace_links, dead_letters=self._dead_letter_table
+        ) as span:
+            error = self._write_retrying(rows)
+            span.fail(error)
         if error is None:
             return
         if rows.event_count <= 1:
@@ -177,18 +200,37 @@ class WriterActor(Actor[WriteBatch]):
                 error_message=first_line(error),
                 sqlstate=sqlstate_of(error),
             )
-            self._stats.add(write_rejections=rows.event_count)
+            dead = next((r for r in rejected.rejections if r.error_stage == "write"), None)
             log.warning(
                 "event rejected by PostgreSQL; dead-lettering it",
-                extra={"sqlstate": sqlstate_of(error), "error": str(error).strip()},
+                extra={
+                    "sqlstate": sqlstate_of(error),
+                    "error": str(error).strip(),
+                    **(
+                        {
+                            "topic": dead.topic,
+                            "partition": dead.partition,
+                            "offset": dead.offset,
+                            "correlation_id": dead.correlation_id,
+                            "event_id": dead.event_id,
+                        }
+                        if dead is not None
+                        else {}
+                    ),
+                },
             )
-            failure = self._write_retrying(rejected)
+            with tracing.db_write_span(
+                rejected, self._trace_links, dead_letters=self._dead_letter_table
+            ) as span:
+                failure = self._write_retrying(rejected)
+                span.fail(failure)
             if failure is not None:
                 raise failure
             return
         first_half, second_half = rows.halves()
-        self._write_isolating_failures(first_half)
-        self._write_isolating_failures(second_half)
+        with tracing.bisect_span(rows):
+            self._write_isolating_failures(first_half)
+            self._write_isolating_failures(second_half)
 
     def _write_retrying(self, rows: RowBatch) -> Exception | None:
         """Write in one transaction, retrying transient errors; return a permanent error."""
@@ -198,19 +240,23 @@ class WriterActor(Actor[WriteBatch]):
                 raise AbandonedError
             try:
                 with self._pool.connection() as conn:
+                    tracing.record_connection(conn)
+                    started = time.perf_counter()
                     result: WriteResult = write_batch(
                         conn,
                         rows,
                         consumer_group=self._consumer_group,
                         store_dead_letters=self._dead_letter_table,
                     )
+                    elapsed = time.perf_counter() - started
             except Exception as error:
                 if is_schema_error(error):
                     raise SchemaNotReadyError(_schema_error_text(error)) from error
                 if classify_db_error(error) is ErrorKind.PERMANENT:
                     return error
                 delay = self._backoff.next_delay()
-                self._stats.add(retries=1)
+                self._stats.count(catalog.RETRIES, {("write", _retry_reason(error)): 1})
+                tracing.record_retry(error, delay, self._backoff.attempts)
                 log.warning(
                     "transient database error, retrying in %.2fs (attempt %d): %s",
                     delay,
@@ -220,13 +266,30 @@ class WriterActor(Actor[WriteBatch]):
                 if self._abandon.wait(delay):
                     raise AbandonedError from error
                 continue
-            self._stats.add(
-                rows_inserted=sum(result.inserted.values()),
-                duplicates=result.duplicates,
-                dead_lettered=result.dead_lettered,
-            )
+            self._count_outcomes(result, rows)
+            if self._metrics is not None:
+                self._metrics.record_transaction(elapsed)
+            tracing.record_write_result(result)
             self._written_rejections.extend(rows.rejections)
             return None
+
+    def _count_outcomes(self, result: WriteResult, rows: RowBatch) -> None:
+        """Count a committed write: events by type and outcome, dead letters by reason."""
+        processed: dict[tuple[str, ...], int] = {}
+        for kind, (stored, duplicates) in result.outcomes_by_type().items():
+            if stored:
+                processed[(kind, "stored")] = stored
+            if duplicates:
+                processed[(kind, "duplicate")] = duplicates
+        reasons: dict[tuple[str, ...], int] = {}
+        for rejection in rows.rejections if rows.rejection_count else ():
+            outcome = (rejection.event_type or "unknown", "dead_lettered")
+            processed[outcome] = processed.get(outcome, 0) + 1
+            reason = (rejection.error_stage, rejection.error_class)
+            reasons[reason] = reasons.get(reason, 0) + 1
+        self._stats.count(catalog.EVENTS_PROCESSED, processed)
+        if reasons:
+            self._stats.count(catalog.DEAD_LETTERS, reasons)
 
     def _publish_retrying(
         self, publisher: DeadLetterPublisher, rejections: list[Rejection]
@@ -242,7 +305,7 @@ class WriterActor(Actor[WriteBatch]):
             except DeadLetterPublishError as error:
                 pending = error.unconfirmed
                 delay = self._backoff.next_delay()
-                self._stats.add(retries=1)
+                self._stats.count(catalog.RETRIES, {("dead_letter_publish", error.reason): 1})
                 log.warning(
                     "dead-letter topic unavailable, retrying in %.2fs (attempt %d): %s",
                     delay,

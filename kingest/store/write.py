@@ -33,7 +33,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format, TransactionStatus
 
 from kingest.store.rows import Rejection, RowBatch
-from kingest.store.tables import INSERT_DEAD_LETTER, WRITE_PLAN, ColumnType
+from kingest.store.tables import INSERT_DEAD_LETTER, TABLES_BY_EVENT_TYPE, WRITE_PLAN, ColumnType
 
 __all__ = ["WriteResult", "write_batch"]
 
@@ -45,13 +45,23 @@ class WriteResult:
     ``inserted``: fact table -> rows inserted (redelivered events are not counted);
     ``duplicates``: events of the batch that were already stored (or appeared twice in
     it); ``dead_lettered``: dead letters inserted (a redelivered one is not counted);
-    ``state_changed``: state table -> rows inserted or updated.
+    ``state_changed``: state table -> rows inserted or updated; ``events_by_type``: event
+    type -> events of the batch (stored or duplicate).
     """
 
     inserted: Mapping[str, int]
     dead_lettered: int
     duplicates: int
     state_changed: Mapping[str, int] = attrs.field(factory=dict)
+    events_by_type: Mapping[str, int] = attrs.field(factory=dict)
+
+    def outcomes_by_type(self) -> dict[str, tuple[int, int]]:
+        """Event type -> (stored, duplicates) of this write."""
+        outcomes = {}
+        for kind, count in self.events_by_type.items():
+            stored = self.inserted.get(TABLES_BY_EVENT_TYPE[kind].name, 0)
+            outcomes[kind] = (stored, count - stored)
+        return outcomes
 
 
 # --- array parameters ----------------------------------------------------------------
@@ -292,4 +302,5 @@ def write_batch(
         dead_lettered=dead_lettered,
         duplicates=batch.event_count - sum(inserted.values()),
         state_changed=state_changed,
+        events_by_type=rows_by_type,
     )

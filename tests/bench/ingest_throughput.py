@@ -83,6 +83,9 @@ def one_run(
         KINGEST_DATABASE_URL=database,
         KINGEST_KAFKA_SESSION_TIMEOUT_MS=FAST_GROUP_SETTINGS["session.timeout.ms"],
         KINGEST_KAFKA_HEARTBEAT_INTERVAL_MS=FAST_GROUP_SETTINGS["heartbeat.interval.ms"],
+        # /metrics and the health endpoints are served as in production, on a free port.
+        KINGEST_HTTP_HOST="127.0.0.1",
+        KINGEST_HTTP_PORT="0",
     )
     env.update(overrides)
     log_path = workdir / f"kingest-{run}.log"

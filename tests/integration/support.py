@@ -37,6 +37,9 @@ def kingest_env(
         "KINGEST_DRAIN_TIMEOUT_S": "20",
         "KINGEST_COMMIT_INTERVAL_MS": "200",
         "KINGEST_LOG_LEVEL": "INFO",
+        # Several instances run at once: each serves /metrics on a free local port.
+        "KINGEST_HTTP_HOST": "127.0.0.1",
+        "KINGEST_HTTP_PORT": "0",
     }
     env.update(overrides)
     return env

@@ -1,0 +1,1 @@
+"""What kingest shows of itself: traces, metrics, health and logs (OpenTelemetry)."""
