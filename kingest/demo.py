@@ -24,7 +24,13 @@ from psycopg import sql
 from rich.console import Console
 from rich.table import Table
 
-from kingest.devstack import FAST_GROUP_SETTINGS, LocalKafka, LocalPostgres, create_topic
+from kingest.devstack import (
+    FAST_GROUP_SETTINGS,
+    LocalKafka,
+    LocalPostgres,
+    create_topic,
+    free_port,
+)
 from kingest.producer import ProduceReport, produce_records
 from kingest.progress import new_progress
 from kingest.store.migrate import apply_migrations
@@ -59,7 +65,7 @@ def committed_total(bootstrap_servers: str, group: str, topic: str, partitions: 
     return sum(max(offset, 0) for offset in committed.values())
 
 
-def _service_env(kafka: LocalKafka, postgres: LocalPostgres) -> dict[str, str]:
+def _service_env(kafka: LocalKafka, postgres: LocalPostgres, http_port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KINGEST_")}
     env.update(
         {
@@ -71,6 +77,9 @@ def _service_env(kafka: LocalKafka, postgres: LocalPostgres) -> dict[str, str]:
             "KINGEST_KAFKA_SESSION_TIMEOUT_MS": FAST_GROUP_SETTINGS["session.timeout.ms"],
             "KINGEST_KAFKA_HEARTBEAT_INTERVAL_MS": FAST_GROUP_SETTINGS["heartbeat.interval.ms"],
             "KINGEST_KAFKA_MAX_POLL_INTERVAL_MS": "60000",
+            # Metrics and health on loopback only, on a port free on this machine.
+            "KINGEST_HTTP_HOST": "127.0.0.1",
+            "KINGEST_HTTP_PORT": str(http_port),
         }
     )
     return env
@@ -119,10 +128,12 @@ def run_demo(
             f"broker    {kafka.bootstrap_servers}  topic {TOPIC} ({partitions} partitions)"
         )
         console.print(f"postgres  {postgres.url}  ({len(applied)} migrations applied)")
+        http_port = free_port("127.0.0.1")
+        console.print(f"metrics   http://127.0.0.1:{http_port}/metrics  (and /healthz, /readyz)")
         with log_path.open("wb") as log_file:
             child = subprocess.Popen(
                 [sys.executable, "-m", "kingest", "start"],
-                env=_service_env(kafka, postgres),
+                env=_service_env(kafka, postgres, http_port),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the demo, which stops kingest once

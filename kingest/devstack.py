@@ -78,6 +78,7 @@ __all__ = [
     "create_topic",
     "database_url_for",
     "docker_available",
+    "free_port",
     "plan_services",
     "provide_kafka",
     "provide_postgres",
@@ -180,7 +181,7 @@ def _wait_until(condition: Callable[[], bool], timeout: float) -> bool:
         time.sleep(_POLL_INTERVAL_S)
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
     """A TCP port nobody listens on right now (the caller retries if it gets taken)."""
     with socket.socket() as probe:
         probe.bind((host, 0))
@@ -396,7 +397,7 @@ class LocalKafka(_Service):
         attempts = self._PORT_ATTEMPTS if self._port_chosen_here else 1
         for attempt in range(1, attempts + 1):
             if self._port is None or (self._port_chosen_here and attempt > 1):
-                self._port = _free_port(self._host)
+                self._port = free_port(self._host)
             try:
                 self._launch()
                 self._await_ready()
