@@ -218,14 +218,10 @@ def lag(
 ) -> None:
     """Committed offset, end offset and lag of every partition, for a consumer group
     (KINGEST_RDKAFKA_* properties apply, e.g. SASL/TLS)."""
-    from kingest.config import RDKAFKA_PREFIX, rdkafka_property_name
+    from kingest.config import rdkafka_properties
     from kingest.lag import LagError, group_lag
 
-    config: dict[str, str] = {
-        rdkafka_property_name(name): value
-        for name, value in os.environ.items()
-        if name.startswith(RDKAFKA_PREFIX) and len(name) > len(RDKAFKA_PREFIX)
-    }
+    config = rdkafka_properties(os.environ)
     config["bootstrap.servers"] = bootstrap_servers
     config["client.id"] = "kingest-lag"
     topics = [t.strip() for t in topic.split(",") if t.strip()]

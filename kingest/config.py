@@ -28,8 +28,6 @@ import cattrs
 from cattrs.errors import ClassValidationError
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from kingest.telemetry.tracing import tracing_problems
-
 ENV_PREFIX = "KINGEST_"
 RDKAFKA_PREFIX = "KINGEST_RDKAFKA_"
 #: Variables under this prefix belong to the test suite, not to the service.
@@ -447,6 +445,16 @@ def settings_fields() -> list[tuple[tuple[str, ...], attrs.Attribute[Any]]]:
     return list(_env_fields(Settings))
 
 
+def rdkafka_properties(environ: Mapping[str, str]) -> dict[str, str]:
+    """The librdkafka properties passed through by ``KINGEST_RDKAFKA_*`` variables (for a
+    command that needs the Kafka settings alone, not the whole validated Settings)."""
+    return {
+        rdkafka_property_name(name): value
+        for name, value in environ.items()
+        if name.startswith(RDKAFKA_PREFIX) and len(name) > len(RDKAFKA_PREFIX)
+    }
+
+
 def rdkafka_property_name(variable: str) -> str:
     """``KINGEST_RDKAFKA_SSL_CA_LOCATION`` -> ``ssl.ca.location``."""
     raw = variable[len(RDKAFKA_PREFIX) :].lower()
@@ -611,7 +619,10 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     if settings is not None and not by_variable:
         by_variable.update(_cross_field_problems(settings))
     problems += [f"{variable}: {text}" for variable, text in by_variable.items()]
-    problems += tracing_problems(environ)  # the standard OTEL_* tracing variables
+    # The standard OTEL_* tracing variables (imported here: tracing uses this module).
+    from kingest.telemetry.tracing import tracing_problems  # noqa: PLC0415
+
+    problems += tracing_problems(environ)
     if problems:
         raise ConfigError(problems)
     assert settings is not None

@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from kingest.telemetry.metrics import EndOffsets
+from kingest.telemetry.metrics import EndOffsets, consumer_lag
 
 __all__ = ["LagError", "LagSampler", "PartitionLag", "group_lag", "lag_client_config"]
 
@@ -51,8 +51,7 @@ class PartitionLag:
 
     @property
     def lag(self) -> int:
-        start = self.start_offset if self.committed is None else self.committed
-        return max(0, self.end_offset - start)
+        return consumer_lag(self.start_offset, self.end_offset, self.committed)
 
     def as_dict(self) -> dict[str, Any]:
         return {

@@ -103,9 +103,8 @@ class Pipeline:
         #: Offsets the broker confirmed as committed by this process, per partition.
         self._confirmed: dict[TopicPartitionKey, int] = {}
         #: Per partition, (last offset, time consumed) of each poll's messages not yet
-        #: known durable; and the time of the oldest of them (the unacknowledged age).
+        #: known durable, oldest first (the unacknowledged age).
         self._unacked: dict[TopicPartitionKey, deque[tuple[int, float]]] = {}
-        self._unacked_since: dict[TopicPartitionKey, float] = {}
 
     # ------------------------------------------------------------------ control
 
@@ -141,7 +140,7 @@ class Pipeline:
         partitions = self._partitions.copy()
         paused = frozenset(self._paused)
         confirmed = self._confirmed.copy()
-        since = self._unacked_since.copy()
+        since = _oldest_times(self._unacked.copy())
         committer, writers = self._committer, self._writers
         phase = self._phase
         dead: list[str] = []
@@ -280,7 +279,6 @@ class Pipeline:
             if unacked is None:
                 unacked = self._unacked[tp] = deque()
             unacked.append((last, now))
-            self._unacked_since.setdefault(tp, now)
         if consumed:
             self.stats.count(catalog.MESSAGES_CONSUMED, consumed)
             if self.stats.first_consumed_at is None:
@@ -356,10 +354,6 @@ class Pipeline:
                 continue
             while unacked and unacked[0][0] < offset:
                 unacked.popleft()
-            if unacked:
-                self._unacked_since[tp] = unacked[0][1]
-            else:
-                self._unacked_since.pop(tp, None)
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         # Runs on the loop thread inside consume(). A failed asynchronous commit is retried
@@ -482,7 +476,6 @@ class Pipeline:
             self._dispatched.pop(actor.tp, None)
             self._confirmed.pop(actor.tp, None)
             self._unacked.pop(actor.tp, None)
-            self._unacked_since.pop(actor.tp, None)
         for generation, released in by_generation.items():
             self._committer.tell(Released(tuple(released), generation))
         return complete
@@ -514,6 +507,20 @@ class Pipeline:
         if self._failure is not None:
             return RunOutcome.FAILED
         return RunOutcome.DRAINED if complete else RunOutcome.DRAIN_TIMEOUT
+
+
+def _oldest_times(
+    unacked: dict[TopicPartitionKey, deque[tuple[int, float]]],
+) -> dict[TopicPartitionKey, float]:
+    """When each partition's oldest unacknowledged message was consumed. Called from
+    other threads while the loop pops from the deques: an emptied one has none."""
+    oldest = {}
+    for tp, pending in unacked.items():
+        try:
+            oldest[tp] = pending[0][1]
+        except IndexError:
+            continue
+    return oldest
 
 
 def _is_unexpected(error: BaseException) -> bool:

@@ -44,6 +44,7 @@ __all__ = [
     "PartitionState",
     "PipelineMetrics",
     "PipelineState",
+    "consumer_lag",
     "create_instrument",
     "process_rss_bytes",
     "reference_markdown",
@@ -107,6 +108,14 @@ class EndOffsets:
     #: The group's committed offset on the broker (None: nothing committed).
     committed: int | None
     sampled_at: float
+
+
+def consumer_lag(low: int, high: int, committed: int | None) -> int:
+    """Messages between the end offset ``high`` and ``committed``; a partition never
+    committed counts from its first retained offset ``low`` (what
+    ``auto.offset.reset=earliest`` consumes)."""
+    start = low if committed is None else committed
+    return max(0, high - start)
 
 
 class StateSource(Protocol):
@@ -279,8 +288,8 @@ class PipelineMetrics:
     def _observe_lag(self, _options: CallbackOptions) -> Iterable[Observation]:
         for p, committed, ends in self._committed():
             if ends is not None:
-                start = ends.low if committed is None else committed
-                yield Observation(max(0, ends.high - start), _tp_attributes(p.tp))
+                lag = consumer_lag(ends.low, ends.high, committed)
+                yield Observation(lag, _tp_attributes(p.tp))
 
     def _observe_ready(self, _options: CallbackOptions) -> Iterable[Observation]:
         if self._ready is not None:

@@ -67,6 +67,8 @@ from opentelemetry.trace import (
 
 from actors import with_correlation_id
 from kingest import __version__
+from kingest.config import REDACTED
+from kingest.store.errors import first_line
 from kingest.store.tables import WRITE_PLAN
 
 if TYPE_CHECKING:
@@ -109,7 +111,6 @@ INSTRUMENTATION_NAME: Final = "kingest"
 TRACEPARENT_HEADER: Final = "traceparent"
 #: The SDK's default link limit per span (``OTEL_SPAN_LINK_COUNT_LIMIT``).
 DEFAULT_MAX_LINKS: Final = 128
-REDACTED: Final = "**redacted**"
 
 # --------------------------------------------------------------------------- attributes
 
@@ -929,15 +930,10 @@ class WriteSpan:
         self.span.set_attribute(ERROR_TYPE, sqlstate or type(error).__qualname__)
         if sqlstate:
             self.span.set_attribute(DB_STATUS_CODE, sqlstate)
-        self.span.set_status(Status(StatusCode.ERROR, _first_line(error)))
+        self.span.set_status(Status(StatusCode.ERROR, first_line(error)[:200]))
 
 
 _NO_WRITE_SPAN: Final = WriteSpan(trace.INVALID_SPAN)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return (lines[0] if lines else type(error).__name__)[:200]
 
 
 def _db_attributes(database: str, host: str | None, port: int | None) -> dict[str, Any]:
@@ -1012,7 +1008,7 @@ def record_retry(error: BaseException, delay_s: float, attempt: int) -> None:
         ERROR_TYPE: sqlstate or type(error).__qualname__,
         "kingest.retry.attempt": attempt,
         "kingest.retry.delay_s": round(delay_s, 3),
-        "exception.message": _first_line(error),
+        "exception.message": first_line(error)[:200],
     }
     if sqlstate:
         attributes[DB_STATUS_CODE] = sqlstate
