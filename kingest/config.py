@@ -225,6 +225,12 @@ class DatabaseSettings:
         10.0,
         check=_positive,
     )
+    copy: bool = _setting(
+        "KINGEST_DATABASE_COPY",
+        "Write plain fact tables with binary COPY, falling back to INSERT ... ON CONFLICT "
+        "when a batch holds redelivered events (true or false; false: always INSERT).",
+        True,
+    )
 
 
 @attrs.frozen

@@ -119,6 +119,7 @@ class WriterActor(Actor[WriteBatch]):
         abandon: threading.Event,
         consumer_group: str | None = None,
         dead_letter_table: bool = True,
+        use_copy: bool = True,
         dead_letter_publisher: DeadLetterPublisher | None = None,
         supervisor: Supervisor | None = None,
         metrics: PipelineMetrics | None = None,
@@ -133,6 +134,7 @@ class WriterActor(Actor[WriteBatch]):
         self._abandon = abandon
         self._consumer_group = consumer_group
         self._dead_letter_table = dead_letter_table
+        self._use_copy = use_copy
         self._publisher = dead_letter_publisher
         #: Rejections of the current message whose transaction committed (topic store).
         self._written_rejections: list[Rejection] = []
@@ -247,6 +249,7 @@ class WriterActor(Actor[WriteBatch]):
                         rows,
                         consumer_group=self._consumer_group,
                         store_dead_letters=self._dead_letter_table,
+                        use_copy=self._use_copy,
                     )
                     elapsed = time.perf_counter() - started
             except Exception as error:

@@ -63,6 +63,7 @@ class ColumnType(enum.Enum):
     UUID = ("uuid[]", "{}")
     JSONB = ("jsonb[]", "{}")
     INT8 = ("int8[]", "{}")
+    INT4 = ("int4[]", "{}")
     FLOAT8 = ("float8[]", "{}")
     BOOL = ("bool[]", "{}")
     EPOCH_MICROS = ("int8[]", "'epoch'::timestamptz + {} * '1 microsecond'::interval")
@@ -101,6 +102,14 @@ class FactTable:
     def column_names(self) -> tuple[str, ...]:
         return tuple(column.name for column in self.columns)
 
+    @property
+    def copy_statement(self) -> str:
+        """``COPY`` of every column, in buffer order, from a binary stream."""
+        return (
+            f"COPY {self.qualified_name} ({', '.join(self.column_names)}) "
+            "FROM STDIN (FORMAT BINARY)"
+        )
+
 
 def _columns(*spec: tuple[str, ColumnType]) -> tuple[Column, ...]:
     return tuple(Column(name, column_type) for name, column_type in spec)
@@ -115,7 +124,7 @@ ENVELOPE = _columns(
     ("correlation_id", T.TEXT),
     ("source", T.TEXT),
     ("kafka_topic", T.TEXT),
-    ("kafka_partition", T.INT8),
+    ("kafka_partition", T.INT4),
     ("kafka_offset", T.INT8),
 )
 

@@ -32,6 +32,7 @@ import psycopg
 from psycopg.adapt import Dumper
 from psycopg.pq import Format, TransactionStatus
 
+from kingest.store.copy import copy_rows
 from kingest.store.rows import Rejection, RowBatch
 from kingest.store.tables import INSERT_DEAD_LETTER, TABLES_BY_EVENT_TYPE, WRITE_PLAN, ColumnType
 
@@ -54,6 +55,10 @@ class WriteResult:
     duplicates: int
     state_changed: Mapping[str, int] = attrs.field(factory=dict)
     events_by_type: Mapping[str, int] = attrs.field(factory=dict)
+    #: Tables written with COPY, and tables whose COPY met a unique violation and whose
+    #: rows were then written with the idempotent INSERT.
+    copied: tuple[str, ...] = ()
+    copy_fallbacks: tuple[str, ...] = ()
 
     def outcomes_by_type(self) -> dict[str, tuple[int, int]]:
         """Event type -> (stored, duplicates) of this write."""
@@ -77,6 +82,10 @@ class _EncodedArray:
 
 
 class _Int8Array(_EncodedArray):
+    __slots__ = ()
+
+
+class _Int4Array(_EncodedArray):
     __slots__ = ()
 
 
@@ -118,11 +127,13 @@ def _dumper_for(array_type: str) -> type[Dumper]:
 
 _DUMPERS: Final[tuple[tuple[type, type[Dumper]], ...]] = (
     (_Int8Array, _dumper_for("int8")),
+    (_Int4Array, _dumper_for("int4")),
     (_Float8Array, _dumper_for("float8")),
     (_BoolArray, _dumper_for("bool")),
 )
 
 _INT8_OID: Final = _oid("int8")
+_INT4_OID: Final = _oid("int4")
 _FLOAT8_OID: Final = _oid("float8")
 _BOOL_OID: Final = _oid("bool")
 _ARRAY_HEADER: Final = struct.Struct(">iiiii")  # ndim, has-null flag, element oid, size, lbound
@@ -149,6 +160,10 @@ def _fixed_width_array(values: Sequence[Any], code: str, oid: int, width: int) -
 
 def _int8_array(values: Sequence[Any]) -> _Int8Array:
     return _Int8Array(_fixed_width_array(values, "q", _INT8_OID, 8))
+
+
+def _int4_array(values: Sequence[Any]) -> _Int4Array:
+    return _Int4Array(_fixed_width_array(values, "i", _INT4_OID, 4))
 
 
 def _float8_array(values: Sequence[Any]) -> _Float8Array:
@@ -194,6 +209,7 @@ _ENCODERS: Final[dict[ColumnType, Callable[[Sequence[Any]], Any]]] = {
     ColumnType.UUID: _text_array,
     ColumnType.JSONB: _text_array,
     ColumnType.INT8: _int8_array,
+    ColumnType.INT4: _int4_array,
     ColumnType.EPOCH_MICROS: _int8_array,
     ColumnType.FLOAT8: _float8_array,
     ColumnType.BOOL: _bool_array,
@@ -251,11 +267,18 @@ def write_batch(
     *,
     consumer_group: str | None = None,
     store_dead_letters: bool = True,
+    use_copy: bool = True,
 ) -> WriteResult:
     """Store every row and rejection of ``batch`` in one transaction; return the counts.
 
     With ``store_dead_letters=False`` the rejections are left to the caller (the
     dead-letter topic) and only the rows are written.
+
+    With ``use_copy``, each plain fact table (no state table fed from it) whose event ids
+    are distinct within the batch is written with binary COPY under a savepoint
+    (:mod:`kingest.store.copy`); a unique violation (an event already stored: a
+    redelivery) rolls back to the savepoint and the table's rows take the idempotent
+    statement like the others.
 
     Idempotent: writing a batch again inserts nothing new (``duplicates`` counts the
     events already stored) and leaves state tables as they were. Raises psycopg errors
@@ -270,6 +293,8 @@ def write_batch(
     inserted: dict[str, int] = {}
     state_changed: dict[str, int] = {}
     dead_lettered = 0
+    copied: list[str] = []
+    fallbacks: list[str] = []
     rows_by_type = batch.counts_by_type
     with conn.transaction(), conn.cursor() as cursor:
         for array_class, dumper in _DUMPERS:
@@ -277,6 +302,17 @@ def write_batch(
         for statement in WRITE_PLAN:
             if not any(table.event_type in rows_by_type for table in statement.fact_tables):
                 continue
+            if use_copy and not statement.state_tables:
+                (table,) = statement.fact_tables
+                columns = batch.columns(table)
+                if len(set(columns[0])) == len(columns[0]):
+                    try:
+                        with conn.transaction():
+                            inserted[table.name] = copy_rows(cursor, table, columns)
+                        copied.append(table.name)
+                        continue
+                    except psycopg.errors.UniqueViolation:
+                        fallbacks.append(table.name)
             params: list[Any] = []
             for table in statement.fact_tables:
                 for column, values in zip(table.columns, batch.columns(table), strict=True):
@@ -303,4 +339,6 @@ def write_batch(
         duplicates=batch.event_count - sum(inserted.values()),
         state_changed=state_changed,
         events_by_type=rows_by_type,
+        copied=tuple(copied),
+        copy_fallbacks=tuple(fallbacks),
     )

@@ -11,15 +11,18 @@ It reports, for the synthetic event mix (``kingest.synth``):
 * write: rows/s of writing all events in batches of ``--batch``, each in its own
   transaction, into a freshly migrated database, with
 
-  - ``arrays``: :func:`kingest.store.write.write_batch` (columns encoded as binary /
-    literal arrays, one ``unnest`` statement per table group);
+  - ``copy``: :func:`kingest.store.write.write_batch` as the service runs it: binary
+    ``COPY`` straight into each plain fact table (:mod:`kingest.store.copy`), the
+    ``unnest`` statements for the tables that feed state tables;
+  - ``arrays``: ``write_batch(use_copy=False)``: every table through one
+    ``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING`` with the columns
+    encoded as binary / literal arrays;
   - ``psycopg-lists``: the same statements with the Python lists passed to psycopg's
-    own list adapters;
-  - ``copy``: binary ``COPY`` of each plain fact table into a temporary staging table,
-    then ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` (state tables as in arrays).
+    own list adapters.
 
-  Wall time and the writer's CPU time are both shown: the CPU time is what the writer
-  takes away from the partition actors under the GIL.
+  Wall time, the writer's CPU time and the PostgreSQL backends' CPU time are shown: the
+  writer's CPU is what it takes away from the partition actors under the GIL, the
+  server's is what it takes away from them on a machine PostgreSQL shares.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 import confluent_kafka
@@ -40,22 +44,9 @@ import psycopg
 
 from kingest.store.migrate import apply_migrations
 from kingest.store.rows import RowBatch
-from kingest.store.tables import WRITE_PLAN, ColumnType, FactTable
+from kingest.store.tables import WRITE_PLAN
 from kingest.store.write import write_batch
 from kingest.synth import SyntheticStream
-
-_STAGE_TYPES = {
-    ColumnType.TEXT: "text",
-    ColumnType.OPTIONAL_TEXT: "text",
-    ColumnType.UUID: "text",  # parsed by the INSERT ... SELECT, as in the arrays variant
-    ColumnType.JSONB: "text",
-    ColumnType.INT8: "int8",
-    ColumnType.EPOCH_MICROS: "int8",
-    ColumnType.FLOAT8: "float8",
-    ColumnType.BOOL: "bool",
-}
-
-_CASTS = {ColumnType.UUID: "::uuid", ColumnType.JSONB: "::jsonb"}
 
 
 def messages(count: int) -> list[Any]:
@@ -110,50 +101,6 @@ def write_with_psycopg_lists(conn: psycopg.Connection[Any], batch: RowBatch) -> 
             cursor.execute(statement.sql, params, prepare=True)
 
 
-def _stage_name(table: FactTable) -> str:
-    return f"stage_{table.name}"
-
-
-def _prepare_staging(conn: psycopg.Connection[Any]) -> None:
-    for statement in WRITE_PLAN:
-        for table in statement.fact_tables:
-            columns = ", ".join(f"{c.name} {_STAGE_TYPES[c.type]}" for c in table.columns)
-            conn.execute(
-                f"CREATE TEMP TABLE IF NOT EXISTS {_stage_name(table)} ({columns}) "
-                "ON COMMIT DELETE ROWS"
-            )
-
-
-def write_with_copy(conn: psycopg.Connection[Any], batch: RowBatch) -> None:
-    """Binary COPY into staging tables, then INSERT ... SELECT (plain fact tables)."""
-    rows_by_type = batch.counts_by_type
-    with conn.transaction(), conn.cursor() as cursor:
-        for statement in WRITE_PLAN:
-            if not any(table.event_type in rows_by_type for table in statement.fact_tables):
-                continue
-            if statement.state_tables:  # as in write_batch: not what is compared here
-                params: list[Any] = []
-                for table in statement.fact_tables:
-                    params.extend(batch.columns(table))
-                cursor.execute(statement.sql, params, prepare=True)
-                continue
-            (table,) = statement.fact_tables
-            stage = _stage_name(table)
-            with cursor.copy(f"COPY {stage} FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types([_STAGE_TYPES[c.type] for c in table.columns])
-                for row in zip(*batch.columns(table), strict=True):
-                    copy.write_row(row)
-            names = ", ".join(table.column_names)
-            expressions = ", ".join(
-                c.type.expression(c.name) + _CASTS.get(c.type, "") for c in table.columns
-            )
-            cursor.execute(
-                f"INSERT INTO {table.qualified_name} ({names}) SELECT {expressions} "
-                f"FROM {stage} ON CONFLICT (event_id) DO NOTHING",
-                prepare=True,
-            )
-
-
 # --- harness -------------------------------------------------------------------------------
 
 
@@ -171,33 +118,45 @@ def fresh_database(server_url: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+def _process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a local process (a PostgreSQL backend); 0 when not readable."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def bench_write(
     server_url: str,
     row_batches: list[RowBatch],
     writer: Callable[[psycopg.Connection[Any], RowBatch], Any],
     *,
-    setup: Callable[[psycopg.Connection[Any]], None] | None = None,
     writers: int = 1,
-) -> tuple[float, float]:
-    """(rows/s wall, rows/s of writer CPU) for writing every batch into a fresh schema.
+) -> tuple[float, float, float]:
+    """(rows/s wall, writer CPU us/row, server CPU us/row) for writing every batch into a
+    fresh schema.
 
     With several writers, each thread has its own connection and takes every
-    ``writers``-th batch; the CPU figure is then the sum over the writer threads.
+    ``writers``-th batch; the CPU figures are then sums over the threads and backends.
+    The server's CPU is read from /proc, so it is 0 for a remote server.
     """
     events = sum(batch.event_count for batch in row_batches)
     cpu_seconds: list[float] = []
+    server_seconds: list[float] = []
     lock = threading.Lock()
 
     def write_share(url: str, share: list[RowBatch], start: threading.Barrier) -> None:
         with psycopg.connect(url, autocommit=True) as conn:
-            if setup is not None:
-                setup(conn)
+            backend = conn.info.backend_pid
             start.wait()
+            server = _process_cpu_seconds(backend)
             cpu = time.thread_time()
             for batch in share:
                 writer(conn, batch)
             with lock:
                 cpu_seconds.append(time.thread_time() - cpu)
+                server_seconds.append(_process_cpu_seconds(backend) - server)
 
     with fresh_database(server_url) as url:
         apply_migrations(url)
@@ -213,7 +172,7 @@ def bench_write(
         for thread in threads:
             thread.join()
         wall = time.perf_counter() - wall
-    return events / wall, events / sum(cpu_seconds)
+    return events / wall, sum(cpu_seconds) / events * 1e6, sum(server_seconds) / events * 1e6
 
 
 @contextmanager
@@ -235,7 +194,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=5_000)
     parser.add_argument("--database-url", default=os.environ.get("KINGEST_TEST_DATABASE_URL"))
     parser.add_argument("--writers", type=int, default=1, help="concurrent connections")
-    parser.add_argument("--only", choices=["arrays", "psycopg-lists", "copy"], default=None)
+    parser.add_argument("--only", choices=["copy", "arrays", "psycopg-lists"], default=None)
     args = parser.parse_args()
 
     msgs = messages(args.events)
@@ -245,20 +204,20 @@ def main() -> None:
     for batch in row_batches:
         mix.extend(batch)
     print(f"mix: {dict(mix.counts_by_type)}")
-    strategies: dict[str, tuple[Callable[..., Any], Callable[..., None] | None]] = {
-        "arrays": (write_batch, None),
-        "psycopg-lists": (write_with_psycopg_lists, None),
-        "copy": (write_with_copy, _prepare_staging),
+    strategies: dict[str, Callable[..., Any]] = {
+        "copy": write_batch,
+        "arrays": partial(write_batch, use_copy=False),
+        "psycopg-lists": write_with_psycopg_lists,
     }
     with server(args.database_url) as url:
-        for name, (writer, setup) in strategies.items():
+        for name, writer in strategies.items():
             if args.only and name != args.only:
                 continue
-            wall, cpu = bench_write(url, row_batches, writer, setup=setup, writers=args.writers)
+            wall, cpu, server_cpu = bench_write(url, row_batches, writer, writers=args.writers)
             print(
-                f"write {name:>13}: {wall:>9,.0f} rows/s wall, {cpu:>10,.0f} rows/s of "
-                f"writer CPU ({args.events} events, batches of {args.batch}, "
-                f"{args.writers} writer(s))"
+                f"write {name:>13}: {wall:>9,.0f} rows/s wall, writer {cpu:.2f} us/row, "
+                f"PostgreSQL {server_cpu:.2f} us/row ({args.events} events, batches of "
+                f"{args.batch}, {args.writers} writer(s))"
             )
 
 

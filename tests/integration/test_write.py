@@ -11,6 +11,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from kingest.schema.codec import encode_event
@@ -28,7 +29,7 @@ from kingest.schema.v1.events_pb2 import (
     TrainingRunFinished,
     TrainingRunStarted,
 )
-from kingest.schema.validate import event_type
+from kingest.schema.validate import payload_of
 from kingest.store.errors import ErrorKind, classify_db_error, is_schema_error, sqlstate_of
 from kingest.store.migrate import apply_migrations
 from kingest.store.rows import RowBatch, derive_event_id
@@ -107,7 +108,10 @@ def select(conn: psycopg.Connection[Any], query: str, *params: Any) -> list[tupl
     return conn.execute(query.encode(), params).fetchall()
 
 
-def test_every_event_type_lands_with_its_typed_values(conn: psycopg.Connection[Any]) -> None:
+@pytest.mark.parametrize("use_copy", [True, False], ids=["copy", "insert"])
+def test_every_event_type_lands_with_its_typed_values(
+    conn: psycopg.Connection[Any], use_copy: bool
+) -> None:
     events = [
         message(
             1,
@@ -196,7 +200,9 @@ def test_every_event_type_lands_with_its_typed_values(conn: psycopg.Connection[A
         ),
     ]
     rows = batch(*events)
-    result = write_batch(conn, rows)
+    result = write_batch(conn, rows, use_copy=use_copy)
+    plain_tables = ("metrics", "model_versions", "inferences", "evaluations", "drift_alerts")
+    assert result.copied == (plain_tables if use_copy else ())
     assert result.inserted == {
         "training_run_starts": 1,
         "training_run_finishes": 1,
@@ -291,7 +297,10 @@ def test_every_event_type_lands_with_its_typed_values(conn: psycopg.Connection[A
     ) == [("llama", "prod", "7", 3, when(5), uuid.UUID(eid(5)))]
 
 
-def test_text_survives_whatever_characters_it_holds(conn: psycopg.Connection[Any]) -> None:
+@pytest.mark.parametrize("use_copy", [True, False], ids=["copy", "insert"])
+def test_text_survives_whatever_characters_it_holds(
+    conn: psycopg.Connection[Any], use_copy: bool
+) -> None:
     awkward = [
         "",
         "NULL",
@@ -315,7 +324,8 @@ def test_text_survives_whatever_characters_it_holds(conn: psycopg.Connection[Any
         )
         for i, text in enumerate(awkward)
     ]
-    write_batch(conn, batch(*events))
+    result = write_batch(conn, batch(*events), use_copy=use_copy)
+    assert result.copied == (("metrics",) if use_copy else ())
     stored = select(conn, "SELECT run_id, key FROM kingest.metrics ORDER BY value")
     assert stored == [(text or "run", f"k{text}") for text in awkward]
 
@@ -330,9 +340,29 @@ def test_writing_a_batch_twice_stores_each_event_once(conn: psycopg.Connection[A
     second = write_batch(conn, rows)
     assert first.inserted == {"inferences": 50}
     assert first.duplicates == 0
+    assert (first.copied, first.copy_fallbacks) == (("inferences",), ())
     assert second.inserted == {"inferences": 0}
     assert second.duplicates == 50
+    # The COPY met the stored rows (unique violation) and the INSERT path took over.
+    assert (second.copied, second.copy_fallbacks) == ((), ("inferences",))
     assert select(conn, "SELECT count(*) FROM kingest.inferences") == [(50,)]
+
+
+def test_a_partly_redelivered_batch_stores_only_the_new_events(
+    conn: psycopg.Connection[Any],
+) -> None:
+    def inference(n: int) -> Event:
+        return message(n, inference_completed=InferenceCompleted(model_name="m", status=OK))
+
+    metric = message(100, metric_logged=MetricLogged(run_id="r", key="k", value=1.0))
+    write_batch(conn, batch(*map(inference, range(1, 31))))
+    result = write_batch(conn, batch(*map(inference, range(21, 41)), metric))
+    assert result.inserted == {"inferences": 10, "metrics": 1}
+    assert result.duplicates == 10
+    # Only the table holding redelivered events fell back; the other was copied.
+    assert (result.copied, result.copy_fallbacks) == (("metrics",), ("inferences",))
+    stored = select(conn, "SELECT event_id FROM kingest.inferences ORDER BY event_id")
+    assert stored == [(uuid.UUID(eid(n)),) for n in range(1, 41)]
 
 
 def test_one_event_delivered_twice_in_a_batch_is_stored_once(
@@ -342,6 +372,7 @@ def test_one_event_delivered_twice_in_a_batch_is_stored_once(
     result = write_batch(conn, batch(same, same))
     assert result.inserted == {"metrics": 1}
     assert result.duplicates == 1
+    assert (result.copied, result.copy_fallbacks) == ((), ())  # COPY not even tried
     assert select(conn, "SELECT kafka_offset FROM kingest.metrics") == [(0,)]
 
 
@@ -585,10 +616,10 @@ def validator_blind_to_postgres_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     it cannot see (a correlation-id header); here every event passes unchecked.
     """
 
-    def lenient(event: Event, **_: object) -> str:
-        return event_type(event)
+    def lenient(event: Event, **_: object) -> tuple[str, Message, int]:
+        return payload_of(event)
 
-    monkeypatch.setattr("kingest.store.rows.validate_event", lenient)
+    monkeypatch.setattr("kingest.store.rows.validate_payload", lenient)
 
 
 def nul_inference(n: int) -> Event:
@@ -693,8 +724,15 @@ def test_a_record_without_coordinates_is_a_permanent_data_error(
     rows = RowBatch(now=NOW)
     good = message(1, metric_logged=MetricLogged(run_id="r", key="k", value=1.0))
     rows.add_records([kafka_record(encode_event(good), 0, partition=None)])
-    with pytest.raises(psycopg.DataError, match="kafka_partition") as raised:
+    # COPY sends the NULL and PostgreSQL refuses it (not-null violation); the INSERT
+    # path cannot even encode it (data error). Permanent either way.
+    with pytest.raises(
+        (psycopg.DataError, psycopg.IntegrityError), match="kafka_partition"
+    ) as raised:
         write_batch(conn, rows)
+    assert classify_db_error(raised.value) is ErrorKind.PERMANENT
+    with pytest.raises(psycopg.DataError, match="kafka_partition") as raised:
+        write_batch(conn, rows, use_copy=False)
     assert classify_db_error(raised.value) is ErrorKind.PERMANENT
 
 
