@@ -54,7 +54,7 @@ from kingest.schema.v1.events_pb2 import (
     TrainingRunFinished,
     TrainingRunStarted,
 )
-from kingest.schema.validate import MAX_INDEXED_IDENTIFIER_BYTES, ValidationError, validate_event
+from kingest.schema.validate import MAX_INDEXED_IDENTIFIER_BYTES, ValidationError, validate_payload
 from kingest.store.tables import ENVELOPE, FACT_TABLES, TABLES_BY_EVENT_TYPE, FactTable
 
 __all__ = [
@@ -389,7 +389,7 @@ class RowBatch:
         buffers = self._buffers
         mappers = _PAYLOAD_MAPPERS
         decode = decode_event
-        validate = validate_event
+        validate = validate_payload
         header_correlation_id = _header_correlation_id
         rows_before = self.event_count
         value_bytes = 0
@@ -405,7 +405,7 @@ class RowBatch:
                     # The value bounds every string in it (validation need not re-encode
                     # the event to know whether lengths must be checked), and a value
                     # without a zero byte cannot hold NUL (no text scan needed).
-                    kind = validate(event, now=now, encoded=value)
+                    kind, payload, occurred_micros = validate(event, now=now, encoded=value)
                 except ValidationError as exc:
                     self._reject_invalid(record, event, exc.error_class, str(exc))
                     continue
@@ -417,16 +417,15 @@ class RowBatch:
                 offset = record.offset()
                 event_id = event.event_id or _derived_event_id(record, topic, partition, offset)
                 correlation_id = event.correlation_id or header_correlation_id(record) or event_id
-                occurred_at = event.occurred_at
                 try:
-                    mappers[kind](getattr(event, kind), columns)
+                    mappers[kind](payload, columns)
                 except KeyError as exc:
                     # An enum number the mapping does not know (the validator should
                     # have said so); the mapper looks enums up before appending.
                     self._reject_invalid(record, event, "unknown_enum", f"unmapped enum {exc}")
                     continue
                 columns[0].append(event_id)
-                columns[1].append(occurred_at.seconds * 1_000_000 + occurred_at.nanos // 1000)
+                columns[1].append(occurred_micros)
                 columns[2].append(correlation_id)
                 columns[3].append(event.source)
                 columns[4].append(topic)

@@ -14,7 +14,7 @@ from kingest.pipeline.pipeline import RunOutcome
 from kingest.producer import produce_records
 from kingest.schema.codec import encode_event
 from kingest.schema.v1.events_pb2 import Event, InferenceCompleted, InferenceStatus
-from kingest.schema.validate import event_type
+from kingest.schema.validate import payload_of
 from kingest.store.migrate import apply_migrations
 from kingest.synth import SyntheticStream
 from tests.integration.support import (
@@ -110,7 +110,7 @@ def test_a_row_postgresql_rejects_is_dead_lettered_and_its_neighbours_stored(
     # PostgreSQL text cannot hold a NUL character. The validator refuses it itself, so it
     # is blinded here to test the writer's defence: it bisects the batch, dead-letters
     # that one event with its SQLSTATE and stores the rest.
-    monkeypatch.setattr("kingest.store.rows.validate_event", lambda event, **_: event_type(event))
+    monkeypatch.setattr("kingest.store.rows.validate_payload", lambda event, **_: payload_of(event))
     topic = topic_factory(1)
     apply_migrations(database_url)
     good = SyntheticStream(seed=5, wire_format_share=0.0).take(999)

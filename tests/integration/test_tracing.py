@@ -22,7 +22,7 @@ from kingest.devstack import create_topic
 from kingest.pipeline.pipeline import RunOutcome
 from kingest.schema.codec import encode_event
 from kingest.schema.v1.events_pb2 import Event, InferenceCompleted, InferenceStatus
-from kingest.schema.validate import event_type
+from kingest.schema.validate import payload_of
 from kingest.store.migrate import apply_migrations
 from kingest.synth import SyntheticStream
 from kingest.telemetry.tracing import parse_traceparent
@@ -141,7 +141,7 @@ def test_a_traced_stream_end_to_end(
 ) -> None:
     # The validator refuses a NUL character itself; blinded, the event reaches PostgreSQL,
     # which rejects it: the writer bisects and dead-letters it (write stage).
-    monkeypatch.setattr("kingest.store.rows.validate_event", lambda event, **_: event_type(event))
+    monkeypatch.setattr("kingest.store.rows.validate_payload", lambda event, **_: payload_of(event))
     topic = topic_factory(PARTITIONS)
     dlq = f"{topic}.dlq"
     create_topic(kafka_bootstrap, dlq, 1)
