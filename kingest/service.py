@@ -17,13 +17,14 @@ Exit codes (also in the README):
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
 import sys
 import threading
 from types import FrameType
-from typing import Any
+from typing import Any, Final
 
 import psycopg
 from confluent_kafka import KafkaError, KafkaException
@@ -166,6 +167,26 @@ def check_kafka(settings: Settings, timeout_s: float = 15.0) -> None:
         )
 
 
+#: Allocations between young-generation collections, then collections between older ones.
+#: Python's defaults (700, 10, 10) are tuned for programs whose objects mostly die at
+#: once; here every message is an object that lives for a batch (tens of thousands at a
+#: time), survives a few young collections and is promoted, which brings a full
+#: collection of every live object every few tens of thousands of messages. Measured on
+#: 1M events: the defaults cost about 4 us of CPU per event (a quarter of the process's
+#: time); these thresholds leave about 0.3 us (docs/performance.md).
+GC_THRESHOLDS: Final = (100_000, 50, 100)
+
+
+def tune_garbage_collector() -> None:
+    """Freeze what start-up allocated and collect cycles in the rhythm of a stream.
+
+    kingest's own data holds no reference cycles; the collector is still on, for those
+    that error paths (tracebacks) create, only less often.
+    """
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 def run_service(settings: Settings, *, pipeline: Pipeline | None = None) -> int:
     """Run until SIGTERM/SIGINT, then drain; returns the process exit code."""
     try:
@@ -190,6 +211,7 @@ def run_service(settings: Settings, *, pipeline: Pipeline | None = None) -> int:
             return int(RunOutcome.FAILED)
     signals = _StopOnSignals(pipeline)
     signals.install()
+    tune_garbage_collector()
     log.info(
         "kingest starting: topics=%s group=%s writers=%d",
         ",".join(settings.kafka.topics),
