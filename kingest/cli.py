@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -55,21 +55,50 @@ def _root(
     """Configuration comes from KINGEST_* environment variables: see `kingest config`."""
 
 
-def _settings_or_exit() -> Settings:
+def _settings_or_exit(problems: list[str] | None = None) -> Settings:
+    """The settings, or exit 2 listing their problems and ``problems`` (all at once)."""
+    problems = list(problems or [])
     try:
-        return load_settings(os.environ)
+        settings = load_settings(os.environ)
     except ConfigError as error:
-        err.print(f"[bold red]kingest: invalid configuration[/] ({len(error.problems)} problems):")
-        for problem in error.problems:
-            err.print(f"  - {problem}", markup=False, highlight=False)
-        raise typer.Exit(EXIT_BAD_CONFIG) from None
+        problems += error.problems
+    if problems:
+        _exit_bad_config(problems)
+    return settings
+
+
+def _exit_bad_config(problems: list[str]) -> NoReturn:
+    err.print(f"[bold red]kingest: invalid configuration[/] ({len(problems)} problems):")
+    for problem in problems:
+        err.print(f"  - {problem}", markup=False, highlight=False)
+    raise typer.Exit(EXIT_BAD_CONFIG)
 
 
 @app.command()
-def start() -> None:
+def start(
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes",
+            envvar="KINGEST_PROCESSES",
+            help="Pipeline processes to run under a supervisor, about one core each "
+            "(1: run the pipeline in this process). See docs/scaling.md.",
+        ),
+    ] = 1,
+) -> None:
     """Consume the configured topics into PostgreSQL until SIGTERM/SIGINT, then drain."""
-    settings = _settings_or_exit()
+    from kingest import supervisor
+
+    settings = _settings_or_exit(supervisor.start_problems(processes, os.environ))
     configure_logging(settings.log_level, settings.log_format, secrets=secret_values(settings))
+    if processes > 1:
+        port_problem = supervisor.http_port_problem(settings, processes)
+        if port_problem:
+            _exit_bad_config([port_problem])
+        raise typer.Exit(supervisor.run_supervisor(settings, processes, os.environ))
+    index = supervisor.process_index(os.environ)
+    if index is not None:
+        supervisor.tag_logs_with_process_index(index)
     from kingest.service import run_service
     from kingest.telemetry.tracing import configure_tracing, load_tracing_config
 

@@ -32,6 +32,9 @@ ENV_PREFIX = "KINGEST_"
 RDKAFKA_PREFIX = "KINGEST_RDKAFKA_"
 #: Variables under this prefix belong to the test suite, not to the service.
 TEST_PREFIX = "KINGEST_TEST_"
+#: Variables of the command line (``kingest start --processes``) and of the processes
+#: it supervises, read there rather than by :class:`Settings`.
+COMMAND_VARIABLES = frozenset({"KINGEST_PROCESSES", "KINGEST_PROCESS_INDEX"})
 REDACTED = "**redacted**"
 
 Profile = Literal["dev", "staging", "prod"]
@@ -529,7 +532,11 @@ def _raw_from_environ(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[
     problems: list[str] = []
     properties: dict[str, str] = {}
     for name, value in environ.items():
-        if not name.startswith(ENV_PREFIX) or name.startswith(TEST_PREFIX):
+        if (
+            not name.startswith(ENV_PREFIX)
+            or name.startswith(TEST_PREFIX)
+            or name in COMMAND_VARIABLES
+        ):
             continue
         if name.startswith(RDKAFKA_PREFIX):
             if len(name) == len(RDKAFKA_PREFIX):

@@ -173,3 +173,9 @@ def test_readme_embeds_the_current_reference() -> None:
     assert readme[start:end] == reference_markdown(), (
         "run `kingest config --reference` and paste it"
     )
+
+
+def test_the_command_line_variables_are_not_unknown_settings() -> None:
+    """`kingest start --processes` reads them; every other command must accept them too."""
+    environ = {**VALID, "KINGEST_PROCESSES": "2", "KINGEST_PROCESS_INDEX": "1"}
+    assert load_settings(environ) == load_settings(VALID)
