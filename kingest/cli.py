@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from kingest import __version__
+from kingest.cli_bench import bench
 from kingest.cli_dlq import dlq_app
 from kingest.config import (
     ConfigError,
@@ -36,6 +37,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(dlq_app, name="dlq")
+app.command("bench")(bench)
 err = Console(stderr=True)
 
 

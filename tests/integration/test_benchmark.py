@@ -1,0 +1,65 @@
+"""`kingest bench` end to end on a real broker and PostgreSQL, at a tiny size."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+EVENTS = 3000
+RATE, SECONDS = 500, 2
+
+
+def test_bench_measures_kingest_the_baseline_and_latency(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    out = tmp_path / "results.json"
+    command = [sys.executable, "-m", "kingest", "bench", "--events", str(EVENTS), "--runs", "1"]
+    command += ["--partitions", "2", "--latency-rate", str(RATE), "--latency-seconds", str(SECONDS)]
+    command += ["--bootstrap-servers", kafka_bootstrap, "--json", str(out)]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KINGEST_")}
+    done = subprocess.run(
+        command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = json.loads(out.read_text())
+
+    kingest, baseline = results["cases"]["default"], results["cases"]["baseline"]
+    for case in (kingest, baseline):
+        (run,) = case["runs"]
+        # Each run checked its database holds exactly one row or dead letter per event.
+        assert run["events_per_s"] > 0
+        assert run["seconds"] > 0
+        assert run["cpu_us_per_event"] > 0
+        assert run["peak_rss_mib"] > 20
+        assert run["postgres_cpu_us_per_event"] > 0  # the bench started PostgreSQL itself
+        assert case["summary"]["events_per_s"]["median"] == run["events_per_s"]
+    assert kingest["ratio_to_baseline"] == pytest.approx(
+        kingest["runs"][0]["events_per_s"] / baseline["runs"][0]["events_per_s"]
+    )
+    latency = results["latency"]
+    assert latency["events"] == RATE * SECONDS
+    assert 0 < latency["p50_ms"] <= latency["p95_ms"] <= latency["p99_ms"] <= latency["max_ms"]
+    assert results["machine"]["cpus"] == os.cpu_count()
+    assert results["machine"]["postgresql_settings"]["track_commit_timestamp"] == "on"
+    for name in ("default", "baseline", "p99"):
+        assert name in done.stdout
+
+
+def test_bench_refuses_a_malformed_sweep(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "kingest", "bench", "--sweep", "writers"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2
+    assert "KINGEST_NAME=v1,v2" in done.stderr

@@ -1,0 +1,81 @@
+"""The bench's arithmetic and case planning (kingest/benchmark.py, kingest/cli_bench.py)."""
+
+from __future__ import annotations
+
+import pytest
+from rich.console import Console
+
+from kingest.benchmark import Options, cases, parse_sweep, percentile, summarize
+from kingest.cli_bench import render
+
+
+def test_percentiles_are_values_that_occurred_by_nearest_rank() -> None:
+    values = [float(v) for v in range(100, 0, -1)]  # 100 .. 1, unsorted on purpose
+    assert percentile(values, 0.50) == 50
+    assert percentile(values, 0.99) == 99
+    assert percentile(values, 1.0) == 100
+    assert percentile([7.0], 0.99) == 7
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 0.5)
+
+
+def test_summary_is_median_min_and_max() -> None:
+    assert summarize([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
+    assert summarize([1.0, 4.0])["median"] == 2.5
+
+
+def test_sweeps_add_one_case_per_value_after_the_default() -> None:
+    options = Options(
+        partitions=8,
+        settings={"KINGEST_BATCH_SIZE": "5000"},
+        sweeps=[parse_sweep("partitions=4,16"), parse_sweep("KINGEST_WRITERS=2, 8")],
+    )
+    found = cases(options)
+    assert [case.name for case in found] == [
+        "default",
+        "partitions=4",
+        "partitions=16",
+        "KINGEST_WRITERS=2",
+        "KINGEST_WRITERS=8",
+    ]
+    assert [case.partitions for case in found] == [8, 4, 16, 8, 8]
+    assert found[3].settings == {"KINGEST_BATCH_SIZE": "5000", "KINGEST_WRITERS": "2"}
+
+
+@pytest.mark.parametrize("text", ["writers=2", "partitions=0", "KINGEST_WRITERS=", "partitions"])
+def test_a_malformed_sweep_is_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="--sweep"):
+        parse_sweep(text)
+
+
+def test_the_table_shows_medians_ranges_ratio_and_latency() -> None:
+    def case(rate: float) -> dict[str, object]:
+        figures = {
+            "events_per_s": rate,
+            "seconds": 1.0,
+            "cpu_us_per_event": 10.0,
+            "peak_rss_mib": 100.0,
+            "broker_cpu_us_per_event": 1.5,
+            "postgres_cpu_us_per_event": 9.0,
+        }
+        summary = {key: summarize([value]) for key, value in figures.items()}
+        return {"runs": [figures], "summary": summary, "ratio_to_baseline": rate / 20_000}
+
+    results = {
+        "cases": {"default": case(60_000), "baseline": case(20_000)},
+        "latency": {
+            "rate": 5000,
+            "events": 150_000,
+            "p50_ms": 90,
+            "p95_ms": 150,
+            "p99_ms": 180,
+            "max_ms": 240,
+        },
+    }
+    console = Console(width=200, record=True)
+    console.print(render(results))
+    text = console.export_text()
+    assert "60,000 (60,000-60,000)" in text
+    assert "3.00" in text
+    assert "1.00" in text
+    assert "p99 180 ms" in text
