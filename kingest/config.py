@@ -262,7 +262,7 @@ class PipelineSettings:
     batch_linger_ms: int = _setting(
         "KINGEST_BATCH_LINGER_MS",
         "Longest a partition holds a batch that is not full.",
-        100,
+        50,
         check=_between(0, 60_000),
     )
     writer_queue_batches: int = _setting(

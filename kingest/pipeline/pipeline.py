@@ -49,7 +49,7 @@ __all__ = ["Pipeline", "RunOutcome"]
 log = logging.getLogger(__name__)
 
 #: How long one poll waits for messages; bounds the latency of pause/resume and commits.
-POLL_TIMEOUT_S = 0.1
+POLL_TIMEOUT_S = 0.02
 
 
 class RunOutcome(enum.IntEnum):
