@@ -276,6 +276,13 @@ def _fresh_database(server_url: str, name: str) -> str:
     return url
 
 
+def _drop_database(server_url: str, url: str) -> None:
+    """A measured run's database goes once checked: 1M events take about 1 GB."""
+    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(str(name))))
+
+
 def _produce(bootstrap: str, topic: str, events: int, seed: int) -> None:
     subprocess.run(
         [
@@ -426,6 +433,7 @@ def run_kingest(
     stored = stored_events(url)
     if stored != options.events or not busy:
         raise BenchError(f"{case.name}: {stored} rows for {options.events} events; see {log}")
+    _drop_database(found.server_url, url)
     return _figures(written, busy, cpu=cpu, rss=rss, broker=broker, postgres=postgres)
 
 
@@ -558,6 +566,7 @@ def run_baseline(
     stored = stored_events(url)
     if stored != options.events:
         raise BenchError(f"baseline: {stored} rows for {options.events} events; see {log}")
+    _drop_database(found.server_url, url)
     return _figures(
         result["events"],
         result["seconds"],
