@@ -16,7 +16,10 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
 import psycopg
 from confluent_kafka import Consumer, KafkaException, TopicPartition
@@ -118,6 +121,7 @@ def run_demo(
     postgres = LocalPostgres(workdir / "pgdata")
     child: subprocess.Popen[bytes] | None = None
     log_path = workdir / "kingest.log"
+    previous = _stop_on_sigterm()
     try:
         with console.status("starting a Kafka-protocol broker (Tansu) and PostgreSQL..."):
             kafka.start()
@@ -166,6 +170,21 @@ def run_demo(
             console.print(f"kingest stopped (exit code {code})")
         postgres.cleanup()
         kafka.stop()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _interrupt(_signum: int, _frame: FrameType | None) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_on_sigterm() -> signal.Handlers | Callable[[int, FrameType | None], Any] | int | None:
+    """SIGTERM stops the demo as Ctrl-C does (kingest, the broker and PostgreSQL with it);
+    Python's default would end the process and leave them running. Returns the handler
+    it replaced (None off the main thread, where signals cannot be handled)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _produce_and_follow(

@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from collections.abc import Callable
+from pathlib import Path
 
+import psutil
 import pytest
 from typer.testing import CliRunner
 
 from kingest.cli import app
 from kingest.store.migrate import load_migrations
+from tests.integration.support import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -91,3 +97,30 @@ def test_demo_ingests_its_stream_and_stops_cleanly(runner: CliRunner) -> None:
     assert "inferences" in result.output
     assert "inference and metric rows:" in result.output
     assert "kingest stopped (exit code 0)" in result.output
+
+
+def test_sigterm_stops_the_demo_and_everything_it_started(tmp_path: Path) -> None:
+    """As Ctrl-C does: kingest drains, the broker and PostgreSQL stop, nothing is left."""
+    output = tmp_path / "demo.out"
+    with output.open("wb") as out:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "kingest", "demo", "--count", "2000", "--partitions", "2"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_for(
+            lambda: b"Press Ctrl-C" in output.read_bytes() or demo.poll() is not None,
+            timeout=120,
+            what="the demo to ingest its stream",
+        )
+        started = psutil.Process(demo.pid).children(recursive=True)
+        assert started  # kingest start, the broker, PostgreSQL and its backends
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(60) == 0, output.read_text(errors="replace")[-3000:]
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert "kingest stopped (exit code 0)" in output.read_text(errors="replace")
+    _, alive = psutil.wait_procs(started, timeout=10)
+    assert not alive, [process.name() for process in alive]
