@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
@@ -72,7 +73,7 @@ def _settings_or_exit(problems: list[str] | None = None) -> Settings:
 def _exit_bad_config(problems: list[str]) -> NoReturn:
     err.print(f"[bold red]kingest: invalid configuration[/] ({len(problems)} problems):")
     for problem in problems:
-        err.print(f"  - {problem}", markup=False, highlight=False)
+        err.print(f"  - {problem}", markup=False, highlight=False, soft_wrap=True)
     raise typer.Exit(EXIT_BAD_CONFIG)
 
 
@@ -87,16 +88,42 @@ def start(
             "(1: run the pipeline in this process). See docs/scaling.md.",
         ),
     ] = 1,
+    reload: Annotated[
+        bool,
+        typer.Option(
+            "--reload",
+            help="Development: restart the pipeline (drained, as on SIGTERM) whenever a .py "
+            "file of kingest changes. Needs the `reload` extra.",
+        ),
+    ] = False,
+    reload_dirs: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--reload-dir",
+            help="With --reload: watch this directory instead of kingest's code (repeatable).",
+        ),
+    ] = None,
 ) -> None:
     """Consume the configured topics into PostgreSQL until SIGTERM/SIGINT, then drain."""
     from kingest import supervisor
 
-    settings = _settings_or_exit(supervisor.start_problems(processes, os.environ))
+    problems = supervisor.start_problems(processes, os.environ)
+    watched: list[Path] = []
+    if reload:
+        from kingest import reload as reloading
+
+        watched = list(reload_dirs or reloading.default_paths())
+        problems += reloading.reload_problems(watched)
+    elif reload_dirs:
+        problems.append("--reload-dir: only with --reload")
+    settings = _settings_or_exit(problems)
     configure_logging(settings.log_level, settings.log_format, secrets=secret_values(settings))
-    if processes > 1:
+    if processes > 1 or reload:
         port_problem = supervisor.http_port_problem(settings, processes)
         if port_problem:
             _exit_bad_config([port_problem])
+        if reload:
+            raise typer.Exit(reloading.run_reloading(settings, processes, os.environ, watched))
         raise typer.Exit(supervisor.run_supervisor(settings, processes, os.environ))
     index = supervisor.process_index(os.environ)
     if index is not None:

@@ -32,6 +32,11 @@ when any abandoned in-flight work at its drain deadline. A second signal is pass
 (each child abandons its in-flight work and exits at once, as on a second signal of its
 own) and the supervisor exits 130. On Linux a child also receives SIGTERM, and drains,
 when the supervisor dies without stopping it (``kill -9`` of the supervisor).
+
+Reloading (``kingest start --reload``, :mod:`kingest.reload`): given a source of
+changed files, the supervisor stops every child as above when files change and starts
+them all again at once. A child that exits on its own is then not restarted until the
+next change (a syntax error waits for its fix instead of crash-looping).
 """
 
 from __future__ import annotations
@@ -43,7 +48,7 @@ import subprocess
 import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Final
@@ -56,6 +61,7 @@ __all__ = [
     "PROCESS_INDEX_VARIABLE",
     "STOP_GRACE_S",
     "SUPERVISOR_VARIABLES",
+    "ChangeSource",
     "RestartHistory",
     "RestartPolicy",
     "Supervisor",
@@ -93,6 +99,10 @@ EXIT_DRAIN_TIMEOUT: Final = 3
 EXIT_FORCED: Final = 130
 
 _RESOURCE_KEY: Final = "kingest.process.index"
+
+#: Waits up to about one poll period for files to change; returns the changed paths
+#: (empty when nothing changed). Drives ``--reload``.
+ChangeSource = Callable[[], Collection[str]]
 
 
 # --------------------------------------------------------------------------- pure logic
@@ -288,6 +298,7 @@ class Supervisor:
         policy: RestartPolicy | None = None,
         kill_wait_s: float = KILL_WAIT_S,
         poll_s: float = POLL_S,
+        changes: ChangeSource | None = None,
     ) -> None:
         self.command = list(command)
         policy = policy or RestartPolicy()
@@ -297,6 +308,8 @@ class Supervisor:
         self.stop_timeout_s = stop_timeout_s
         self.kill_wait_s = kill_wait_s
         self.poll_s = poll_s
+        self.changes = changes
+        self.reloads = 0
         self._signals: list[int] = []
         self._previous: dict[int, Any] = {}
         self._preexec = _child_preexec()
@@ -343,8 +356,36 @@ class Supervisor:
                 reason = self._on_exit(child, code, now)
                 if reason is not None:
                     return reason
-            time.sleep(self.poll_s)
+            changed = self._wait()
+            if changed and not self._signals:
+                self._reload(changed)
         return None
+
+    def _wait(self) -> Collection[str]:
+        """One poll period: a sleep, or the change source's wait. Changed paths."""
+        if self.changes is None:
+            time.sleep(self.poll_s)
+            return ()
+        return self.changes()
+
+    def _reload(self, changed: Collection[str]) -> None:
+        """Stop every child (drained, as at a stop) and start them all again at once."""
+        shown = ", ".join(sorted(changed)[:3]) + (", ..." if len(changed) > 3 else "")
+        running = len(self._running())
+        log.info(
+            "%d files changed (%s): restarting %d processes",
+            len(changed),
+            shown,
+            running,
+            extra={"changed": sorted(changed)},
+        )
+        self._stop_children()
+        if self._signals:  # a signal during the reload's stop: stay stopped
+            return
+        self.reloads += 1
+        now = time.monotonic()
+        for child in self.children:
+            child.proc, child.stop_code, child.restart_at = None, None, now
 
     def _spawn(self, child: _Child) -> None:
         child.proc = subprocess.Popen(
@@ -376,6 +417,16 @@ class Supervisor:
                 extra=extra,
             )
             return EXIT_BAD_CONFIG
+        if self.changes is not None:
+            log.error(
+                "child %d (pid %d) exited with %s after %.1f s: it starts again on the next change",
+                child.index,
+                pid,
+                describe_exit(code),
+                ran_s,
+                extra=extra,
+            )
+            return None
         delay = child.history.record_exit(ran_s=ran_s, now=now)
         if delay is None:
             policy = child.history.policy
@@ -426,6 +477,21 @@ class Supervisor:
             )
         for child in self.children:
             child.restart_at = None  # a child waiting for its restart stays down
+        # Two signals during a reload's stop forced the children out already.
+        forced = self._stop_children() or len(self._signals) >= 2
+        codes = [c.stop_code for c in self.children if c.stop_code is not None]
+        if reason is not None:
+            code = reason
+        elif forced:
+            code = EXIT_FORCED
+        else:
+            code = aggregate_exit_codes(codes)
+        log.info("supervisor stopped: exit code %d", code)
+        return code
+
+    def _stop_children(self) -> bool:
+        """SIGTERM every running child and wait for all, killing them at the deadline;
+        whether a second signal forced them to exit without draining."""
         self._signal_running(signal.SIGTERM)
         deadline = time.monotonic() + self.stop_timeout_s
         forced = killed = False
@@ -467,15 +533,7 @@ class Supervisor:
                         },
                     )
             time.sleep(self.poll_s)
-        codes = [c.stop_code for c in self.children if c.stop_code is not None]
-        if reason is not None:
-            code = reason
-        elif forced:
-            code = EXIT_FORCED
-        else:
-            code = aggregate_exit_codes(codes)
-        log.info("supervisor stopped: exit code %d", code)
-        return code
+        return forced
 
     def _kill_all(self) -> None:
         for child in self._running():

@@ -92,13 +92,13 @@ class InProcessKingest:
 class KingestProcess:
     """``kingest start`` as a real child process, configured only by environment."""
 
-    def __init__(self, env: Mapping[str, str], log_path: Path) -> None:
+    def __init__(self, env: Mapping[str, str], log_path: Path, *args: str) -> None:
         self.log_path = log_path
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("KINGEST_")}
         full_env.update(env)
         self._log = log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kingest", "start"],
+            [sys.executable, "-m", "kingest", "start", *args],
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from kingest.supervisor import (
     EXIT_FORCED,
     MAX_PROCESSES,
     SUPERVISOR_VARIABLES,
+    ChangeSource,
     RestartHistory,
     RestartPolicy,
     Supervisor,
@@ -163,7 +165,12 @@ while True:
 FAST = RestartPolicy(initial_backoff_s=0.05, max_backoff_s=0.2, max_restarts=3, window_s=60)
 
 
-def fake_supervisor(tmp_path: Path, *modes: str, stop_timeout_s: float = 10) -> Supervisor:
+def fake_supervisor(
+    tmp_path: Path,
+    *modes: str,
+    stop_timeout_s: float = 10,
+    changes: ChangeSource | None = None,
+) -> Supervisor:
     environments = [
         {
             **os.environ,
@@ -180,6 +187,7 @@ def fake_supervisor(tmp_path: Path, *modes: str, stop_timeout_s: float = 10) -> 
         policy=FAST,
         kill_wait_s=2,
         poll_s=0.02,
+        changes=changes,
     )
 
 
@@ -256,6 +264,69 @@ def test_a_second_signal_is_passed_on_and_the_supervisor_exits_130(tmp_path: Pat
     assert supervisor.run() == EXIT_FORCED
     for index in (0, 1):
         assert marks(tmp_path, index, "stopped") == marks(tmp_path, index, "started")
+
+
+class ChangesWhen:
+    """A change source for reload mode: reports one changed file each time the next of
+    ``conditions`` holds, nothing otherwise (one poll period per call)."""
+
+    def __init__(self, *conditions: Callable[[], bool]) -> None:
+        self.conditions = list(conditions)
+
+    def __call__(self) -> set[str]:
+        time.sleep(0.02)
+        if self.conditions and self.conditions[0]():
+            self.conditions.pop(0)
+            return {"kingest/changed.py"}
+        return set()
+
+
+def test_a_change_drains_every_child_and_starts_them_all_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    changes = ChangesWhen(both(tmp_path, "started"))
+    supervisor = fake_supervisor(tmp_path, "drain:0", "drain:0", changes=changes)
+    signal_self_when(lambda: all(len(marks(tmp_path, i, "started")) == 2 for i in (0, 1)))
+    with caplog.at_level("INFO", logger="kingest.supervisor"):
+        assert supervisor.run() == 0
+    assert supervisor.reloads == 1
+    for index in (0, 1):
+        # Two generations, both stopped by SIGTERM and drained: the first by the
+        # reload, the second by the final stop.
+        started = marks(tmp_path, index, "started")
+        assert len(started) == 2
+        assert sorted(marks(tmp_path, index, "stopped")) == sorted(started)
+    assert any(
+        "1 files changed (kingest/changed.py): restarting 2 processes" in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_in_reload_mode_a_failed_child_waits_for_the_next_change(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    changes = ChangesWhen()
+    supervisor = fake_supervisor(tmp_path, "drain:0", "exit:1", changes=changes)
+    polls_since_exit: list[int] = []
+
+    def exited_then_quiet() -> bool:
+        # Child 1 exited 1 and the loop has had 25 polls to (wrongly) restart it.
+        if marks(tmp_path, 1, "started") and supervisor.children[1].proc is None:
+            polls_since_exit.append(1)
+        return len(polls_since_exit) > 25
+
+    changes.conditions.append(exited_then_quiet)
+    signal_self_when(
+        lambda: len(marks(tmp_path, 1, "started")) == 2 and supervisor.children[1].proc is None
+    )
+    with caplog.at_level("INFO", logger="kingest.supervisor"):
+        assert supervisor.run() == 0
+    # Started at first, then only by the change: no backoff restarts in between.
+    assert len(marks(tmp_path, 1, "started")) == 2
+    assert supervisor.reloads == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert sum("starts again on the next change" in m for m in messages) == 2
+    assert not any("restarting it in" in m for m in messages)
 
 
 # --------------------------------------------------------------------------- command line
