@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test unit lint type tox bench clean
+.PHONY: demo test unit lint type tox bench dist hooks clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -32,11 +32,21 @@ lint: $(STAMP)
 type: $(STAMP)
 	$(BIN)/mypy
 
-## The full matrix: py311, py312, py313, lint, type. Interpreters installed by pyenv
-## are put on PATH directly (tox's interpreter discovery does not go through shims).
+## The full matrix: py311, py312, py313, lint, type, coverage, wheel (TOXENV=py312 for
+## one). Interpreters installed by pyenv are put on PATH directly (tox's interpreter
+## discovery does not go through shims). One env at a time: each runs the whole suite,
+## which wants both cores of a small machine to itself.
 tox: $(STAMP)
 	PATH="$$(ls -d $$HOME/.pyenv/versions/3.1[123].*/bin 2>/dev/null | tr '\n' ':')$$PATH" \
-		$(BIN)/tox run-parallel
+		$(BIN)/tox run $(if $(TOXENV),-e $(TOXENV))
+
+## The wheel and the sdist, in dist/.
+dist: $(STAMP)
+	$(BIN)/python -m build --outdir dist
+
+## Run the linters before every commit.
+hooks: $(STAMP)
+	$(BIN)/pre-commit install
 
 ## End to end on embedded services: 1M events x 3 runs, the baseline loop, latency at 5k/s.
 bench: $(STAMP)
