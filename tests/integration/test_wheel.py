@@ -138,7 +138,8 @@ def test_the_installed_wheel_migrates_and_ingests_outside_the_source_tree(
         text=True,
         check=True,
     ).stdout.strip()
-    assert not Path(found).is_relative_to(ROOT), f"imported from the source tree: {found}"
+    assert not Path(found).is_relative_to(ROOT / "kingest"), f"from the source tree: {found}"
+    assert "site-packages" in Path(found).parts, found
 
     version = run_installed(installed_bin, workdir, "--version")
     assert version.stdout.strip() == f"kingest {kingest.__version__}", version.stderr
