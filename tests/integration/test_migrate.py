@@ -87,6 +87,18 @@ def test_a_new_migration_is_applied_after_the_others(database_url: str, tmp_path
     assert fetch(database_url, "SELECT to_regclass('kingest.extra') IS NOT NULL") == [(True,)]
 
 
+def test_the_running_version_accepts_a_schema_migrated_by_the_next(
+    database_url: str, tmp_path: Path
+) -> None:
+    # A rolling upgrade migrates first, while the previous version still runs: a
+    # migration this version does not know is no reason for it to refuse to start.
+    directory = tmp_path / "sql"
+    shutil.copytree(migrations_dir(), directory)
+    (directory / "9000_next_release.sql").write_text("ALTER TABLE kingest.metrics ADD note text;")
+    assert apply_migrations(database_url, directory=directory)[-1] == "9000"
+    assert pending_migrations(database_url) == []
+
+
 def test_a_failing_migration_is_not_recorded(database_url: str, tmp_path: Path) -> None:
     directory = tmp_path / "sql"
     shutil.copytree(migrations_dir(), directory)
