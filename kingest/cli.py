@@ -39,7 +39,8 @@ app = typer.Typer(
 )
 app.add_typer(dlq_app, name="dlq")
 app.command("bench")(bench)
-err = Console(stderr=True)
+# Errors are never wrapped: a path or a server message stays one line to copy or grep.
+err = Console(stderr=True, soft_wrap=True)
 
 
 def _version(value: bool) -> None:
@@ -73,7 +74,7 @@ def _settings_or_exit(problems: list[str] | None = None) -> Settings:
 def _exit_bad_config(problems: list[str]) -> NoReturn:
     err.print(f"[bold red]kingest: invalid configuration[/] ({len(problems)} problems):")
     for problem in problems:
-        err.print(f"  - {problem}", markup=False, highlight=False, soft_wrap=True)
+        err.print(f"  - {problem}", markup=False, highlight=False)
     raise typer.Exit(EXIT_BAD_CONFIG)
 
 

@@ -48,6 +48,15 @@ EXIT_FORCED = 130
 class StartupError(RuntimeError):
     """A pre-flight check failed; the message says what to fix."""
 
+    #: The process exit code: 1, or 2 when the configuration itself is what is wrong.
+    exit_code: int = int(RunOutcome.FAILED)
+
+
+class ClientConfigError(StartupError):
+    """librdkafka rejected a client property (a ``KINGEST_RDKAFKA_*`` name or value)."""
+
+    exit_code = 2
+
 
 def check_database(settings: Settings) -> None:
     """PostgreSQL is reachable with these credentials and every migration is applied."""
@@ -148,7 +157,14 @@ def check_kafka(settings: Settings, timeout_s: float = 15.0) -> None:
         "error_cb": client_errors.on_error,
         "logger": client_errors.quiet_logger,
     }
-    admin = AdminClient(config)
+    try:
+        # librdkafka checks every property here, the KINGEST_RDKAFKA_* ones included.
+        admin = AdminClient(config)
+    except KafkaException as error:
+        raise ClientConfigError(
+            f"invalid Kafka client configuration: {_kafka_error_text(error)} "
+            "(KINGEST_RDKAFKA_<PROPERTY> sets a librdkafka property; see `kingest config`)"
+        ) from None
     try:
         metadata = admin.list_topics(timeout=timeout_s)
     except KafkaException as error:
@@ -194,7 +210,7 @@ def run_service(settings: Settings, *, pipeline: Pipeline | None = None) -> int:
         check_kafka(settings)
     except StartupError as error:
         log.error("%s", error)
-        return int(RunOutcome.FAILED)
+        return error.exit_code
     pipeline = pipeline or Pipeline(settings)
     server: TelemetryServer | None = None
     if settings.http.enabled:
