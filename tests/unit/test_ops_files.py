@@ -10,8 +10,12 @@ OPS = Path(__file__).parents[2] / "ops"
 
 
 def read_env_file(path: Path) -> dict[str, str]:
+    return read_env_file_text(path.read_text())
+
+
+def read_env_file_text(text: str) -> dict[str, str]:
     environ = {}
-    for raw_line in path.read_text().splitlines():
+    for raw_line in text.splitlines():
         line = raw_line.strip()
         if line and not line.startswith("#"):
             name, _, value = line.partition("=")
@@ -25,3 +29,18 @@ def test_example_environment_is_a_valid_configuration() -> None:
     assert settings.kafka.properties["security.protocol"] == "SASL_SSL"
     shown = effective_settings(settings)
     assert "change-me" not in repr(shown)
+
+
+def test_the_example_shows_the_real_defaults_where_it_says_so() -> None:
+    lines = (OPS / "kingest.env.example").read_text().split("(defaults shown)\n", 1)[1]
+    shown = read_env_file_text(lines.split("\n\n", 1)[0])
+    assert shown, "no defaults shown"
+    required = {
+        "KINGEST_KAFKA_BOOTSTRAP_SERVERS": "b:9092",
+        "KINGEST_TOPICS": "t",
+        "KINGEST_GROUP_ID": "g",
+        "KINGEST_DATABASE_URL": "postgresql://k@db/ml",
+    }
+    defaults = load_settings(required)
+    for name, value in shown.items():
+        assert load_settings({**required, name: value}) == defaults, f"{name}={value}"
