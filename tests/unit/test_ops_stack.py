@@ -21,8 +21,10 @@ import yaml
 from psycopg.conninfo import conninfo_to_dict
 
 from kingest.config import load_settings, settings_fields
+from kingest.supervisor import STOP_GRACE_S
 from kingest.telemetry import catalog
 from kingest.telemetry.tracing import load_tracing_config
+from tests.unit.test_container import duration_s, healthcheck
 from tests.unit.test_ops_files import read_env_file
 
 OPS = Path(__file__).parents[2] / "ops"
@@ -202,10 +204,17 @@ def test_the_dashboard_is_what_its_generator_writes() -> None:
 # ------------------------------------------------------------------------- compose
 
 
+def built_images() -> set[str]:
+    """Images the compose file builds itself (a service with `build:` names them)."""
+    return {s["image"] for s in compose_services().values() if "build" in s}
+
+
 def test_every_image_is_pinned_and_every_service_is_there() -> None:
     services = compose_services()
     images = {name: service["image"] for name, service in services.items()}
     for name, image in images.items():
+        if image in built_images():
+            continue  # kingest's own, built from ops/Dockerfile
         tag = image.partition(":")[2]
         assert re.match(r"v?\d+\.\d+", tag), f"{name}: {image} is not pinned to a version"
     repositories = {image.partition(":")[0] for image in images.values()}
@@ -218,7 +227,8 @@ def test_every_image_is_pinned_and_every_service_is_there() -> None:
         "prom/prometheus",
         "grafana/grafana",
     } <= repositories
-    assert not any("Dockerfile" in str(s.get("build", "")) for s in services.values())
+    # Only kingest is built here; everything else is pulled.
+    assert {name for name, s in services.items() if "build" in s} == {"kingest"}
 
 
 def test_kafka_runs_in_kraft_mode_and_advertises_localhost_to_the_host() -> None:
@@ -453,3 +463,158 @@ def test_local_env_is_a_valid_configuration_pointing_at_the_stack() -> None:
         f"host.docker.internal:{env['KINGEST_HTTP_PORT']}"
     ]
     assert port_of(env["OTEL_EXPORTER_OTLP_ENDPOINT"]) == 4318
+
+
+# ------------------------------------------------------------------------- kingest container
+
+KINGEST = "kingest"
+MIGRATE = "kingest-migrate"
+#: The compose profile that adds kingest to the stack.
+PROFILE = "kingest"
+#: The variables of ops/local.env that are addresses, different on the compose network.
+ADDRESS_VARIABLES = frozenset(
+    {"KINGEST_KAFKA_BOOTSTRAP_SERVERS", "KINGEST_DATABASE_URL", "OTEL_EXPORTER_OTLP_ENDPOINT"}
+)
+#: What kingest needs past its drain deadline (and the supervisor's allowance) to commit,
+#: close its clients, export queued spans and exit (as for ops/k8s).
+EXIT_MARGIN_S = 10.0
+
+
+def service_environment(name: str) -> dict[str, str]:
+    """A service's `environment:` as the strings the container gets."""
+    env = compose_services()[name].get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.partition("=")[::2] for item in env)
+    return {
+        key: str(value).lower() if isinstance(value, bool) else "" if value is None else str(value)
+        for key, value in env.items()
+    }
+
+
+def port_mappings(service: dict[str, Any]) -> list[tuple[int, int]]:
+    """(host port, container port) of each `ports:` entry."""
+    mappings = []
+    for entry in service.get("ports", []):
+        host, _, container = str(entry).rpartition(":")
+        [published] = published_ports({"ports": [entry]})
+        assert host, entry
+        mappings.append((published, int(container)))
+    return mappings
+
+
+def test_the_kingest_image_is_built_from_the_dockerfile_at_the_repository_root() -> None:
+    services = compose_services()
+    build = services[KINGEST]["build"]
+    context = (OPS / build["context"]).resolve()
+    assert context == OPS.parent.resolve()
+    assert (context / build["dockerfile"]).resolve() == (OPS / "Dockerfile").resolve()
+    assert (context / ".dockerignore").is_file()
+    # The migration job runs the image the kingest service builds.
+    migrate = services[MIGRATE]
+    assert "build" not in migrate
+    assert migrate["image"] == services[KINGEST]["image"]
+    assert migrate["command"] == ["migrate"]
+
+
+def test_kingest_runs_in_the_stack_only_under_its_profile() -> None:
+    for name, service in compose_services().items():
+        if name in {KINGEST, MIGRATE}:
+            assert service["profiles"] == [PROFILE], name
+        else:
+            # Without the profile, the stack is the host workflow's; with it, everything
+            # kingest depends on starts too.
+            assert "profiles" not in service, name
+    assert f"--profile {PROFILE}" in README.read_text()
+
+
+def test_the_container_has_the_settings_of_local_env_on_the_compose_network() -> None:
+    env = service_environment(KINGEST)
+    local = read_env_file(OPS / "local.env")
+    assert set(env) == set(local)
+    for name in set(env) - ADDRESS_VARIABLES:
+        assert env[name] == local[name], name
+    load_settings(env)  # raises ConfigError listing every problem
+    load_tracing_config(env)
+
+
+def test_the_container_addresses_name_the_services_of_the_stack() -> None:
+    services = compose_services()
+    env = service_environment(KINGEST)
+    settings = load_settings(env)
+    kafka_listeners = services["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    for server in settings.kafka.bootstrap_servers.split(","):
+        host = server.rpartition(":")[0]
+        assert host in services, server
+        # A listener that advertises the same address: the client reconnects there.
+        assert f"//{server}" in kafka_listeners, server
+    database = conninfo_to_dict(settings.database.url)
+    assert database["host"] in services
+    assert int(database["port"]) in {port for _, port in port_mappings(services["postgres"])}
+    postgres = services[database["host"]]["environment"]
+    assert (database["user"], database["password"], database["dbname"]) == (
+        postgres["POSTGRES_USER"],
+        postgres["POSTGRES_PASSWORD"],
+        postgres["POSTGRES_DB"],
+    )
+    otlp = urlsplit(env["OTEL_EXPORTER_OTLP_ENDPOINT"])
+    assert otlp.hostname in services
+    collector_http = load_yaml(COLLECTOR)["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    assert otlp.port == port_of(collector_http)
+    # The migration job migrates the database kingest writes to.
+    assert service_environment(MIGRATE)["KINGEST_DATABASE_URL"] == settings.database.url
+
+
+def test_the_container_starts_after_the_topics_and_the_migrations() -> None:
+    services = compose_services()
+    conditions = {
+        name: dependency["condition"]
+        for name, dependency in services[KINGEST]["depends_on"].items()
+    }
+    assert conditions["kafka-init"] == "service_completed_successfully"
+    assert conditions[MIGRATE] == "service_completed_successfully"
+    assert services[MIGRATE]["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert "healthcheck" in services["postgres"]
+    for one_shot in ("kafka-init", MIGRATE):
+        assert services[one_shot]["restart"] == "no", one_shot
+    assert services[KINGEST]["restart"] == "unless-stopped"
+
+
+def test_the_container_may_drain_before_it_is_killed() -> None:
+    service = compose_services()[KINGEST]
+    pipeline = load_settings(service_environment(KINGEST)).pipeline
+    grace = duration_s(service["stop_grace_period"])
+    # kingest.supervisor waits STOP_GRACE_S past the drain deadline when
+    # KINGEST_PROCESSES > 1; the grace covers that too.
+    assert grace >= pipeline.drain_timeout_s + STOP_GRACE_S + EXIT_MARGIN_S
+    assert service.get("stop_signal", "SIGTERM") == "SIGTERM"
+
+
+def test_the_container_is_health_checked_on_its_http_port() -> None:
+    service = compose_services()[KINGEST]
+    # The image's HEALTHCHECK (tests/unit/test_container.py runs it) applies unless the
+    # service replaces or disables it.
+    assert "healthcheck" not in service
+    assert healthcheck().argv
+    settings = load_settings(service_environment(KINGEST))
+    assert settings.http.enabled
+    assert settings.http.port != 0  # the healthcheck reads KINGEST_HTTP_PORT
+    assert settings.http.host == "0.0.0.0"
+
+
+def test_prometheus_scrapes_the_container_once() -> None:
+    services = compose_services()
+    settings = load_settings(service_environment(KINGEST))
+    [job] = [job for job in load_yaml(PROMETHEUS)["scrape_configs"] if job["job_name"] == "kingest"]
+    # Every rule and panel selects job="kingest": the container is a target of that job.
+    assert 'job="kingest"' in RULES.read_text()
+    discovered = [
+        sd for sd in job.get("dns_sd_configs", []) if KINGEST in sd["names"] and sd["type"] == "A"
+    ]
+    assert discovered, "Prometheus does not discover the kingest service"
+    assert {sd["port"] for sd in discovered} == {settings.http.port}
+    # Published on the host, but not on the port Prometheus scrapes a host kingest at:
+    # that would scrape the container twice, as two instances.
+    mappings = port_mappings(services[KINGEST])
+    assert [container for _, container in mappings] == [settings.http.port]
+    host_targets = {port_of(t) for group in job["static_configs"] for t in group["targets"]}
+    assert not {host for host, _ in mappings} & host_targets
