@@ -140,16 +140,15 @@ def test_ports_past_65535_and_bad_process_counts_are_configuration_errors() -> N
 
 # --------------------------------------------------------------------------- the loop
 
-#: A stand-in child: records its start, then behaves as FAKE_MODE says.
+#: A stand-in child: records its start, then behaves as FAKE_MODE says. The start is
+#: recorded once SIGTERM is handled, so a test that signals on that mark never kills a
+#: child before its handler is in place.
 FAKE_CHILD = r"""
 import os, signal, sys, time
 from pathlib import Path
 marks = Path(os.environ["FAKE_DIR"]) / os.environ["KINGEST_PROCESS_INDEX"]
 marks.mkdir(exist_ok=True)
-(marks / f"started-{os.getpid()}").touch()
 mode, _, code = os.environ["FAKE_MODE"].partition(":")
-if mode == "exit":
-    sys.exit(int(code))
 received = []
 def on_term(signum, frame):
     received.append(signum)
@@ -157,7 +156,11 @@ def on_term(signum, frame):
     if mode == "drain" or (mode == "stubborn" and len(received) == 2):
         (marks / f"stopped-{os.getpid()}").touch()
         sys.exit(int(code))
-signal.signal(signal.SIGTERM, on_term if mode != "deaf" else signal.SIG_IGN)
+if mode != "exit":
+    signal.signal(signal.SIGTERM, on_term if mode != "deaf" else signal.SIG_IGN)
+(marks / f"started-{os.getpid()}").touch()
+if mode == "exit":
+    sys.exit(int(code))
 while True:
     time.sleep(0.05)
 """
