@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import sys
 from collections.abc import Generator, Mapping, Sequence
 from contextlib import closing
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any, Final
 import actors
 import kingest
 from kingest.config import Settings
-from kingest.supervisor import STOP_GRACE_S, Supervisor, child_environment
+from kingest.supervisor import run_supervisor
 
 __all__ = ["DEBOUNCE_MS", "default_paths", "reload_problems", "run_reloading", "watch_changes"]
 
@@ -80,10 +79,4 @@ def run_reloading(
         ", ".join(str(path) for path in paths),
     )
     with closing(watch_changes(paths)) as changes:
-        supervisor = Supervisor(
-            [sys.executable, "-m", "kingest", "start"],
-            [child_environment(environ, settings, index) for index in range(processes)],
-            stop_timeout_s=settings.pipeline.drain_timeout_s + STOP_GRACE_S,
-            changes=lambda: next(changes, set()),
-        )
-        return supervisor.run()
+        return run_supervisor(settings, processes, environ, lambda: next(changes, set()))

@@ -370,14 +370,13 @@ class Supervisor:
 
     def _reload(self, changed: Collection[str]) -> None:
         """Stop every child (drained, as at a stop) and start them all again at once."""
-        shown = ", ".join(sorted(changed)[:3]) + (", ..." if len(changed) > 3 else "")
-        running = len(self._running())
+        names = sorted(changed)
         log.info(
             "%d files changed (%s): restarting %d processes",
-            len(changed),
-            shown,
-            running,
-            extra={"changed": sorted(changed)},
+            len(names),
+            ", ".join(names[:3]) + (", ..." if len(names) > 3 else ""),
+            len(self._running()),
+            extra={"changed": names},
         )
         self._stop_children()
         if self._signals:  # a signal during the reload's stop: stay stopped
@@ -543,11 +542,18 @@ class Supervisor:
             child.stop_code = child.proc.returncode
 
 
-def run_supervisor(settings: Settings, processes: int, environ: Mapping[str, str]) -> int:
-    """``kingest start --processes N`` (N > 1): the supervisor's exit code."""
+def run_supervisor(
+    settings: Settings,
+    processes: int,
+    environ: Mapping[str, str],
+    changes: ChangeSource | None = None,
+) -> int:
+    """``kingest start --processes N`` (N > 1), or ``--reload`` given ``changes``: the
+    supervisor's exit code."""
     supervisor = Supervisor(
         [sys.executable, "-m", "kingest", "start"],
         [child_environment(environ, settings, index) for index in range(processes)],
         stop_timeout_s=settings.pipeline.drain_timeout_s + STOP_GRACE_S,
+        changes=changes,
     )
     return supervisor.run()

@@ -66,15 +66,16 @@ class Run:
         assert PASSWORD not in self.output, self.output
 
 
-def start(env: Mapping[str, str], timeout: float = 120) -> Run:
-    """Run `kingest start` to completion with exactly ``env`` as its KINGEST_* variables.
+def start(env: Mapping[str, str], *args: str, timeout: float = 120) -> Run:
+    """Run `kingest start [args]` to completion with exactly ``env`` as its KINGEST_*
+    variables.
 
     The timeout is the hang detector: every case must exit on its own.
     """
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("KINGEST_")}
     full_env.update(env)
     done = subprocess.run(
-        [sys.executable, "-m", "kingest", "start"],
+        [sys.executable, "-m", "kingest", "start", *args],
         env=full_env,
         capture_output=True,
         text=True,

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +19,7 @@ from tests.integration.support import (
     kingest_env,
     wait_for,
 )
+from tests.integration.test_bad_config import start
 from tests.integration.test_process import BackgroundProducer, assert_exactly_once
 
 PARTITIONS = 2
@@ -29,21 +28,12 @@ ASSIGNED = re.compile(r"assigned [1-9]\d* partitions")
 
 
 def test_reload_options_are_checked_with_the_configuration(tmp_path: Path) -> None:
-    def start(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "kingest", "start", *args],
-            env={"PATH": "/usr/bin:/bin", "KINGEST_TOPICS": "bad topic"},
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-
-    result = start("--reload", "--reload-dir", str(tmp_path / "gone"))
+    env = {"KINGEST_TOPICS": "bad topic"}
+    result = start(env, "--reload", "--reload-dir", str(tmp_path / "gone"))
     assert result.returncode == 2
     assert f"--reload-dir {tmp_path / 'gone'}: not a directory" in result.stderr
     assert "KINGEST_TOPICS" in result.stderr  # listed together with the other problems
-    result = start("--reload-dir", str(tmp_path))
+    result = start(env, "--reload-dir", str(tmp_path))
     assert result.returncode == 2
     assert "--reload-dir: only with --reload" in result.stderr
 

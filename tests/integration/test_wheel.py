@@ -108,13 +108,18 @@ def test_the_wheel_carries_the_migrations_the_protos_and_the_entry_point(wheel: 
     assert "kingest = kingest.cli:main" in entry_points
 
 
+def installed_env(bin_dir: Path, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Only the installed environment's tools and ``env``: nothing of this checkout."""
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin", **(env or {})}
+
+
 def run_installed(
     bin_dir: Path, cwd: Path, *args: str, env: Mapping[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(bin_dir / "kingest"), *args],
         cwd=cwd,
-        env={"PATH": f"{bin_dir}:/usr/bin:/bin", **(env or {})},
+        env=installed_env(bin_dir, env),
         capture_output=True,
         text=True,
         timeout=120,
@@ -170,7 +175,7 @@ def test_the_installed_wheel_migrates_and_ingests_outside_the_source_tree(
     start = subprocess.Popen(
         [str(installed_bin / "kingest"), "start"],
         cwd=workdir,
-        env={"PATH": f"{installed_bin}:/usr/bin:/bin", **env},
+        env=installed_env(installed_bin, env),
         stdout=log,
         stderr=subprocess.STDOUT,
     )

@@ -9,7 +9,6 @@ import os
 import posixpath
 import re
 import shlex
-import socket
 import subprocess
 import sys
 import threading
@@ -26,6 +25,8 @@ import pytest
 from dockerfile_parse import DockerfileParser
 
 from kingest.config import load_settings, settings_fields
+from kingest.devstack import free_port
+from tests.unit.test_config import VALID
 
 ROOT = Path(__file__).parents[2]
 DOCKERFILE = ROOT / "ops" / "Dockerfile"
@@ -34,13 +35,6 @@ PYPROJECT = ROOT / "pyproject.toml"
 
 #: Where the builder installs kingest, and all that the runtime stage takes from it.
 VENV = "/opt/venv"
-#: The settings kingest needs that no image can default (the rest come from ENV).
-REQUIRED_SETTINGS = {
-    "KINGEST_KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",
-    "KINGEST_TOPICS": "events",
-    "KINGEST_GROUP_ID": "kingest",
-    "KINGEST_DATABASE_URL": "postgresql://kingest@postgres/ml",
-}
 
 
 # ------------------------------------------------------------------------- Dockerfile
@@ -295,7 +289,8 @@ def test_the_image_environment_is_a_valid_kingest_configuration() -> None:
     assert env["PYTHONDONTWRITEBYTECODE"] == "1"
     assert env["PATH"].startswith(f"{VENV}/bin:")
     kingest_env = {name: value for name, value in env.items() if name.startswith("KINGEST_")}
-    settings = load_settings({**REQUIRED_SETTINGS, **kingest_env})
+    # VALID holds only the required settings, which no image can default.
+    settings = load_settings({**VALID, **kingest_env})
     assert settings.http.host == "0.0.0.0"  # reachable from outside the container
     assert settings.log_format == "json"
     exposed = {
@@ -473,15 +468,8 @@ def test_the_healthcheck_passes_on_200_and_fails_on_503() -> None:
     assert server.paths == ["/healthz", "/healthz"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def test_the_healthcheck_fails_when_nothing_listens() -> None:
-    result = run_healthcheck(str(free_port()))
+    result = run_healthcheck(str(free_port("127.0.0.1")))
     assert result.returncode != 0
     assert "refused" in result.stderr.lower()
 

@@ -42,8 +42,9 @@ KEDA_SCHEMA_FILES = {
     "ScaledObject": "scaledobject-v1alpha1.json",
     "TriggerAuthentication": "triggerauthentication-v1alpha1.json",
 }
-#: What a pod needs past its drain deadline to commit, close its clients, export queued
-#: spans and exit, on top of any supervisor allowance.
+#: What kingest needs past its drain deadline to commit, close its clients, export queued
+#: spans and exit, on top of any supervisor allowance (a pod here, a compose container in
+#: test_ops_stack).
 EXIT_MARGIN_S = 10.0
 #: Where the manifests record what the tests cannot learn from kingest itself.
 PARTITIONS_ANNOTATION = "kingest.dev/topic-partitions"

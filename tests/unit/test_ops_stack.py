@@ -20,11 +20,12 @@ import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
-from kingest.config import load_settings, settings_fields
+from kingest.config import load_settings
 from kingest.supervisor import STOP_GRACE_S
 from kingest.telemetry import catalog
 from kingest.telemetry.tracing import load_tracing_config
-from tests.unit.test_container import duration_s, healthcheck
+from tests.unit.test_container import duration_s, healthcheck, http_port_default
+from tests.unit.test_k8s_manifests import EXIT_MARGIN_S
 from tests.unit.test_ops_files import read_env_file
 
 OPS = Path(__file__).parents[2] / "ops"
@@ -298,13 +299,6 @@ def test_the_collector_takes_otlp_and_sends_traces_to_jaeger_and_tempo() -> None
 # ------------------------------------------------------------------------- prometheus
 
 
-def http_port_default() -> int:
-    for _, field in settings_fields():
-        if field.metadata["env"] == "KINGEST_HTTP_PORT":
-            return int(field.default)
-    raise AssertionError("no KINGEST_HTTP_PORT setting")
-
-
 def test_prometheus_scrapes_kingest_on_the_host_at_its_http_port() -> None:
     port = http_port_default()
     config = load_yaml(PROMETHEUS)
@@ -475,9 +469,6 @@ PROFILE = "kingest"
 ADDRESS_VARIABLES = frozenset(
     {"KINGEST_KAFKA_BOOTSTRAP_SERVERS", "KINGEST_DATABASE_URL", "OTEL_EXPORTER_OTLP_ENDPOINT"}
 )
-#: What kingest needs past its drain deadline (and the supervisor's allowance) to commit,
-#: close its clients, export queued spans and exit (as for ops/k8s).
-EXIT_MARGIN_S = 10.0
 
 
 def service_environment(name: str) -> dict[str, str]:

@@ -13,7 +13,6 @@ import ast
 import logging
 import os
 import re
-import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from kingest import lag as lag_module
 from kingest import service
 from kingest.cli import app
 from kingest.config import load_settings, redact_conninfo
+from kingest.devstack import free_port
 from kingest.pipeline.pipeline import RunOutcome
 from kingest.pipeline.stats import PipelineStats
 from kingest.pipeline.writer import AbandonedError, WriterActor, _schema_error_text
@@ -78,14 +78,6 @@ ENV = {
     "KINGEST_GROUP_ID": "kingest",
     "KINGEST_DATABASE_URL": "postgresql://kingest@db.internal/ml",
 }
-
-
-def closed_port() -> int:
-    """A local TCP port nothing listens on (bound, then released)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-    return port
 
 
 def output_blocks() -> list[str]:
@@ -159,7 +151,8 @@ def test_the_invalid_configuration_of_entry_1_prints_the_documented_lines(
 
 
 def test_an_unreachable_broker_is_one_message_with_the_client_error() -> None:
-    bootstrap = f"127.0.0.1:{closed_port()}"
+    port = free_port("127.0.0.1")
+    bootstrap = f"127.0.0.1:{port}"
     settings = load_settings({**ENV, "KINGEST_KAFKA_BOOTSTRAP_SERVERS": bootstrap})
     with pytest.raises(StartupError) as raised:
         check_kafka(settings, timeout_s=1.0)
@@ -199,7 +192,7 @@ def test_a_property_librdkafka_rejects_is_a_configuration_error(
 
 
 def test_an_unreachable_database_is_one_redacted_message() -> None:
-    port = closed_port()
+    port = free_port("127.0.0.1")
     url = f"postgresql://kingest:{PASSWORD}@127.0.0.1:{port}/ml"
     with pytest.raises(StartupError) as raised:
         check_database(load_settings({**ENV, "KINGEST_DATABASE_URL": url}))
@@ -315,7 +308,8 @@ def test_a_transient_database_error_is_logged_with_its_backoff(
 
 
 def test_readiness_names_an_unreachable_database_and_the_oldest_message() -> None:
-    ok, detail = DatabaseProbe(f"postgresql://kingest@127.0.0.1:{closed_port()}/ml")()
+    port = free_port("127.0.0.1")
+    ok, detail = DatabaseProbe(f"postgresql://kingest@127.0.0.1:{port}/ml")()
     assert not ok
     assert detail.startswith("PostgreSQL unreachable: "), detail
     assert "Connection refused" in detail, detail
