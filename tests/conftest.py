@@ -5,13 +5,20 @@ Where they come from is decided once, by :func:`kingest.devstack.plan_services`:
 services; otherwise Docker containers when an engine answers, else the embedded services
 (Tansu and PostgreSQL from PyPI wheels). ``KINGEST_TEST_SERVICES=embedded|containers``
 forces the choice. Each service starts on first use, so unit-test runs start nothing.
+
+Store-level tests also run on the machine's system PostgreSQL 15 (``any_database_url``,
+ids ``pg18`` and ``pg15``): the oldest server kingest supports, at
+``KINGEST_TEST_SYSTEM_DATABASE_URL`` or else ``postgresql://postgres@127.0.0.1:5432/test``.
+It is not started here; when it does not answer, the ``pg15`` cases fail (not skip).
 """
 
 from __future__ import annotations
 
+import os
 import re
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Protocol
 
@@ -19,6 +26,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from kingest.config import redact_conninfo, safe_error_text
 from kingest.devstack import (
     TEST_POSTGRES_SETTINGS,
     LocalPostgres,
@@ -73,17 +81,62 @@ def postgres_server_url(service_plan: ServicePlan) -> Iterator[str]:
         yield url
 
 
+@contextmanager
+def _fresh_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the server of ``server_url``, dropped afterwards."""
+    name = f"kt_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield database_url_for(server_url, name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
+
+
 @pytest.fixture
 def database_url(postgres_server_url: str) -> Iterator[str]:
     """URL of a new, empty database that exists only for this test."""
-    name = f"kt_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    yield database_url_for(postgres_server_url, name)
-    with psycopg.connect(postgres_server_url, autocommit=True) as conn:
-        conn.execute(
-            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+    with _fresh_database(postgres_server_url) as url:
+        yield url
+
+
+SYSTEM_POSTGRES_URL_VARIABLE = "KINGEST_TEST_SYSTEM_DATABASE_URL"
+DEFAULT_SYSTEM_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
+
+
+@pytest.fixture(scope="session")
+def system_postgres_url() -> str:
+    """URL of the machine's system PostgreSQL 15 (any database on it may be created).
+
+    Not started by the tests: CI and the development machines run it. When it does not
+    answer, every test that needs it fails with the reason (a missing server must not
+    pass for a green run).
+    """
+    url = os.environ.get(SYSTEM_POSTGRES_URL_VARIABLE) or DEFAULT_SYSTEM_POSTGRES_URL
+    try:
+        with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as error:
+        pytest.fail(
+            f"the system PostgreSQL at {redact_conninfo(url)} does not answer "
+            f"({safe_error_text(error, url)}): "
+            f"start it, or set {SYSTEM_POSTGRES_URL_VARIABLE} to a server where the tests "
+            "may create databases",
+            pytrace=False,
         )
+    return url
+
+
+@pytest.fixture(params=["pg18", "pg15"])
+def any_database_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """URL of a new, empty database for this test, once on each supported server:
+    ``pg18`` the session's PostgreSQL 18 (as ``database_url``), ``pg15`` the system one."""
+    server = "postgres_server_url" if request.param == "pg18" else "system_postgres_url"
+    with _fresh_database(request.getfixturevalue(server)) as url:
+        yield url
 
 
 @pytest.fixture

@@ -26,8 +26,8 @@ pytestmark = pytest.mark.integration
 ALL_VERSIONS = [migration.version for migration in load_migrations()]
 
 
-def fetch(database_url: str, query: str) -> list[tuple[object, ...]]:
-    with psycopg.connect(database_url) as conn:
+def fetch(any_database_url: str, query: str) -> list[tuple[object, ...]]:
+    with psycopg.connect(any_database_url) as conn:
         return conn.execute(query.encode()).fetchall()
 
 
@@ -40,84 +40,86 @@ def test_migrations_dir_holds_the_ordered_sql_files() -> None:
     assert all(len(m.checksum) == 64 for m in migrations)
 
 
-def test_applies_on_an_empty_database_then_nothing(database_url: str) -> None:
-    assert pending_migrations(database_url) == ALL_VERSIONS
-    assert apply_migrations(database_url) == ALL_VERSIONS
-    assert apply_migrations(database_url) == []
-    assert pending_migrations(database_url) == []
-    recorded = fetch(database_url, "SELECT version FROM kingest.schema_migrations ORDER BY 1")
+def test_applies_on_an_empty_database_then_nothing(any_database_url: str) -> None:
+    assert pending_migrations(any_database_url) == ALL_VERSIONS
+    assert apply_migrations(any_database_url) == ALL_VERSIONS
+    assert apply_migrations(any_database_url) == []
+    assert pending_migrations(any_database_url) == []
+    recorded = fetch(any_database_url, "SELECT version FROM kingest.schema_migrations ORDER BY 1")
     assert [row[0] for row in recorded] == ALL_VERSIONS
 
 
-def test_concurrent_callers_both_succeed_and_each_migration_runs_once(database_url: str) -> None:
+def test_concurrent_callers_both_succeed_and_each_migration_runs_once(
+    any_database_url: str,
+) -> None:
     start = threading.Barrier(2)
 
     def migrate() -> list[str]:
         start.wait()
-        return apply_migrations(database_url)
+        return apply_migrations(any_database_url)
 
     with ThreadPoolExecutor(2) as pool:
         results = [future.result(timeout=60) for future in [pool.submit(migrate) for _ in "ab"]]
     applied = sorted(version for result in results for version in result)
     assert applied == ALL_VERSIONS  # each version applied by exactly one caller
     assert [] in results  # the caller that waited for the lock found everything done
-    (count,) = fetch(database_url, "SELECT count(*) FROM kingest.schema_migrations")[0]
+    (count,) = fetch(any_database_url, "SELECT count(*) FROM kingest.schema_migrations")[0]
     assert count == len(ALL_VERSIONS)
 
 
-def test_a_changed_applied_migration_is_an_error(database_url: str, tmp_path: Path) -> None:
+def test_a_changed_applied_migration_is_an_error(any_database_url: str, tmp_path: Path) -> None:
     directory = tmp_path / "sql"
     shutil.copytree(migrations_dir(), directory)
-    apply_migrations(database_url, directory=directory)
+    apply_migrations(any_database_url, directory=directory)
     edited = directory / "0002_state.sql"
     edited.write_text(edited.read_text() + "\n-- an innocent-looking edit\n")
     with pytest.raises(MigrationError, match=re.escape("0002_state.sql")):
-        apply_migrations(database_url, directory=directory)
+        apply_migrations(any_database_url, directory=directory)
     with pytest.raises(MigrationError, match=re.escape("0002_state.sql")):
-        pending_migrations(database_url, directory=directory)
+        pending_migrations(any_database_url, directory=directory)
 
 
-def test_a_new_migration_is_applied_after_the_others(database_url: str, tmp_path: Path) -> None:
+def test_a_new_migration_is_applied_after_the_others(any_database_url: str, tmp_path: Path) -> None:
     directory = tmp_path / "sql"
     shutil.copytree(migrations_dir(), directory)
-    apply_migrations(database_url, directory=directory)
+    apply_migrations(any_database_url, directory=directory)
     (directory / "9000_extra.sql").write_text("CREATE TABLE kingest.extra (id int);")
-    assert pending_migrations(database_url, directory=directory) == ["9000"]
-    assert apply_migrations(database_url, directory=directory) == ["9000"]
-    assert fetch(database_url, "SELECT to_regclass('kingest.extra') IS NOT NULL") == [(True,)]
+    assert pending_migrations(any_database_url, directory=directory) == ["9000"]
+    assert apply_migrations(any_database_url, directory=directory) == ["9000"]
+    assert fetch(any_database_url, "SELECT to_regclass('kingest.extra') IS NOT NULL") == [(True,)]
 
 
 def test_the_running_version_accepts_a_schema_migrated_by_the_next(
-    database_url: str, tmp_path: Path
+    any_database_url: str, tmp_path: Path
 ) -> None:
     # A rolling upgrade migrates first, while the previous version still runs: a
     # migration this version does not know is no reason for it to refuse to start.
     directory = tmp_path / "sql"
     shutil.copytree(migrations_dir(), directory)
     (directory / "9000_next_release.sql").write_text("ALTER TABLE kingest.metrics ADD note text;")
-    assert apply_migrations(database_url, directory=directory)[-1] == "9000"
-    assert pending_migrations(database_url) == []
+    assert apply_migrations(any_database_url, directory=directory)[-1] == "9000"
+    assert pending_migrations(any_database_url) == []
 
 
-def test_a_failing_migration_is_not_recorded(database_url: str, tmp_path: Path) -> None:
+def test_a_failing_migration_is_not_recorded(any_database_url: str, tmp_path: Path) -> None:
     directory = tmp_path / "sql"
     shutil.copytree(migrations_dir(), directory)
     (directory / "9000_broken.sql").write_text(
         "CREATE TABLE kingest.half_done (id int);\nSELECT * FROM kingest.no_such_table;"
     )
     with pytest.raises(MigrationError, match=re.escape("9000_broken.sql")):
-        apply_migrations(database_url, directory=directory)
+        apply_migrations(any_database_url, directory=directory)
     # The earlier migrations committed; the broken one left nothing behind.
-    assert pending_migrations(database_url, directory=directory) == ["9000"]
-    assert fetch(database_url, "SELECT to_regclass('kingest.half_done')") == [(None,)]
+    assert pending_migrations(any_database_url, directory=directory) == ["9000"]
+    assert fetch(any_database_url, "SELECT to_regclass('kingest.half_done')") == [(None,)]
 
 
-def test_waiting_for_the_lock_is_bounded(database_url: str) -> None:
-    with psycopg.connect(database_url, autocommit=True) as holder:
+def test_waiting_for_the_lock_is_bounded(any_database_url: str) -> None:
+    with psycopg.connect(any_database_url, autocommit=True) as holder:
         holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
         with pytest.raises(MigrationError, match="migration lock"):
-            apply_migrations(database_url, lock_timeout_s=0.2)
-    assert apply_migrations(database_url) == ALL_VERSIONS
+            apply_migrations(any_database_url, lock_timeout_s=0.2)
+    assert apply_migrations(any_database_url) == ALL_VERSIONS
 
 
 def test_misnamed_migration_file_is_an_error(tmp_path: Path) -> None:
@@ -135,13 +137,13 @@ def test_duplicate_version_is_an_error(tmp_path: Path) -> None:
 
 
 def test_schema_has_the_tables_and_an_idempotency_key_on_every_fact_table(
-    database_url: str,
+    any_database_url: str,
 ) -> None:
-    apply_migrations(database_url)
+    apply_migrations(any_database_url)
     tables = {
         row[0]
         for row in fetch(
-            database_url,
+            any_database_url,
             "SELECT tablename FROM pg_tables WHERE schemaname = 'kingest'",
         )
     }
@@ -156,7 +158,7 @@ def test_schema_has_the_tables_and_an_idempotency_key_on_every_fact_table(
     unique_event_id = {
         row[0]
         for row in fetch(
-            database_url,
+            any_database_url,
             """
             SELECT c.relname
             FROM pg_index AS i
@@ -171,7 +173,7 @@ def test_schema_has_the_tables_and_an_idempotency_key_on_every_fact_table(
     assert unique_event_id == fact_tables
     event_id_types = set(
         fetch(
-            database_url,
+            any_database_url,
             """
             SELECT DISTINCT data_type FROM information_schema.columns
             WHERE table_schema = 'kingest' AND column_name = 'event_id'
@@ -181,7 +183,7 @@ def test_schema_has_the_tables_and_an_idempotency_key_on_every_fact_table(
     )
     assert event_id_types == {("uuid",)}
     dead_letter_key = fetch(
-        database_url,
+        any_database_url,
         """
         SELECT pg_get_constraintdef(oid) FROM pg_constraint
         WHERE conname = 'dead_letters_kafka_coordinates_key'
@@ -190,10 +192,10 @@ def test_schema_has_the_tables_and_an_idempotency_key_on_every_fact_table(
     assert dead_letter_key == [("UNIQUE (kafka_topic, kafka_partition, kafka_offset)",)]
 
 
-def test_every_table_and_column_is_documented(database_url: str) -> None:
-    apply_migrations(database_url)
+def test_every_table_and_column_is_documented(any_database_url: str) -> None:
+    apply_migrations(any_database_url)
     undocumented = fetch(
-        database_url,
+        any_database_url,
         """
         SELECT c.relname, a.attname
         FROM pg_class AS c

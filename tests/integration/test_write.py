@@ -98,9 +98,9 @@ def batch(*events: Event | bytes, first_offset: int = 0) -> RowBatch:
 
 
 @pytest.fixture
-def conn(database_url: str) -> Iterator[psycopg.Connection[Any]]:
-    apply_migrations(database_url)
-    with psycopg.connect(database_url, autocommit=True) as connection:
+def conn(any_database_url: str) -> Iterator[psycopg.Connection[Any]]:
+    apply_migrations(any_database_url)
+    with psycopg.connect(any_database_url, autocommit=True) as connection:
         yield connection
 
 
@@ -506,8 +506,8 @@ def test_an_older_deployment_does_not_replace_the_current_one(
     assert select(conn, "SELECT count(*) FROM kingest.deployments") == [(5,)]
 
 
-def test_concurrent_writers_converge_and_store_each_event_once(database_url: str) -> None:
-    apply_migrations(database_url)
+def test_concurrent_writers_converge_and_store_each_event_once(any_database_url: str) -> None:
+    apply_migrations(any_database_url)
     deployments = [deployed(n, n, f"v{n}") for n in range(1, 41)]
     runs = [run_started(100 + n, n, run_id=f"run-{n % 5}") for n in range(40)]
     metrics = [
@@ -521,7 +521,7 @@ def test_concurrent_writers_converge_and_store_each_event_once(database_url: str
 
     def write_all(events: list[Event]) -> list[WriteResult]:
         results = []
-        with psycopg.connect(database_url, autocommit=True) as connection:
+        with psycopg.connect(any_database_url, autocommit=True) as connection:
             start.wait()
             for first in range(0, len(events), 50):
                 while True:
@@ -540,7 +540,7 @@ def test_concurrent_writers_converge_and_store_each_event_once(database_url: str
     duplicates = sum(result.duplicates for result in results)
     assert inserted == len(everything)
     assert duplicates == len(everything) * (len(orders) - 1)
-    with psycopg.connect(database_url) as connection:
+    with psycopg.connect(any_database_url) as connection:
         assert current_deployments(connection) == [("prod", "v40", 40, when(40))]
         started = select(
             connection, "SELECT run_id, started_at FROM kingest.training_runs ORDER BY 1"
@@ -736,10 +736,10 @@ def test_a_record_without_coordinates_is_a_permanent_data_error(
     assert classify_db_error(raised.value) is ErrorKind.PERMANENT
 
 
-def test_an_unmigrated_database_is_a_schema_error(database_url: str) -> None:
+def test_an_unmigrated_database_is_a_schema_error(any_database_url: str) -> None:
     rows = batch(message(1, metric_logged=MetricLogged(run_id="r", key="k", value=1.0)))
     with (
-        psycopg.connect(database_url, autocommit=True) as connection,
+        psycopg.connect(any_database_url, autocommit=True) as connection,
         pytest.raises(psycopg.Error) as raised,
     ):
         write_batch(connection, rows)
