@@ -120,14 +120,15 @@ def system_postgres_url() -> str:
         with psycopg.connect(url, autocommit=True, connect_timeout=5) as conn:
             conn.execute("SELECT 1")
     except psycopg.Error as error:
-        pytest.fail(
-            f"the system PostgreSQL at {redact_conninfo(url)} does not answer "
-            f"({safe_error_text(error, url)}): "
-            f"start it, or set {SYSTEM_POSTGRES_URL_VARIABLE} to a server where the tests "
-            "may create databases",
-            pytrace=False,
-        )
-    return url
+        problem = safe_error_text(error, url)
+    else:
+        return url
+    pytest.fail(
+        f"the system PostgreSQL at {redact_conninfo(url)} does not answer ({problem}): "
+        f"start it, or set {SYSTEM_POSTGRES_URL_VARIABLE} to a server where the tests may "
+        "create databases",
+        pytrace=False,
+    )
 
 
 @pytest.fixture(params=["pg18", "pg15"])
