@@ -18,7 +18,10 @@ deadlock on each other's tables. A statement inserts facts with
 the facts that feed a current-state table, upserts that table in the same statement.
 The upserts are guarded by event time: a column group changes only when the incoming
 ``(occurred_at, event_id)`` is greater than the stored one, so state converges to the
-latest event whatever the order writes finish in. Each statement first reduces the
+latest event whatever the order writes finish in. A run's status and finish columns
+compare ``(occurred_at, status rank, event_id)`` instead (:data:`RUN_STATUS_PRECEDENCE`):
+at one event time a finish wins over a start and failed over cancelled over succeeded,
+so neither the arrival order nor a random event id decides. Each statement first reduces the
 batch to one row per key (``DISTINCT ON``), because ``ON CONFLICT DO UPDATE`` may not
 touch a row twice, and feeds keys in sorted order, so two writers lock shared keys in
 the same order.
@@ -39,6 +42,7 @@ __all__ = [
     "ENVELOPE",
     "FACT_TABLES",
     "INSERT_DEAD_LETTER",
+    "RUN_STATUS_PRECEDENCE",
     "TABLES_BY_EVENT_TYPE",
     "WRITE_PLAN",
     "Column",
@@ -287,14 +291,33 @@ def _insert_facts(table: FactTable, source: str) -> str:
     )
 
 
-def _newer(new: str, old: str, *, at: str, event_id: str) -> str:
-    """SQL: the ``new`` side's (time, event id) is set and greater than the ``old`` side's.
+#: Training run statuses from lowest to highest precedence: between two events of a run
+#: at the same event time the higher status wins (a finish over a start; the worse
+#: outcome of two finishes), and only between equal statuses the greater event id.
+RUN_STATUS_PRECEDENCE: tuple[str, ...] = ("running", "succeeded", "cancelled", "failed")
+
+
+def _status_rank(status: str) -> str:
+    """SQL: the rank of the status expression in :data:`RUN_STATUS_PRECEDENCE` (NULL: 0)."""
+    cases = " ".join(
+        f"WHEN '{name}' THEN {rank}" for rank, name in enumerate(RUN_STATUS_PRECEDENCE) if rank
+    )
+    return f"(CASE {status} {cases} ELSE 0 END)"
+
+
+def _newer(
+    new: str, old: str, *, at: str, event_id: str, rank: tuple[str, str] | None = None
+) -> str:
+    """SQL: the ``new`` side's (time[, rank], event id) is set and greater than the ``old``
+    side's; ``rank`` is the pair of rank expressions of the new and the old side.
 
     A NULL time means "no event of this kind": never newer, and older than anything.
     """
+    new_rank, old_rank = (f", {rank[0]}", f", {rank[1]}") if rank else ("", "")
     return (
         f"({new}.{at} IS NOT NULL AND ({old}.{at} IS NULL"
-        f" OR ({new}.{at}, {new}.{event_id}) > ({old}.{at}, {old}.{event_id})))"
+        f" OR ({new}.{at}{new_rank}, {new}.{event_id})"
+        f" > ({old}.{at}{old_rank}, {old}.{event_id})))"
     )
 
 
@@ -304,10 +327,11 @@ def _guarded(columns: tuple[str, ...], guard: str) -> str:
     )
 
 
-def _latest_per_key(source: str, keys: str) -> str:
+def _latest_per_key(source: str, keys: str, *, rank: str = "") -> str:
+    then_rank = f"{rank} DESC, " if rank else ""
     return (
         f"SELECT DISTINCT ON ({keys}) * FROM {source} "
-        f"ORDER BY {keys}, occurred_at DESC, event_id DESC"
+        f"ORDER BY {keys}, occurred_at DESC, {then_rank}event_id DESC"
     )
 
 
@@ -337,6 +361,7 @@ _RUN_START_COLUMNS = (
 _RUN_FINISH_COLUMNS = (
     "finished_at",
     "finish_event_id",
+    "finish_status",
     "duration_seconds",
     "summary_metrics",
     "error_message",
@@ -352,11 +377,34 @@ def _training_runs_statement() -> Statement:
     concurrent writer that holds them in the other order. The latest start and latest
     finish of each run are joined into one candidate row per run; its status group is
     whichever of the two is newer.
+
+    Precedence (also in the table's comments, ``sql/0006_state_precedence.sql``): the
+    status group and the finish group compare (event time, status rank, event id), the
+    start group (event time, event id). The stored finish's rank is that of ``status``
+    when the status group is that finish (as it is unless a later start superseded it),
+    else of ``finish_status``.
     """
-    start_is_newer = _newer("s", "f", at="occurred_at", event_id="event_id")
-    new_status = _newer("EXCLUDED", "t", at="status_at", event_id="status_event_id")
+    stored_finish_status = (
+        "CASE WHEN t.status_event_id = t.finish_event_id THEN t.status ELSE t.finish_status END"
+    )
+    start_is_newer = _newer(
+        "s", "f", at="occurred_at", event_id="event_id", rank=("0", _status_rank("f.status"))
+    )
+    new_status = _newer(
+        "EXCLUDED",
+        "t",
+        at="status_at",
+        event_id="status_event_id",
+        rank=(_status_rank("EXCLUDED.status"), _status_rank("t.status")),
+    )
     new_start = _newer("EXCLUDED", "t", at="started_at", event_id="start_event_id")
-    new_finish = _newer("EXCLUDED", "t", at="finished_at", event_id="finish_event_id")
+    new_finish = _newer(
+        "EXCLUDED",
+        "t",
+        at="finished_at",
+        event_id="finish_event_id",
+        rank=(_status_rank("EXCLUDED.finish_status"), _status_rank(stored_finish_status)),
+    )
     all_columns = ("run_id", *_RUN_STATUS_COLUMNS, *_RUN_START_COLUMNS, *_RUN_FINISH_COLUMNS)
     sql = f"""
 WITH starts AS MATERIALIZED ({_batch_select(TRAINING_RUN_STARTS)}),
@@ -364,7 +412,7 @@ finishes AS MATERIALIZED ({_batch_select(TRAINING_RUN_FINISHES)}),
 starts_stored AS ({_insert_facts(TRAINING_RUN_STARTS, "starts")}),
 finishes_stored AS ({_insert_facts(TRAINING_RUN_FINISHES, "finishes")}),
 latest_start AS ({_latest_per_key("starts", "run_id")}),
-latest_finish AS ({_latest_per_key("finishes", "run_id")}),
+latest_finish AS ({_latest_per_key("finishes", "run_id", rank=_status_rank("status"))}),
 candidates AS (
     SELECT coalesce(s.run_id, f.run_id) AS run_id,
         CASE WHEN {start_is_newer} THEN 'running' ELSE f.status END AS status,
@@ -374,7 +422,7 @@ candidates AS (
         s.correlation_id, s.experiment, s.model_name, s.framework, s.dataset, s.owner,
         s.gpu_count, s.hyperparameters,
         f.occurred_at AS finished_at, f.event_id AS finish_event_id,
-        f.duration_seconds, f.summary_metrics, f.error_message
+        f.status AS finish_status, f.duration_seconds, f.summary_metrics, f.error_message
     FROM latest_start AS s FULL JOIN latest_finish AS f ON f.run_id = s.run_id
 ),
 runs_changed AS (

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import shutil
 import threading
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -207,3 +209,86 @@ def test_every_table_and_column_is_documented(any_database_url: str) -> None:
         """,
     )
     assert undocumented == []
+
+
+def test_state_precedence_repairs_ties_the_event_id_decided(
+    any_database_url: str, tmp_path: Path
+) -> None:
+    # Rows as kingest wrote them before 0006, where the greater event id won a tie.
+    directory = tmp_path / "sql"
+    directory.mkdir()
+    for migration in migrations_dir().glob("*.sql"):
+        if migration.name < "0006":
+            shutil.copy(migration, directory)
+    apply_migrations(any_database_url, directory=directory)
+    start, finish = "kingest.training_run_starts", "kingest.training_run_finishes"
+    facts = [  # (table, event id, run, seconds, status, duration)
+        (start, 2, "tie-start", 30, None, None),
+        (finish, 1, "tie-start", 30, "failed", 1.0),
+        (finish, 4, "tie-finishes", 30, "succeeded", 2.0),
+        (finish, 3, "tie-finishes", 30, "failed", 3.0),
+        (start, 5, "plain", 10, None, None),
+        (finish, 6, "plain", 20, "succeeded", 4.0),
+        (finish, 7, "restarted", 20, "cancelled", 5.0),
+        (start, 8, "restarted", 40, None, None),
+    ]
+    # (run, status, status event, finish event, duration): the state the earlier rule kept.
+    before = [
+        ("tie-start", "running", 2, 1, 1.0),
+        ("tie-finishes", "succeeded", 4, 4, 2.0),
+        ("plain", "succeeded", 6, 6, 4.0),
+        ("restarted", "running", 8, 7, 5.0),
+    ]
+    seconds_of = {n: seconds for _, n, _, seconds, _, _ in facts}
+    start_of = {run: n for table, n, run, _, _, _ in facts if table == start}
+
+    def moment(n: int | None) -> dt.datetime | None:
+        return None if n is None else dt.datetime.fromtimestamp(seconds_of[n], dt.UTC)
+
+    with psycopg.connect(any_database_url, autocommit=True) as conn:
+        for table, n, run, _, status, duration in facts:
+            values = [uuid.UUID(int=n), moment(n), run]
+            if table == start:
+                conn.execute(
+                    "INSERT INTO kingest.training_run_starts (event_id, occurred_at, run_id,"
+                    " correlation_id, source, kafka_topic, kafka_partition, kafka_offset,"
+                    " gpu_count) VALUES (%s, %s, %s, 'c', 's', 't', 0, 0, 1)",
+                    values,
+                )
+            else:
+                conn.execute(
+                    "INSERT INTO kingest.training_run_finishes (event_id, occurred_at, run_id,"
+                    " status, duration_seconds, correlation_id, source, kafka_topic,"
+                    " kafka_partition, kafka_offset)"
+                    " VALUES (%s, %s, %s, %s, %s, 'c', 's', 't', 0, 0)",
+                    [*values, status, duration],
+                )
+        for run, status, status_n, finish_n, duration in before:
+            conn.execute(
+                "INSERT INTO kingest.training_runs (run_id, status, status_at, status_event_id,"
+                " started_at, finished_at, finish_event_id, duration_seconds)"
+                " VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
+                [
+                    run,
+                    status,
+                    moment(status_n),
+                    uuid.UUID(int=status_n),
+                    moment(start_of.get(run)),
+                    moment(finish_n),
+                    uuid.UUID(int=finish_n),
+                    duration,
+                ],
+            )
+
+    assert "0006" in apply_migrations(any_database_url)
+    rows = fetch(
+        any_database_url,
+        "SELECT run_id, status, status_event_id, finish_event_id, finish_status,"
+        " duration_seconds FROM kingest.training_runs ORDER BY run_id",
+    )
+    assert rows == [
+        ("plain", "succeeded", uuid.UUID(int=6), uuid.UUID(int=6), "succeeded", 4.0),
+        ("restarted", "running", uuid.UUID(int=8), uuid.UUID(int=7), "cancelled", 5.0),
+        ("tie-finishes", "failed", uuid.UUID(int=3), uuid.UUID(int=3), "failed", 3.0),
+        ("tie-start", "failed", uuid.UUID(int=1), uuid.UUID(int=1), "failed", 1.0),
+    ]

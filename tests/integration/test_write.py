@@ -461,12 +461,174 @@ def test_run_state_converges_whatever_the_write_order(conn: psycopg.Connection[A
     assert run_state(conn) == FINAL_RUN
 
 
-def test_same_time_events_are_ordered_by_event_id(conn: psycopg.Connection[Any]) -> None:
-    low = run_finished(1, 50, RunStatus.RUN_STATUS_SUCCEEDED)
-    high = run_finished(2, 50, RunStatus.RUN_STATUS_CANCELLED)
+def test_same_time_events_of_the_same_status_are_ordered_by_event_id(
+    conn: psycopg.Connection[Any],
+) -> None:
+    low = finished(1, 50, RunStatus.RUN_STATUS_CANCELLED, duration=1.0)
+    high = finished(2, 50, RunStatus.RUN_STATUS_CANCELLED, duration=2.0)
     write_batch(conn, batch(high))
     write_batch(conn, batch(low))
-    assert run_state(conn)[0][1] == "cancelled"
+    assert run_state(conn)[0][1:4] == ("cancelled", when(50), uuid.UUID(eid(2)))
+    assert run_state(conn)[0][-1] == 2.0
+
+
+# At one event time (whole-second clocks; a run that fails as it starts) neither the
+# arrival order nor the event ids, random UUIDs, may decide the state: a finish wins over
+# a start, failed over cancelled over succeeded, and only then the greater event id.
+SUCCEEDED, CANCELLED, FAILED = (
+    RunStatus.RUN_STATUS_SUCCEEDED,
+    RunStatus.RUN_STATUS_CANCELLED,
+    RunStatus.RUN_STATUS_FAILED,
+)
+RANKED_STATUSES = [(SUCCEEDED, "succeeded"), (CANCELLED, "cancelled"), (FAILED, "failed")]
+WRITE_MODES = pytest.mark.parametrize("together", [True, False], ids=["one-batch", "two-txns"])
+
+
+def finished(
+    n: int, seconds: int, status: RunStatus, *, run_id: str = "run-1", duration: float = 0.0
+) -> Event:
+    return message(
+        n,
+        occurred=at(seconds),
+        training_run_finished=TrainingRunFinished(
+            run_id=run_id, status=status, duration_seconds=duration
+        ),
+    )
+
+
+def write_in_turn(
+    conn: psycopg.Connection[Any], arrivals: list[list[Event]], *, together: bool
+) -> None:
+    """Write each list's events in its order: all in one batch (``together``), or the
+    n-th event of every list in the n-th transaction."""
+    if together:
+        write_batch(conn, batch(*(event for events in arrivals for event in events)))
+        return
+    for turn in range(max(map(len, arrivals))):
+        write_batch(conn, batch(*(events[turn] for events in arrivals if turn < len(events))))
+
+
+def run_rows(conn: psycopg.Connection[Any]) -> dict[str, tuple[Any, ...]]:
+    rows = select(
+        conn,
+        "SELECT run_id, status, status_at, status_event_id, started_at, start_event_id,"
+        " finished_at, finish_event_id, duration_seconds FROM kingest.training_runs",
+    )
+    return {row[0]: row[1:] for row in rows}
+
+
+@WRITE_MODES
+def test_a_finish_wins_over_a_start_at_the_same_time(
+    conn: psycopg.Connection[Any], together: bool
+) -> None:
+    arrivals, expected = [], {}
+    n = 0
+    for finish_id_higher in (True, False):
+        for start_first in (True, False):
+            run_id = f"run-{n}"
+            start_n, finish_n = (n + 1, n + 2) if finish_id_higher else (n + 2, n + 1)
+            start = message(
+                start_n,
+                occurred=at(30),
+                training_run_started=TrainingRunStarted(run_id=run_id, gpu_count=1),
+            )
+            finish = finished(finish_n, 30, FAILED, run_id=run_id, duration=0.5)
+            arrivals.append([start, finish] if start_first else [finish, start])
+            expected[run_id] = (
+                "failed",
+                when(30),
+                uuid.UUID(eid(finish_n)),
+                when(30),
+                uuid.UUID(eid(start_n)),
+                when(30),
+                uuid.UUID(eid(finish_n)),
+                0.5,
+            )
+            n += 10
+    write_in_turn(conn, arrivals, together=together)
+    assert run_rows(conn) == expected
+
+
+@WRITE_MODES
+def test_at_the_same_time_failed_wins_over_cancelled_over_succeeded(
+    conn: psycopg.Connection[Any], together: bool
+) -> None:
+    arrivals, expected = [], {}
+    n = 0
+    for low in range(3):
+        for high in range(low + 1, 3):
+            for high_id_higher in (True, False):
+                for high_first in (True, False):
+                    run_id = f"run-{n}"
+                    low_n, high_n = (n + 1, n + 2) if high_id_higher else (n + 2, n + 1)
+                    loser = finished(low_n, 30, RANKED_STATUSES[low][0], run_id=run_id)
+                    winner = finished(
+                        high_n, 30, RANKED_STATUSES[high][0], run_id=run_id, duration=9.0
+                    )
+                    arrivals.append([winner, loser] if high_first else [loser, winner])
+                    won = uuid.UUID(eid(high_n))
+                    status = RANKED_STATUSES[high][1]
+                    expected[run_id] = (status, when(30), won, None, None, when(30), won, 9.0)
+                    n += 10
+    # And the three at once, in the order that would favour each of the others.
+    arrivals.append(
+        [
+            finished(n + 3, 30, SUCCEEDED, run_id="run-all"),
+            finished(n + 2, 30, CANCELLED, run_id="run-all"),
+            finished(n + 1, 30, FAILED, run_id="run-all", duration=9.0),
+        ]
+    )
+    won = uuid.UUID(eid(n + 1))
+    expected["run-all"] = ("failed", when(30), won, None, None, when(30), won, 9.0)
+    write_in_turn(conn, arrivals, together=together)
+    assert run_rows(conn) == expected
+
+
+@WRITE_MODES
+def test_same_time_finishes_of_a_restarted_run_keep_the_precedence(
+    conn: psycopg.Connection[Any], together: bool
+) -> None:
+    # The status is the later restart's; the finish columns still take the failed one.
+    arrivals, expected = [], {}
+    for k, failed_first in enumerate((True, False)):
+        run_id = f"run-{k}"
+        succeeded = finished(10 * k + 2, 30, SUCCEEDED, run_id=run_id)  # the greater id
+        failed = finished(10 * k + 1, 30, FAILED, run_id=run_id, duration=9.0)
+        restart = message(
+            10 * k + 3, occurred=at(40), training_run_started=TrainingRunStarted(run_id=run_id)
+        )
+        finishes = [failed, succeeded] if failed_first else [succeeded, failed]
+        arrivals.append([finishes[0], restart, finishes[1]])
+        restarted = uuid.UUID(eid(10 * k + 3))
+        failed_id = uuid.UUID(eid(10 * k + 1))
+        expected[run_id] = (
+            "running",
+            when(40),
+            restarted,
+            when(40),
+            restarted,
+            when(30),
+            failed_id,
+            9.0,
+        )
+    write_in_turn(conn, arrivals, together=together)
+    assert run_rows(conn) == expected
+
+
+@WRITE_MODES
+def test_same_time_deployments_are_ordered_by_event_id(
+    conn: psycopg.Connection[Any], together: bool
+) -> None:
+    # No deployment outranks another: the greater event id wins, whatever the order.
+    arrivals = [
+        [deployed(1, 20, "v1", "prod"), deployed(2, 20, "v2", "prod")],
+        [deployed(4, 20, "v4", "staging"), deployed(3, 20, "v3", "staging")],
+    ]
+    write_in_turn(conn, arrivals, together=together)
+    assert current_deployments(conn) == [
+        ("prod", "v2", 2, when(20)),
+        ("staging", "v4", 4, when(20)),
+    ]
 
 
 def deployed(n: int, seconds: int, version: str, environment: str = "prod") -> Event:
