@@ -7,10 +7,11 @@ them to one of two destinations:
 
 * ``source``: produce the original key, value and headers back to the source topic and
   partition, plus a ``kingest.replay.of: topic/partition/offset`` header naming the
-  original message, for the running pipeline to store. The copy lands at a new offset;
+  original message and a ``kingest.replay.digest`` header binding those coordinates to
+  the key and value, for the running pipeline to store. The copy lands at a new offset;
   :class:`kingest.store.rows.RowBatch` gives an event without ``event_id`` the key
-  derived from the header's ORIGINAL coordinates, so any number of replays map to the
-  one row the original would have been.
+  derived from the header's ORIGINAL coordinates when the digest matches, so any number
+  of replays map to the one row the original would have been.
 * ``pipeline``: decode, validate, map and :func:`~kingest.store.write.write_batch`
   directly, in batches, with the dead letter's own (original) coordinates, bisecting a
   batch PostgreSQL rejects as the writers do. Facts are written ``ON CONFLICT DO
@@ -54,7 +55,14 @@ from kingest.store.errors import (
     is_schema_error,
     sqlstate_of,
 )
-from kingest.store.rows import REPLAY_OF_HEADER, Rejection, RowBatch, parse_replay_of
+from kingest.store.rows import (
+    REPLAY_DIGEST_HEADER,
+    REPLAY_OF_HEADER,
+    Rejection,
+    RowBatch,
+    replay_digest,
+    verified_replay_of,
+)
 from kingest.store.write import write_batch
 
 __all__ = [
@@ -521,21 +529,26 @@ def judge_now(dead_letter: StoredDeadLetter) -> Verdict:
 
 
 def replay_headers(rejection: Rejection) -> list[tuple[str, bytes | None]]:
-    """The headers of a replayed message: the original ones plus ``kingest.replay.of``.
+    """The headers of a replayed message: the original ones plus ``kingest.replay.of``
+    naming the dead letter's coordinates and ``kingest.replay.digest`` binding them to
+    its key and value.
 
     A dead letter of a message that was itself a replay already names the original
-    message: that header is kept as it is, so every generation maps to the first one.
+    message: when its replay headers check out (as the pipeline judged them,
+    :func:`kingest.store.rows.verified_replay_of`) they are kept as they are, so every
+    generation maps to the first one. Replay headers that do not check out (forwarded
+    from another message, a digest alone, malformed) are dropped: the pipeline keyed
+    that message by its own coordinates, so its replay names those.
     """
-    original = [
-        (key, value)
-        for key, value in rejection.headers
-        if key == REPLAY_OF_HEADER and value and parse_replay_of(value)
-    ]
-    if original:
-        return list(rejection.headers)
-    kept = [(key, value) for key, value in rejection.headers if key != REPLAY_OF_HEADER]
-    marker = f"{rejection.topic}/{rejection.partition}/{rejection.offset}".encode()
-    return [*kept, (REPLAY_OF_HEADER, marker)]
+    r = rejection
+    if verified_replay_of(r.headers, r.key, r.value) is not None:
+        return list(r.headers)
+    replay = (REPLAY_OF_HEADER, REPLAY_DIGEST_HEADER)
+    kept = [(key, value) for key, value in r.headers if key not in replay]
+    original = (r.topic, r.partition, r.offset)
+    marker = f"{r.topic}/{r.partition}/{r.offset}".encode()
+    digest = replay_digest(original, r.key, r.value).encode()
+    return [*kept, (REPLAY_OF_HEADER, marker), (REPLAY_DIGEST_HEADER, digest)]
 
 
 class RateLimiter:

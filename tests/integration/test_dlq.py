@@ -25,7 +25,14 @@ from kingest.pipeline.pipeline import RunOutcome
 from kingest.schema.codec import encode_event
 from kingest.schema.v1.events_pb2 import Event, InferenceCompleted, InferenceStatus
 from kingest.store.migrate import apply_migrations, migrations_dir
-from kingest.store.rows import REPLAY_OF_HEADER, Rejection, RowBatch, derive_event_id
+from kingest.store.rows import (
+    REPLAY_DIGEST_HEADER,
+    REPLAY_OF_HEADER,
+    Rejection,
+    RowBatch,
+    derive_event_id,
+    replay_digest,
+)
 from kingest.store.write import write_batch
 from kingest.synth import SyntheticStream
 from tests.integration.support import (
@@ -445,17 +452,24 @@ def test_replay_to_source_is_stored_once_by_the_running_pipeline(
     }
 
     # Two copies of each on the source topic, on the original partition, byte for byte,
-    # with the original headers and a header naming the original message.
+    # with the original headers and headers naming the original message and binding it
+    # to the content.
     messages = read_topic(kafka_bootstrap, topic, 2, expected=6)
     originals: dict[tuple[int | None, bytes | None], Rejection] = {
         (r.partition, r.value): r for r in (with_id, without_id, garbage)
     }
     for message in messages:
         original = originals[(message.partition(), message.value())]
+        coordinates = (topic, original.partition, original.offset)
         assert message.key() == original.key
+        assert message.offset() != original.offset  # a new message: only headers link them
         assert message.headers() == [
             *original.headers,
             (REPLAY_OF_HEADER, f"{topic}/{original.partition}/{original.offset}".encode()),
+            (
+                REPLAY_DIGEST_HEADER,
+                replay_digest(coordinates, original.key, original.value).encode(),
+            ),
         ]
 
     end_offsets = {0: 4, 1: 2}
@@ -475,6 +489,9 @@ def test_replay_to_source_is_stored_once_by_the_running_pipeline(
     for row in new:
         headers = dict(zip(row["header_keys"], row["header_values"], strict=True))
         assert headers[REPLAY_OF_HEADER] == f"{topic}/1/12".encode()
+        assert headers[REPLAY_DIGEST_HEADER] == (
+            replay_digest((topic, 1, 12), garbage.key, garbage.value).encode()
+        )
 
 
 def test_replay_to_source_honours_the_rate_limit(

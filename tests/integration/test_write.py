@@ -32,7 +32,13 @@ from kingest.schema.v1.events_pb2 import (
 from kingest.schema.validate import payload_of
 from kingest.store.errors import ErrorKind, classify_db_error, is_schema_error, sqlstate_of
 from kingest.store.migrate import apply_migrations
-from kingest.store.rows import RowBatch, derive_event_id
+from kingest.store.rows import (
+    REPLAY_DIGEST_HEADER,
+    REPLAY_OF_HEADER,
+    RowBatch,
+    derive_event_id,
+    replay_digest,
+)
 from kingest.store.write import WriteResult, write_batch
 from tests.fakes import FakeRecord
 
@@ -388,6 +394,39 @@ def test_event_without_id_is_idempotent_through_its_derived_key(
     expected = sorted(derive_event_id("events", 0, offset) for offset in (40, 41))
     assert [str(row[0]) for row in stored] == expected
     assert [row[1] for row in stored] == expected
+
+
+def test_different_events_without_id_with_the_same_replay_header_are_all_stored(
+    conn: psycopg.Connection[Any],
+) -> None:
+    # Middleware forwarded one replay's headers onto other messages; only the replay
+    # itself, whose digest matches its content, takes the original's key.
+    def anonymous(value: float) -> bytes:
+        return encode_event(
+            Event(occurred_at=at(1), metric_logged=MetricLogged(run_id="r", key="k", value=value))
+        )
+
+    replayed = anonymous(1.0)
+    digest = replay_digest(("events", 0, 7), None, replayed).encode()
+    forwarded = [(REPLAY_OF_HEADER, b"events/0/7"), (REPLAY_DIGEST_HEADER, digest)]
+    rows = RowBatch(now=NOW)
+    rows.add_records(
+        [
+            kafka_record(replayed, 50, headers=forwarded),
+            kafka_record(anonymous(2.0), 51, headers=forwarded),
+            kafka_record(anonymous(3.0), 52, headers=forwarded),
+            kafka_record(anonymous(4.0), 53, headers=forwarded[:1]),  # no digest at all
+        ]
+    )
+    result = write_batch(conn, rows)
+    assert (result.inserted, result.duplicates) == ({"metrics": 4}, 0)
+    stored = select(conn, "SELECT value, event_id::text FROM kingest.metrics ORDER BY value")
+    assert stored == [
+        (1.0, derive_event_id("events", 0, 7)),
+        (2.0, derive_event_id("events", 0, 51)),
+        (3.0, derive_event_id("events", 0, 52)),
+        (4.0, derive_event_id("events", 0, 53)),
+    ]
 
 
 # --- state tables ---------------------------------------------------------------------------

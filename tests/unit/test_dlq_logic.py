@@ -25,7 +25,14 @@ from kingest.dlq import (
 )
 from kingest.schema.codec import encode_event
 from kingest.schema.v1.events_pb2 import Event, InferenceCompleted, InferenceStatus
-from kingest.store.rows import REPLAY_OF_HEADER, Rejection, derive_event_id
+from kingest.store.rows import (
+    REPLAY_DIGEST_HEADER,
+    REPLAY_OF_HEADER,
+    Rejection,
+    derive_event_id,
+    replay_digest,
+    verified_replay_of,
+)
 
 NOW = datetime(2026, 11, 28, 4, 0, tzinfo=UTC)
 
@@ -222,22 +229,58 @@ def test_a_topic_dead_letter_becomes_a_stored_one_without_id() -> None:
 # --- replaying ---------------------------------------------------------------------------
 
 
+def digest_of(original: tuple[str, int, int], key: bytes = b"k") -> bytes:
+    return replay_digest(original, key, b"\x0a\x03abc").encode()
+
+
 def test_replay_headers_keep_the_originals_and_name_the_original_message() -> None:
     assert replay_headers(rejection()) == [
         ("correlation-id", b"flow-9"),
         (REPLAY_OF_HEADER, b"events/1/7"),
+        (REPLAY_DIGEST_HEADER, digest_of(("events", 1, 7))),
     ]
+    assert verified_replay_of(replay_headers(rejection()), b"k", b"\x0a\x03abc") == (
+        "events",
+        1,
+        7,
+    )
 
 
 def test_a_dead_letter_of_a_replay_keeps_naming_the_first_original() -> None:
-    headers = (("a", b"1"), (REPLAY_OF_HEADER, b"events/0/3"))
+    headers = (
+        ("a", b"1"),
+        (REPLAY_OF_HEADER, b"events/0/3"),
+        (REPLAY_DIGEST_HEADER, digest_of(("events", 0, 3))),
+    )
     again = rejection(topic="events", partition=0, offset=500, headers=headers)
     assert replay_headers(again) == list(headers)
 
 
-def test_a_malformed_replay_header_is_replaced() -> None:
-    again = rejection(headers=((REPLAY_OF_HEADER, b"junk"), ("b", None)))
-    assert replay_headers(again) == [("b", None), (REPLAY_OF_HEADER, b"events/1/7")]
+@pytest.mark.parametrize(
+    "headers",
+    [
+        ((REPLAY_OF_HEADER, b"junk"), ("b", None)),
+        ((REPLAY_OF_HEADER, b"events/0/3"), ("b", None)),  # no digest: not proven
+        ((REPLAY_DIGEST_HEADER, digest_of(("events", 1, 7))), ("b", None)),  # digest alone
+        # Forwarded from another message: the digest is of other content.
+        (
+            (REPLAY_OF_HEADER, b"events/0/3"),
+            (REPLAY_DIGEST_HEADER, digest_of(("events", 0, 3), key=b"other")),
+            ("b", None),
+        ),
+    ],
+    ids=["malformed", "no-digest", "digest-alone", "forwarded"],
+)
+def test_replay_headers_that_do_not_check_out_are_replaced(
+    headers: tuple[tuple[str, bytes | None], ...],
+) -> None:
+    # The pipeline keyed such a message by its own coordinates: its replay must too.
+    again = rejection(headers=headers)
+    assert replay_headers(again) == [
+        ("b", None),
+        (REPLAY_OF_HEADER, b"events/1/7"),
+        (REPLAY_DIGEST_HEADER, digest_of(("events", 1, 7))),
+    ]
 
 
 class FakeClock:
