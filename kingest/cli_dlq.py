@@ -114,7 +114,7 @@ def _reported(database_url: str) -> Iterator[None]:
     from confluent_kafka import KafkaException  # noqa: PLC0415
 
     from kingest.dlq import DlqError, DlqInputError  # noqa: PLC0415
-    from kingest.store.errors import first_line, is_schema_error  # noqa: PLC0415
+    from kingest.store.errors import is_schema_error  # noqa: PLC0415
 
     try:
         yield
@@ -125,7 +125,7 @@ def _reported(database_url: str) -> Iterator[None]:
             raise _fail(
                 EXIT_FAILED,
                 f"the database schema is missing or older than this kingest "
-                f"({first_line(error)}): run `kingest migrate`",
+                f"({safe_error_text(error, database_url)}): run `kingest migrate`",
             ) from None
         raise _fail(
             EXIT_FAILED,

@@ -21,11 +21,14 @@ import difflib
 import math
 import re
 from collections.abc import Callable, Iterator, Mapping
+from functools import cache
 from typing import Any, Literal, get_args
+from urllib.parse import unquote, urlsplit
 
 import attrs
 import cattrs
 from cattrs.errors import ClassValidationError
+from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 ENV_PREFIX = "KINGEST_"
@@ -46,6 +49,12 @@ DeadLetterStore = Literal["table", "topic", "both"]
 
 # librdkafka properties whose values are secrets (matched on the property name).
 _SECRET_PROPERTY = re.compile(r"(password|secret|jaas|token|\.pem$|private)", re.IGNORECASE)
+# libpq parameters whose values are secrets, whatever the libpq linked: the password,
+# the passphrase of the TLS key, the OAuth client secret and the SCRAM keys (which
+# libpq marks as debug options, not as secrets, but which log in like a password).
+_SECRET_CONNINFO_PARAMETERS = frozenset(
+    {"password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key"}
+)
 
 
 Check = Callable[[Any], str | None]
@@ -676,14 +685,52 @@ def _cross_field_problems(settings: Settings) -> dict[str, str]:
 # --------------------------------------------------------------------------- redaction
 
 
+@cache
+def secret_conninfo_parameters() -> frozenset[str]:
+    """The libpq parameters whose values are secrets: ours, and those the linked libpq
+    itself marks as secrets (``PQconndefaults`` display character ``*``)."""
+    try:
+        marked = {
+            option.keyword.decode()
+            for option in pq.Conninfo.get_defaults()
+            if option.dispchar == b"*"
+        }
+    except Exception:  # a libpq without PQconndefaults: ours are the known ones
+        marked = set()
+    return _SECRET_CONNINFO_PARAMETERS | marked
+
+
+def conninfo_secrets(conninfo: str) -> list[str]:
+    """Every secret value of a connection string, as libpq reads it and, in a URL, as
+    written there (percent-encoded), longest first; raises when it does not parse."""
+    names = secret_conninfo_parameters()
+    secrets = {
+        str(value) for name, value in conninfo_to_dict(conninfo).items() if name in names and value
+    }
+    if conninfo.startswith(("postgresql://", "postgres://")):
+        try:
+            url = urlsplit(conninfo)
+            written = [url.password or ""]
+        except ValueError:  # libpq took it, urllib does not: the read values remain
+            url, written = None, []
+        if url is not None:
+            for item in url.query.split("&"):
+                name, _, value = item.partition("=")
+                if unquote(name) in names:
+                    written.append(value)
+        secrets.update(value for value in written if value)
+    return sorted(secrets, key=len, reverse=True)
+
+
 def redact_conninfo(url: str) -> str:
-    """The connection string with any password replaced; never raises."""
+    """The connection string with every secret parameter (password, sslpassword...)
+    replaced; never raises."""
     try:
         params = conninfo_to_dict(url)
     except Exception:
         return REDACTED
-    if "password" in params:
-        params["password"] = REDACTED
+    for name in secret_conninfo_parameters().intersection(params):
+        params[name] = REDACTED
     return make_conninfo("", **params)
 
 
@@ -692,16 +739,18 @@ def safe_error_text(error: BaseException, conninfo: str) -> str:
 
     libpq quotes the connection string, or the token it could not parse, in some parse
     errors (``invalid percent-encoded token: "pa%zzss"``), password included. When the
-    string does not parse, only a generic description is returned; otherwise the
-    password, if any, is blanked wherever it appears.
+    string does not parse, only a generic description is returned; otherwise every
+    secret parameter's value (:func:`conninfo_secrets`) is blanked wherever it appears.
     """
     try:
-        password = conninfo_to_dict(conninfo).get("password")
+        secrets = conninfo_secrets(conninfo)
     except Exception:
         return "not a valid libpq URL or key=value connection string"
     lines = str(error).strip().splitlines()
     text = lines[0] if lines else type(error).__name__
-    return text.replace(str(password), REDACTED) if password else text
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+    return text
 
 
 def redact_property(name: str, value: str) -> str:

@@ -14,7 +14,8 @@ A JSON line always has ``time`` (ISO 8601, UTC), ``level``, ``logger``, ``messag
 other ``extra=`` field, then ``exc_info`` when there is a traceback. The console format
 appends the fields that are set as ``key=value`` after the message.
 
-Secret values (the database password, secret ``KINGEST_RDKAFKA_*`` properties) handed to
+Secret values (the database password and every other secret libpq parameter, secret
+``KINGEST_RDKAFKA_*`` properties) handed to
 :func:`configure_logging` are replaced by ``**redacted**`` wherever they would appear in
 a line, traceback included.
 
@@ -33,11 +34,10 @@ from typing import Any, Final, TextIO
 from urllib.parse import quote
 
 from opentelemetry import trace
-from psycopg.conninfo import conninfo_to_dict
 from pythonjsonlogger.json import JsonFormatter
 
 from actors import CorrelationLogFilter
-from kingest.config import REDACTED, Settings, redact_property
+from kingest.config import REDACTED, Settings, conninfo_secrets, redact_property
 
 __all__ = [
     "CONTEXT_FIELDS",
@@ -179,11 +179,10 @@ def secret_values(settings: Settings) -> list[str]:
         if redact_property(name, value) != value
     ]
     try:
-        password = conninfo_to_dict(settings.database.url).get("password")
+        database = conninfo_secrets(settings.database.url)
     except Exception:  # an unparsable URL was refused by the configuration already
-        password = None
-    if password:
-        secrets.append(str(password))
+        database = []
+    secrets.extend(secret for secret in database if secret not in secrets)
     return secrets
 
 

@@ -31,7 +31,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from psycopg.conninfo import make_conninfo
 
-from kingest.config import Settings, dead_letter_topic, redact_conninfo
+from kingest.config import Settings, dead_letter_topic, redact_conninfo, safe_error_text
 from kingest.pipeline.kafka import client_config
 from kingest.pipeline.pipeline import Pipeline, RunOutcome
 from kingest.store.errors import first_line
@@ -68,7 +68,9 @@ def check_database(settings: Settings) -> None:
     try:
         pending = pending_migrations(bounded)
     except (psycopg.Error, MigrationError) as error:
-        raise StartupError(f"cannot use PostgreSQL at {where}: {first_line(error)}") from None
+        raise StartupError(
+            f"cannot use PostgreSQL at {where}: {safe_error_text(error, url)}"
+        ) from None
     if pending:
         raise StartupError(
             f"the database at {where} is missing migrations {', '.join(pending)}: "
@@ -78,7 +80,9 @@ def check_database(settings: Settings) -> None:
         with psycopg.connect(bounded, autocommit=True) as conn:
             role, missing = _missing_privileges(conn)
     except psycopg.Error as error:
-        raise StartupError(f"cannot use PostgreSQL at {where}: {first_line(error)}") from None
+        raise StartupError(
+            f"cannot use PostgreSQL at {where}: {safe_error_text(error, url)}"
+        ) from None
     if missing:
         raise StartupError(
             f"role {role} lacks privileges on the database at {where}: {'; '.join(missing)} "

@@ -15,11 +15,14 @@
 from __future__ import annotations
 
 import ast
+import io
 import json
+import logging
 import re
 import socket
 from pathlib import Path
 
+import psycopg
 import pytest
 from typer.testing import CliRunner
 
@@ -31,7 +34,9 @@ from kingest.config import (
     load_settings,
     redact_conninfo,
     redact_property,
+    safe_error_text,
 )
+from kingest.logs import configure_logging, secret_values
 from kingest.service import StartupError, check_database
 from kingest.store import tables
 from kingest.store.rows import RowBatch
@@ -317,3 +322,110 @@ def test_kingest_migrate_prints_no_password_of_an_unparsable_url() -> None:
     result = CliRunner().invoke(app, ["migrate", "--database-url", url])
     assert result.exit_code == 1
     assert PASSWORD not in result.output
+
+
+# Every libpq parameter that holds a secret, not only `password`: the TLS key passphrase,
+# the OAuth client secret and the SCRAM keys, however the connection string spells them.
+SSL_PASSWORD = "ssl-Key-pa55phrase"
+FULLY_ENCODED = "".join(f"%{byte:02X}" for byte in SSL_PASSWORD.encode())
+PARTLY_ENCODED = SSL_PASSWORD.replace("-", "%2d")
+#: (connection string, the secret as libpq reads it, the secret as written in the string)
+SECRET_PARAMETER_FORMS = [
+    (
+        f"postgresql://kingest@db.internal/ml?sslmode=verify-full&sslpassword={SSL_PASSWORD}",
+        SSL_PASSWORD,
+        SSL_PASSWORD,
+    ),
+    (
+        f"postgresql://kingest@db.internal/ml?sslpassword={FULLY_ENCODED}&sslmode=require",
+        SSL_PASSWORD,
+        FULLY_ENCODED,
+    ),
+    (f"postgresql://db.internal/ml?sslpassword={PARTLY_ENCODED}", SSL_PASSWORD, PARTLY_ENCODED),
+    (f"host=db.internal user=kingest sslpassword={SSL_PASSWORD} dbname=ml", SSL_PASSWORD, ""),
+    (f"host=db.internal sslpassword='{SSL_PASSWORD}' password={PASSWORD}", SSL_PASSWORD, ""),
+    (f"postgresql://db.internal/ml?oauth_client_secret={SSL_PASSWORD}", SSL_PASSWORD, ""),
+    (f"postgresql://db.internal/ml?scram_client_key={SSL_PASSWORD}", SSL_PASSWORD, ""),
+    (f"host=db.internal scram_server_key={SSL_PASSWORD}", SSL_PASSWORD, ""),
+]
+SECRET_PARAMETER_IDS = [
+    "url",
+    "url-encoded",
+    "url-partly-encoded",
+    "key-value",
+    "key-value-quoted",
+    "oauth-client-secret",
+    "scram-client-key",
+    "scram-server-key",
+]
+
+
+def _forms(read: str, written: str) -> list[str]:
+    return [form for form in (read, written, PASSWORD) if form]
+
+
+@pytest.mark.parametrize(
+    ("url", "read", "written"), SECRET_PARAMETER_FORMS, ids=SECRET_PARAMETER_IDS
+)
+def test_redact_conninfo_removes_every_secret_parameter(url: str, read: str, written: str) -> None:
+    redacted = redact_conninfo(url)
+    for form in _forms(read, written):
+        assert form not in redacted
+    assert REDACTED in redacted
+    assert "db.internal" in redacted
+
+
+@pytest.mark.parametrize(
+    ("url", "read", "written"), SECRET_PARAMETER_FORMS, ids=SECRET_PARAMETER_IDS
+)
+def test_an_error_quoting_a_secret_parameter_is_blanked(url: str, read: str, written: str) -> None:
+    error = psycopg.OperationalError(
+        f'connection failed: could not load private key "{read}" from {written or read}'
+    )
+    text = safe_error_text(error, url)
+    for form in _forms(read, written):
+        assert form not in text
+    assert text.startswith("connection failed: could not load private key")
+
+
+@pytest.mark.parametrize(
+    ("url", "read", "written"), SECRET_PARAMETER_FORMS, ids=SECRET_PARAMETER_IDS
+)
+def test_kingest_config_prints_no_secret_parameter(url: str, read: str, written: str) -> None:
+    result = CliRunner().invoke(app, ["config", "--json"], env=_env(KINGEST_DATABASE_URL=url))
+    assert result.exit_code == 0, result.output
+    for form in _forms(read, written):
+        assert form not in result.output
+
+
+@pytest.mark.parametrize(
+    ("url", "read", "written"), SECRET_PARAMETER_FORMS, ids=SECRET_PARAMETER_IDS
+)
+def test_log_lines_show_no_secret_parameter(url: str, read: str, written: str) -> None:
+    stream = io.StringIO()
+    settings = load_settings(_env(KINGEST_DATABASE_URL=url))
+    configure_logging("INFO", "console", stream, secrets=secret_values(settings))
+    try:
+        logging.getLogger("kingest.test").error("cannot connect with %s: %s", url, read)
+    finally:
+        configure_logging("INFO", "console")
+    for form in _forms(read, written):
+        assert form not in stream.getvalue()
+
+
+def test_a_failed_connection_names_the_server_without_any_secret_parameter() -> None:
+    port = _closed_port()
+    for url in (
+        f"postgresql://kingest@127.0.0.1:{port}/ml?sslmode=disable&sslpassword={SSL_PASSWORD}",
+        f"host=127.0.0.1 port={port} dbname=ml sslmode=disable sslpassword={FULLY_ENCODED}",
+    ):
+        with pytest.raises(StartupError) as caught:
+            check_database(load_settings(_env(KINGEST_DATABASE_URL=url)))
+        assert "127.0.0.1" in str(caught.value)
+        assert SSL_PASSWORD not in str(caught.value)
+        assert FULLY_ENCODED not in str(caught.value)
+        result = CliRunner().invoke(app, ["migrate", "--database-url", url])
+        assert result.exit_code == 1
+        assert "127.0.0.1" in result.output
+        assert SSL_PASSWORD not in result.output
+        assert FULLY_ENCODED not in result.output
