@@ -301,6 +301,15 @@ class PipelineSettings:
         10.0,
         check=_positive,
     )
+    retry_budget: int = _setting(
+        "KINGEST_RETRY_BUDGET",
+        "Attempts of one write that fails with a transient error other than an outage "
+        "(deadlock, lock or statement timeout, a trigger's RAISE, an unknown SQLSTATE) "
+        "before the batch is split and a row still failing is dead-lettered as "
+        "retries_exhausted. Outages are retried forever.",
+        5,
+        check=_between(1, 1_000),
+    )
     trace_message_spans: int = _setting(
         "KINGEST_TRACE_MESSAGE_SPANS",
         "With tracing on, most per-message spans one batch records for messages whose "

@@ -218,6 +218,7 @@ class Pipeline:
                 batch_size=pipeline.batch_size,
                 retry_initial_s=pipeline.retry_initial_s,
                 retry_max_s=pipeline.retry_max_s,
+                retry_budget=pipeline.retry_budget,
                 abandon=self._abandon,
                 consumer_group=settings.kafka.group_id,
                 dead_letter_table=settings.dead_letters.to_table,
