@@ -337,6 +337,15 @@ class DeadLetterSettings:
         "{topic}.dlq",
         check=_check_dead_letter_topic,
     )
+    publish_timeout_s: float = _setting(
+        "KINGEST_DEAD_LETTER_PUBLISH_TIMEOUT_S",
+        "Time budget of a dead letter on the topic: the producer's delivery timeout, and "
+        "how long failed publications are retried. A dead letter the topic cannot take "
+        "(too large, not authorized, or still failing after the budget) is kept in "
+        "kingest.dead_letters with the error in publish_error.",
+        30.0,
+        check=_at_least(1),
+    )
 
     @property
     def to_table(self) -> bool:

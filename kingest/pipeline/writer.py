@@ -25,8 +25,14 @@ Failures are handled by class (see :mod:`kingest.store.errors`):
 
 Dead letters go into ``kingest.dead_letters`` in the same transaction as the rows (the
 table store), and/or to the dead-letter topic after that transaction committed (the
-topic store): a batch is acknowledged only once the broker confirmed every one of its
-dead letters. Publishing is retried like a transient database error.
+topic store): a batch is acknowledged only once every one of its dead letters is
+durable, confirmed by the broker or kept in the table. A dead letter the topic can never
+take (too large, invalid, not authorized) goes to the table at once; other failed
+publications are retried with backoff for the publish budget
+(``KINGEST_DEAD_LETTER_PUBLISH_TIMEOUT_S``), then go to the table too. Either way the
+table row records the error (``publish_error``), the failure is counted
+(``kingest.dead_letter.publish_failures``), logged with the dead letter's coordinates
+and reported by ``/readyz``: an unwritable dead-letter topic is an alert, not a stall.
 """
 
 from __future__ import annotations
@@ -43,7 +49,7 @@ from opentelemetry.trace import Link
 from psycopg_pool import ConnectionPool
 
 from actors import Actor, Supervisor
-from kingest.deadletter import DeadLetterPublisher, DeadLetterPublishError
+from kingest.deadletter import DeadLetterPublisher, DeadLetterPublishError, PublishFailure
 from kingest.pipeline.messages import Ack, WriteBatch
 from kingest.pipeline.stats import PipelineStats
 from kingest.store.errors import (
@@ -55,7 +61,7 @@ from kingest.store.errors import (
     sqlstate_of,
 )
 from kingest.store.rows import Rejection, RowBatch
-from kingest.store.write import WriteResult, write_batch
+from kingest.store.write import WriteResult, store_unpublished_dead_letters, write_batch
 from kingest.telemetry import catalog, tracing
 from kingest.telemetry.metrics import PipelineMetrics
 
@@ -356,17 +362,27 @@ class WriterActor(Actor[WriteBatch]):
     def _publish_retrying(
         self, publisher: DeadLetterPublisher, rejections: list[Rejection]
     ) -> None:
-        """Publish to the dead-letter topic until the broker confirmed every message."""
+        """Publish to the dead-letter topic; keep in the table what it does not take.
+
+        Failures that can never succeed go to the table at once; the others are retried
+        with backoff until ``publisher.budget_s`` has passed since the first attempt.
+        """
         self._backoff.reset()
+        deadline = time.monotonic() + publisher.budget_s
         pending = rejections
-        while True:
+        unpublished: list[PublishFailure] = []
+        while pending:
             if self._abandon.is_set():
                 raise AbandonedError
             try:
                 publisher.publish(pending)
             except DeadLetterPublishError as error:
-                pending = error.unconfirmed
-                delay = self._backoff.next_delay()
+                spent = time.monotonic() >= deadline
+                unpublished += [f for f in error.failures if f.permanent or spent]
+                pending = [f.rejection for f in error.failures if not (f.permanent or spent)]
+                if not pending:
+                    break
+                delay = min(self._backoff.next_delay(), max(0.0, deadline - time.monotonic()))
                 self._stats.count(catalog.RETRIES, {("dead_letter_publish", error.reason): 1})
                 log.warning(
                     "dead-letter topic unavailable, retrying in %.2fs (attempt %d): %s",
@@ -377,5 +393,69 @@ class WriterActor(Actor[WriteBatch]):
                 if self._abandon.wait(delay):
                     raise AbandonedError from error
                 continue
-            self._stats.add(dead_letters_published=len(rejections))
-            return
+            break
+        if unpublished:
+            self._keep_unpublished(unpublished)
+        self._stats.add(dead_letters_published=len(rejections) - len(unpublished))
+
+    def _keep_unpublished(self, failures: list[PublishFailure]) -> None:
+        """Store dead letters the topic did not take in the table, with their error;
+        retried like a database write (an outage forever, other errors ``retry_budget``
+        times, after which the writer fails rather than acknowledge them)."""
+        for failure in failures:
+            r = failure.rejection
+            log.error(
+                "dead letter not published to the dead-letter topic; kept in "
+                "kingest.dead_letters: %s",
+                failure.detail,
+                extra={
+                    "topic": r.topic,
+                    "partition": r.partition,
+                    "offset": r.offset,
+                    "correlation_id": r.correlation_id,
+                    "event_id": r.event_id,
+                    "error_type": failure.reason,
+                },
+            )
+        self._backoff.reset()
+        failed = 0
+        while True:
+            if self._abandon.is_set():
+                raise AbandonedError
+            try:
+                with self._pool.connection() as conn:
+                    store_unpublished_dead_letters(
+                        conn,
+                        [(f.rejection, f.detail) for f in failures],
+                        consumer_group=self._consumer_group,
+                    )
+                break
+            except Exception as error:
+                if is_schema_error(error):
+                    raise SchemaNotReadyError(_schema_error_text(error)) from error
+                if not is_outage(error):
+                    failed += 1
+                    if classify_db_error(error) is ErrorKind.PERMANENT:
+                        raise
+                    if failed >= self._retry_budget:
+                        raise RetriesExhaustedError(error, failed) from error
+                delay = self._backoff.next_delay()
+                self._stats.count(catalog.RETRIES, {("write", _retry_reason(error)): 1})
+                log.warning(
+                    "transient database error keeping unpublished dead letters, retrying "
+                    "in %.2fs (attempt %d): %s",
+                    delay,
+                    self._backoff.attempts,
+                    str(error).strip() or type(error).__name__,
+                )
+                if self._abandon.wait(delay):
+                    raise AbandonedError from error
+        reasons: dict[tuple[str, ...], int] = {}
+        for failure in failures:
+            reasons[(failure.reason,)] = reasons.get((failure.reason,), 0) + 1
+        self._stats.count(catalog.DEAD_LETTER_PUBLISH_FAILURES, reasons)
+        last = failures[-1].rejection
+        self._stats.dead_letter_fallback = (
+            time.monotonic(),
+            f"{last.topic}:{last.partition}:{last.offset} {failures[-1].detail}",
+        )
