@@ -164,6 +164,7 @@ def _print_table(dead_letters: list[StoredDeadLetter]) -> None:
         "dead-lettered (UTC)",
         "attempts",
         "replayed",
+        "publish error",
         title=f"{len(dead_letters)} dead letters, newest first",
     )
     for d in dead_letters:
@@ -177,6 +178,7 @@ def _print_table(dead_letters: list[StoredDeadLetter]) -> None:
             Text(d.dead_lettered_at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")),
             Text(str(d.attempts)),
             Text(_replayed(d)),
+            Text((d.publish_error or "-").split(":", 1)[0]),
         )
     _console().print(table)
 

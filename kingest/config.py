@@ -310,6 +310,15 @@ class PipelineSettings:
         10.0,
         check=_positive,
     )
+    retry_budget: int = _setting(
+        "KINGEST_RETRY_BUDGET",
+        "Attempts of one write that fails with a transient error other than an outage "
+        "(deadlock, lock or statement timeout, a trigger's RAISE, an unknown SQLSTATE) "
+        "before the batch is split and a row still failing is dead-lettered as "
+        "retries_exhausted. Outages are retried forever.",
+        5,
+        check=_between(1, 1_000),
+    )
     trace_message_spans: int = _setting(
         "KINGEST_TRACE_MESSAGE_SPANS",
         "With tracing on, most per-message spans one batch records for messages whose "
@@ -336,6 +345,15 @@ class DeadLetterSettings:
         "topic. The topic must exist.",
         "{topic}.dlq",
         check=_check_dead_letter_topic,
+    )
+    publish_timeout_s: float = _setting(
+        "KINGEST_DEAD_LETTER_PUBLISH_TIMEOUT_S",
+        "Time budget of a dead letter on the topic: the producer's delivery timeout, and "
+        "how long failed publications are retried. A dead letter the topic cannot take "
+        "(too large, not authorized, or still failing after the budget) is kept in "
+        "kingest.dead_letters with the error in publish_error.",
+        30.0,
+        check=_at_least(1),
     )
 
     @property

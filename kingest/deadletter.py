@@ -17,6 +17,12 @@ The topic is at-least-once: a crash between the publication and the offset commi
 publishes the dead letter again on redelivery. Consumers of the topic deduplicate by
 the source coordinates (``kingest.dlq.source.*``), which are unique per message; the
 table is exactly-once (unique on the same coordinates).
+
+A dead letter the topic cannot take never stalls the stream: each failed publication
+is a :class:`PublishFailure`, permanent when it can never succeed
+(:func:`is_permanent_publish_error`: too large, invalid, not authorized...). The writer
+keeps permanent failures, and the others once the publish budget is spent, in
+``kingest.dead_letters`` with the error (``publish_error``).
 """
 
 from __future__ import annotations
@@ -29,7 +35,7 @@ from datetime import UTC, datetime
 from typing import Any, Final
 
 import attrs
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from opentelemetry import propagate
 
 from kingest.config import dead_letter_topic
@@ -42,9 +48,11 @@ __all__ = [
     "DeadLetterPublishError",
     "DeadLetterPublisher",
     "NotADeadLetterError",
+    "PublishFailure",
     "dead_letter_topic",
     "decode_message",
     "encode_headers",
+    "is_permanent_publish_error",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,16 +98,72 @@ class NotADeadLetterError(ValueError):
     """A message on a dead-letter topic lacks kingest's source headers."""
 
 
+#: Kafka errors a dead letter meets every time it is published again: the message
+#: itself is refused (too large for the producer or the topic, invalid), or the producer
+#: may not write the topic. The writer keeps such dead letters in the table at once.
+_PERMANENT_PUBLISH_ERRORS: Final = frozenset(
+    {
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_MSG,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_TIMESTAMP,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+        KafkaError.UNSUPPORTED_FOR_MESSAGE_FORMAT,
+        KafkaError.TOPIC_EXCEPTION,
+        KafkaError.POLICY_VIOLATION,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+        KafkaError.TRANSACTIONAL_ID_AUTHORIZATION_FAILED,
+        KafkaError._INVALID_ARG,
+        KafkaError._INVALID_TYPE,
+    }
+)
+
+
+def is_permanent_publish_error(error: KafkaError) -> bool:
+    """True when publishing the same dead letter again cannot succeed: an error of the
+    message or of the producer's rights, or a fatal error (the producer is unusable)."""
+    return error.code() in _PERMANENT_PUBLISH_ERRORS or error.fatal()
+
+
+@attrs.frozen
+class PublishFailure:
+    """One dead letter the broker did not confirm, and why."""
+
+    rejection: Rejection
+    #: The Kafka error name (e.g. MSG_SIZE_TOO_LARGE), or no_delivery_report.
+    reason: str
+    #: ``reason: the error's text``, for logs and the table's publish_error.
+    detail: str
+    permanent: bool
+
+    @classmethod
+    def of(cls, rejection: Rejection, error: KafkaError | None) -> PublishFailure:
+        if error is None:
+            reason = "no_delivery_report"
+            return cls(rejection, reason, f"{reason}: no delivery report in time", False)
+        reason = str(error.name())
+        return cls(rejection, reason, f"{reason}: {error.str()}", is_permanent_publish_error(error))
+
+
 class DeadLetterPublishError(RuntimeError):
-    """Some dead letters were not confirmed by the broker; publishing them is retried."""
+    """Some dead letters were not confirmed by the broker; ``failures`` says why, each."""
 
     def __init__(
-        self, message: str, unconfirmed: Sequence[Rejection], reason: str = "unconfirmed"
+        self,
+        message: str,
+        unconfirmed: Sequence[Rejection],
+        reason: str = "unconfirmed",
+        failures: Sequence[PublishFailure] = (),
     ) -> None:
         super().__init__(message)
         self.unconfirmed = list(unconfirmed)
         #: The Kafka error name of the last failed delivery (e.g. _MSG_TIMED_OUT).
         self.reason = reason
+        self.failures = list(failures) or [
+            PublishFailure(r, reason, f"{reason}: {message}", False) for r in unconfirmed
+        ]
 
 
 @attrs.frozen
@@ -207,6 +271,7 @@ class _Deliveries:
         self._lock = threading.Lock()
         self.pending = expected
         self.confirmed: set[int] = set()
+        self.errors: dict[int, KafkaError] = {}
         self.last_error: KafkaError | None = None
 
     def callback(self, index: int) -> Any:
@@ -216,9 +281,17 @@ class _Deliveries:
                 if error is None:
                     self.confirmed.add(index)
                 else:
+                    self.errors[index] = error
                     self.last_error = error
 
         return on_delivery
+
+    def refused(self, index: int, error: KafkaError) -> None:
+        """``produce()`` refused message ``index`` at once: no report will come."""
+        with self._lock:
+            self.pending -= 1
+            self.errors[index] = error
+            self.last_error = error
 
 
 class DeadLetterPublisher:
@@ -226,9 +299,11 @@ class DeadLetterPublisher:
 
     One idempotent producer (``acks=all``) shared by all writers; each call waits for
     the delivery reports of its own messages, serving callbacks by polling. A message
-    the broker did not confirm raises :class:`DeadLetterPublishError` naming how many;
-    the caller retries with backoff (only the failed ones are given again), and the
-    source offsets are not acknowledged meanwhile, so nothing is lost.
+    the broker did not confirm, or that ``produce()`` refused at once (too large for
+    ``message.max.bytes``), raises :class:`DeadLetterPublishError` with a
+    :class:`PublishFailure` each; the caller retries those that may succeed later with
+    backoff for at most :attr:`budget_s`, keeps the others in the table, and the source
+    offsets are not acknowledged meanwhile, so nothing is lost.
     """
 
     def __init__(
@@ -250,6 +325,8 @@ class DeadLetterPublisher:
         self._template = topic_template
         self._group = consumer_group
         self._timeout_s = delivery_timeout_s + 5.0
+        #: How long the caller retries a dead letter that may succeed later.
+        self.budget_s = delivery_timeout_s
 
     def topic_for(self, source_topic: str) -> str:
         return dead_letter_topic(self._template, source_topic)
@@ -272,26 +349,34 @@ class DeadLetterPublisher:
         deliveries = _Deliveries(len(rejections))
         for index, rejection in enumerate(rejections):
             dead_letter = DeadLetter(rejection, self._group, attempts, now)
-            self._produce(
-                self.topic_for(rejection.topic),
-                key=rejection.key,
-                value=rejection.value,
-                headers=encode_headers(dead_letter, traceparent),
-                timestamp=rejection.kafka_timestamp_ms or 0,
-                on_delivery=deliveries.callback(index),
-            )
+            try:
+                self._produce(
+                    self.topic_for(rejection.topic),
+                    key=rejection.key,
+                    value=rejection.value,
+                    headers=encode_headers(dead_letter, traceparent),
+                    timestamp=rejection.kafka_timestamp_ms or 0,
+                    on_delivery=deliveries.callback(index),
+                )
+            except KafkaException as refused:
+                deliveries.refused(index, refused.args[0])
         deadline = time.monotonic() + self._timeout_s
         while deliveries.pending > 0 and time.monotonic() < deadline:
             self._producer.poll(0.05)
         if len(deliveries.confirmed) < len(rejections):
-            unconfirmed = [r for i, r in enumerate(rejections) if i not in deliveries.confirmed]
+            failures = [
+                PublishFailure.of(r, deliveries.errors.get(i))
+                for i, r in enumerate(rejections)
+                if i not in deliveries.confirmed
+            ]
             error = deliveries.last_error
             reason = error.str() if error is not None else "no delivery report in time"
             raise DeadLetterPublishError(
-                f"{len(unconfirmed)} of {len(rejections)} dead letters not confirmed by "
+                f"{len(failures)} of {len(rejections)} dead letters not confirmed by "
                 f"the broker: {reason}",
-                unconfirmed,
+                [failure.rejection for failure in failures],
                 reason=str(error.name()) if error is not None else "no_delivery_report",
+                failures=failures,
             )
 
     def _produce(self, topic: str, **kwargs: Any) -> None:

@@ -171,6 +171,8 @@ class StoredDeadLetter:
     replayed_at: datetime | None = None
     replay_count: int = 0
     last_replay_outcome: str | None = None
+    #: Why it is not on the dead-letter topic (the topic did not take it), if so.
+    publish_error: str | None = None
 
     @property
     def coordinates(self) -> str:
@@ -214,6 +216,7 @@ class StoredDeadLetter:
             "replayed_at": _iso(self.replayed_at),
             "replay_count": self.replay_count,
             "last_replay_outcome": self.last_replay_outcome,
+            "publish_error": self.publish_error,
             "value_size": None if r.value is None else len(r.value),
         }
         if with_content:
@@ -297,7 +300,7 @@ _SELECT: Final = sql.SQL(
     "(extract(epoch FROM kafka_timestamp) * 1000)::int8, "
     "error_stage, error_class, error_message, sqlstate, event_id, event_type, "
     "correlation_id, consumer_group, attempts, dead_lettered_at, "
-    "replayed_at, replay_count, last_replay_outcome "
+    "replayed_at, replay_count, last_replay_outcome, publish_error "
     "FROM kingest.dead_letters"
 )
 _PENDING: Final = sql.SQL("(last_replay_outcome IS NULL OR last_replay_outcome = 'failed')")
@@ -327,6 +330,7 @@ def _from_row(row: Sequence[Any]) -> StoredDeadLetter:
         replayed_at,
         replay_count,
         outcome,
+        publish_error,
     ) = row
     rejection = Rejection(
         topic=topic,
@@ -353,6 +357,7 @@ def _from_row(row: Sequence[Any]) -> StoredDeadLetter:
         replayed_at=replayed_at,
         replay_count=replay_count,
         last_replay_outcome=outcome,
+        publish_error=publish_error,
     )
 
 

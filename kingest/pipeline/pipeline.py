@@ -196,6 +196,10 @@ class Pipeline:
             loop_idle_s=max(0.0, time.monotonic() - self._heartbeat),
             failure=failure,
             dead_actors=tuple(dead),
+            dead_letter_fallback=self.stats.dead_letter_fallback,
+            dead_letter_fallbacks=sum(
+                self.stats.series(catalog.DEAD_LETTER_PUBLISH_FAILURES).values()
+            ),
         )
 
     # ------------------------------------------------------------------ run
@@ -218,6 +222,7 @@ class Pipeline:
                 batch_size=pipeline.batch_size,
                 retry_initial_s=pipeline.retry_initial_s,
                 retry_max_s=pipeline.retry_max_s,
+                retry_budget=pipeline.retry_budget,
                 abandon=self._abandon,
                 consumer_group=settings.kafka.group_id,
                 dead_letter_table=settings.dead_letters.to_table,
@@ -560,6 +565,7 @@ def _open_dead_letter_publisher(settings: Settings) -> DeadLetterPublisher | Non
         client_config(settings, "dead-letters"),
         topic_template=settings.dead_letters.topic,
         consumer_group=settings.kafka.group_id,
+        delivery_timeout_s=settings.dead_letters.publish_timeout_s,
     )
 
 

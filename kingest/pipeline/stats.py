@@ -50,6 +50,9 @@ class PipelineStats:
         #: time.monotonic() when the first message was consumed, and of the latest write.
         self.first_consumed_at: float | None = None
         self.last_written_at: float | None = None
+        #: time.monotonic() and a description of the latest dead letter the dead-letter
+        #: topic did not take (kept in kingest.dead_letters instead), for /readyz.
+        self.dead_letter_fallback: tuple[float, str] | None = None
 
     def busy_seconds(self) -> float | None:
         """Seconds from the first consumed message to the latest committed write."""

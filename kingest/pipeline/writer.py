@@ -7,10 +7,16 @@ acknowledges each constituent batch to the offset committer.
 
 Failures are handled by class (see :mod:`kingest.store.errors`):
 
-* transient (connection lost, PostgreSQL restarting, deadlock, serialization failure,
-  pool timeout): retried with capped exponential backoff and full jitter, forever, until
-  it succeeds or the service abandons in-flight work at the drain deadline. Nothing is
-  dead-lettered because of an outage;
+* outages (connection lost, PostgreSQL shutting down or starting, out of resources, pool
+  timeout; :func:`kingest.store.errors.is_outage`): retried with capped exponential
+  backoff and equal jitter, forever, until it succeeds or the service abandons in-flight
+  work at the drain deadline. Nothing is dead-lettered because of an outage;
+* other transient errors (deadlock, serialization failure, lock or statement timeout, a
+  trigger's RAISE, any SQLSTATE not recognised): retried the same way, but at most
+  ``retry_budget`` times per write (``KINGEST_RETRY_BUDGET``); then the batch is bisected
+  like one with a permanent error (a statement timeout of a huge batch succeeds on its
+  halves), and a single row that still fails is dead-lettered as ``retries_exhausted``
+  with its SQLSTATE;
 * schema errors (SQLSTATE class 42: a missing table or column means the database was not
   migrated): raised, so the supervisor stops the service with a clear message;
 * other permanent errors (data exceptions, integrity violations): the batch is bisected
@@ -19,8 +25,14 @@ Failures are handled by class (see :mod:`kingest.store.errors`):
 
 Dead letters go into ``kingest.dead_letters`` in the same transaction as the rows (the
 table store), and/or to the dead-letter topic after that transaction committed (the
-topic store): a batch is acknowledged only once the broker confirmed every one of its
-dead letters. Publishing is retried like a transient database error.
+topic store): a batch is acknowledged only once every one of its dead letters is
+durable, confirmed by the broker or kept in the table. A dead letter the topic can never
+take (too large, invalid, not authorized) goes to the table at once; other failed
+publications are retried with backoff for the publish budget
+(``KINGEST_DEAD_LETTER_PUBLISH_TIMEOUT_S``), then go to the table too. Either way the
+table row records the error (``publish_error``), the failure is counted
+(``kingest.dead_letter.publish_failures``), logged with the dead letter's coordinates
+and reported by ``/readyz``: an unwritable dead-letter topic is an alert, not a stall.
 """
 
 from __future__ import annotations
@@ -37,22 +49,30 @@ from opentelemetry.trace import Link
 from psycopg_pool import ConnectionPool
 
 from actors import Actor, Supervisor
-from kingest.deadletter import DeadLetterPublisher, DeadLetterPublishError
+from kingest.deadletter import DeadLetterPublisher, DeadLetterPublishError, PublishFailure
 from kingest.pipeline.messages import Ack, WriteBatch
 from kingest.pipeline.stats import PipelineStats
 from kingest.store.errors import (
     ErrorKind,
     classify_db_error,
     first_line,
+    is_outage,
     is_schema_error,
     sqlstate_of,
 )
 from kingest.store.rows import Rejection, RowBatch
-from kingest.store.write import WriteResult, write_batch
+from kingest.store.write import WriteResult, store_unpublished_dead_letters, write_batch
 from kingest.telemetry import catalog, tracing
 from kingest.telemetry.metrics import PipelineMetrics
 
-__all__ = ["AbandonedError", "Backoff", "SchemaNotReadyError", "WriterActor"]
+__all__ = [
+    "RETRIES_EXHAUSTED",
+    "AbandonedError",
+    "Backoff",
+    "RetriesExhaustedError",
+    "SchemaNotReadyError",
+    "WriterActor",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,8 +85,27 @@ class SchemaNotReadyError(RuntimeError):
     """PostgreSQL rejected a statement as invalid SQL: the schema is missing or stale."""
 
 
+class RetriesExhaustedError(Exception):
+    """A transient error that is not an outage failed a write ``attempts`` times in a row.
+
+    It wraps the last error (``__cause__``, so its SQLSTATE stays readable) and reads as
+    that error's first line.
+    """
+
+    def __init__(self, error: Exception, attempts: int) -> None:
+        super().__init__(first_line(error))
+        self.attempts = attempts
+        self.__cause__ = error
+
+
+#: ``error_class`` of a row dead-lettered because its write exhausted the retry budget.
+RETRIES_EXHAUSTED = "retries_exhausted"
+
+
 class Backoff:
-    """Capped exponential backoff with full jitter (AWS architecture blog's variant)."""
+    """Capped exponential backoff with equal jitter: attempt ``n`` waits a uniform draw
+    from ``[c/2, c]`` where ``c = min(max_s, initial_s * 2**n)``, so a delay is never
+    shorter than half its ceiling (the AWS architecture blog's "equal jitter")."""
 
     def __init__(self, initial_s: float, max_s: float, rng: random.Random | None = None) -> None:
         self._initial = initial_s
@@ -75,7 +114,10 @@ class Backoff:
         self.attempts = 0
 
     def next_delay(self) -> float:
-        ceiling = min(self._max, self._initial * (2**self.attempts))
+        # The exponent stops growing once the cap is reached: an outage waited out for
+        # thousands of attempts must not overflow the float.
+        exponent = min(self.attempts, 64)
+        ceiling = min(self._max, self._initial * (2**exponent))
         self.attempts += 1
         return self._rng.uniform(ceiling / 2, ceiling)
 
@@ -117,6 +159,7 @@ class WriterActor(Actor[WriteBatch]):
         retry_initial_s: float,
         retry_max_s: float,
         abandon: threading.Event,
+        retry_budget: int = 5,
         consumer_group: str | None = None,
         dead_letter_table: bool = True,
         use_copy: bool = True,
@@ -131,6 +174,7 @@ class WriterActor(Actor[WriteBatch]):
         self._stats = stats
         self._batch_size = batch_size
         self._backoff = Backoff(retry_initial_s, retry_max_s)
+        self._retry_budget = retry_budget
         self._abandon = abandon
         self._consumer_group = consumer_group
         self._dead_letter_table = dead_letter_table
@@ -188,7 +232,8 @@ class WriterActor(Actor[WriteBatch]):
     # ------------------------------------------------------------------ failure handling
 
     def _write_isolating_failures(self, rows: RowBatch) -> None:
-        """Write ``rows``; bisect on permanent errors so only offending events dead-letter."""
+        """Write ``rows``; bisect on permanent errors and exhausted retry budgets so only
+        offending events dead-letter."""
         with tracing.db_write_span(
             rows, self._trace_links, dead_letters=self._dead_letter_table
         ) as span:
@@ -197,9 +242,14 @@ class WriterActor(Actor[WriteBatch]):
         if error is None:
             return
         if rows.event_count <= 1:
+            exhausted = isinstance(error, RetriesExhaustedError)
             rejected = rows.as_rejected(
-                error_class=type(error).__name__,
-                error_message=first_line(error),
+                error_class=RETRIES_EXHAUSTED if exhausted else type(error).__name__,
+                error_message=(
+                    f"{first_line(error)} (still failing after {error.attempts} attempts)"
+                    if isinstance(error, RetriesExhaustedError)
+                    else first_line(error)
+                ),
                 sqlstate=sqlstate_of(error),
             )
             dead = next((r for r in rejected.rejections if r.error_stage == "write"), None)
@@ -229,14 +279,25 @@ class WriterActor(Actor[WriteBatch]):
             if failure is not None:
                 raise failure
             return
+        if isinstance(error, RetriesExhaustedError):
+            log.warning(
+                "a batch of %d events failed %d times in a row; splitting it: %s",
+                rows.event_count,
+                error.attempts,
+                error,
+                extra={"sqlstate": sqlstate_of(error)},
+            )
         first_half, second_half = rows.halves()
         with tracing.bisect_span(rows):
             self._write_isolating_failures(first_half)
             self._write_isolating_failures(second_half)
 
     def _write_retrying(self, rows: RowBatch) -> Exception | None:
-        """Write in one transaction, retrying transient errors; return a permanent error."""
+        """Write in one transaction, retrying transient errors; return a permanent error,
+        or a :class:`RetriesExhaustedError` once ``retry_budget`` attempts failed with a
+        transient error that is not an outage (outages are retried forever)."""
         self._backoff.reset()
+        failures = 0
         while True:
             if self._abandon.is_set():
                 raise AbandonedError
@@ -257,6 +318,10 @@ class WriterActor(Actor[WriteBatch]):
                     raise SchemaNotReadyError(_schema_error_text(error)) from error
                 if classify_db_error(error) is ErrorKind.PERMANENT:
                     return error
+                if not is_outage(error):
+                    failures += 1
+                    if failures >= self._retry_budget:
+                        return RetriesExhaustedError(error, failures)
                 delay = self._backoff.next_delay()
                 self._stats.count(catalog.RETRIES, {("write", _retry_reason(error)): 1})
                 tracing.record_retry(error, delay, self._backoff.attempts)
@@ -297,17 +362,27 @@ class WriterActor(Actor[WriteBatch]):
     def _publish_retrying(
         self, publisher: DeadLetterPublisher, rejections: list[Rejection]
     ) -> None:
-        """Publish to the dead-letter topic until the broker confirmed every message."""
+        """Publish to the dead-letter topic; keep in the table what it does not take.
+
+        Failures that can never succeed go to the table at once; the others are retried
+        with backoff until ``publisher.budget_s`` has passed since the first attempt.
+        """
         self._backoff.reset()
+        deadline = time.monotonic() + publisher.budget_s
         pending = rejections
-        while True:
+        unpublished: list[PublishFailure] = []
+        while pending:
             if self._abandon.is_set():
                 raise AbandonedError
             try:
                 publisher.publish(pending)
             except DeadLetterPublishError as error:
-                pending = error.unconfirmed
-                delay = self._backoff.next_delay()
+                spent = time.monotonic() >= deadline
+                unpublished += [f for f in error.failures if f.permanent or spent]
+                pending = [f.rejection for f in error.failures if not (f.permanent or spent)]
+                if not pending:
+                    break
+                delay = min(self._backoff.next_delay(), max(0.0, deadline - time.monotonic()))
                 self._stats.count(catalog.RETRIES, {("dead_letter_publish", error.reason): 1})
                 log.warning(
                     "dead-letter topic unavailable, retrying in %.2fs (attempt %d): %s",
@@ -318,5 +393,69 @@ class WriterActor(Actor[WriteBatch]):
                 if self._abandon.wait(delay):
                     raise AbandonedError from error
                 continue
-            self._stats.add(dead_letters_published=len(rejections))
-            return
+            break
+        if unpublished:
+            self._keep_unpublished(unpublished)
+        self._stats.add(dead_letters_published=len(rejections) - len(unpublished))
+
+    def _keep_unpublished(self, failures: list[PublishFailure]) -> None:
+        """Store dead letters the topic did not take in the table, with their error;
+        retried like a database write (an outage forever, other errors ``retry_budget``
+        times, after which the writer fails rather than acknowledge them)."""
+        for failure in failures:
+            r = failure.rejection
+            log.error(
+                "dead letter not published to the dead-letter topic; kept in "
+                "kingest.dead_letters: %s",
+                failure.detail,
+                extra={
+                    "topic": r.topic,
+                    "partition": r.partition,
+                    "offset": r.offset,
+                    "correlation_id": r.correlation_id,
+                    "event_id": r.event_id,
+                    "error_type": failure.reason,
+                },
+            )
+        self._backoff.reset()
+        failed = 0
+        while True:
+            if self._abandon.is_set():
+                raise AbandonedError
+            try:
+                with self._pool.connection() as conn:
+                    store_unpublished_dead_letters(
+                        conn,
+                        [(f.rejection, f.detail) for f in failures],
+                        consumer_group=self._consumer_group,
+                    )
+                break
+            except Exception as error:
+                if is_schema_error(error):
+                    raise SchemaNotReadyError(_schema_error_text(error)) from error
+                if not is_outage(error):
+                    failed += 1
+                    if classify_db_error(error) is ErrorKind.PERMANENT:
+                        raise
+                    if failed >= self._retry_budget:
+                        raise RetriesExhaustedError(error, failed) from error
+                delay = self._backoff.next_delay()
+                self._stats.count(catalog.RETRIES, {("write", _retry_reason(error)): 1})
+                log.warning(
+                    "transient database error keeping unpublished dead letters, retrying "
+                    "in %.2fs (attempt %d): %s",
+                    delay,
+                    self._backoff.attempts,
+                    str(error).strip() or type(error).__name__,
+                )
+                if self._abandon.wait(delay):
+                    raise AbandonedError from error
+        reasons: dict[tuple[str, ...], int] = {}
+        for failure in failures:
+            reasons[(failure.reason,)] = reasons.get((failure.reason,), 0) + 1
+        self._stats.count(catalog.DEAD_LETTER_PUBLISH_FAILURES, reasons)
+        last = failures[-1].rejection
+        self._stats.dead_letter_fallback = (
+            time.monotonic(),
+            f"{last.topic}:{last.partition}:{last.offset} {failures[-1].detail}",
+        )

@@ -2,13 +2,20 @@
 
 The writer's decision rests on this: a **transient** error (the server is restarting,
 the connection dropped, a deadlock or serialization conflict, a lock wait that timed
-out) is retried with backoff and never dead-letters anything, since the same batch will
-succeed later. A **permanent** error (the data itself is unacceptable: a NUL character in
-text, a value out of range, a constraint violation) fails the same way every time, so
-the writer bisects the batch down to the offending row and dead-letters only that row.
+out) is retried with backoff, since the same batch may well succeed later. A
+**permanent** error (the data itself is unacceptable: a NUL character in text, a value
+out of range, a constraint violation) fails the same way every time, so the writer
+bisects the batch down to the offending row and dead-letters only that row.
 
-Anything not recognised is transient: retrying forever is visible (metrics, logs) and
-loses nothing, while dead-lettering on doubt could discard good events.
+Transient errors are of two kinds. An **outage** (:func:`is_outage`: no connection,
+the server shutting down or starting, out of resources, a pool timeout) says nothing
+about the rows: it is waited out forever and never dead-letters anything. Every other
+transient error (deadlock, serialization failure, lock or statement timeout, a trigger's
+``RAISE``, a prepared statement a transaction-mode pooler lost, any SQLSTATE not
+recognised) may be caused by the batch itself, so the writer retries it a bounded
+number of times, then bisects the batch and dead-letters a single row that still fails
+(``retries_exhausted``). Anything not recognised is transient: a few retries lose
+nothing, while dead-lettering at the first doubt could discard good events.
 
 A SQL error of class 42 (undefined table or column, syntax, permission) is permanent
 but is not about any row: it means the schema is missing or older than the code.
@@ -23,7 +30,14 @@ from typing import Final
 
 import psycopg
 
-__all__ = ["ErrorKind", "classify_db_error", "first_line", "is_schema_error", "sqlstate_of"]
+__all__ = [
+    "ErrorKind",
+    "classify_db_error",
+    "first_line",
+    "is_outage",
+    "is_schema_error",
+    "sqlstate_of",
+]
 
 
 class ErrorKind(enum.Enum):
@@ -58,6 +72,23 @@ _PERMANENT_CLASSES: Final = frozenset(
     }
 )
 _SCHEMA_CLASSES: Final = frozenset({"42", "3F"})
+#: SQLSTATE classes and codes of outages: the server or the way to it is unavailable.
+_OUTAGE_CLASSES: Final = frozenset(
+    {
+        "08",  # connection exception
+        "53",  # insufficient resources (disk full, out of memory, too many connections)
+    }
+)
+_OUTAGE_STATES: Final = frozenset(
+    {
+        "57P01",  # admin_shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now (starting up, in recovery)
+        "57P04",  # database_dropped
+        "57P05",  # idle_session_timeout
+        "25006",  # read_only_sql_transaction: a standby answers during a failover
+    }
+)
 
 
 def sqlstate_of(exc: BaseException) -> str | None:
@@ -89,6 +120,23 @@ def classify_db_error(exc: BaseException) -> ErrorKind:
     # Connection lost (OperationalError, InterfaceError without SQLSTATE), pool
     # timeouts, and anything unknown: retry rather than dead-letter on doubt.
     return ErrorKind.TRANSIENT
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True for a transient error that says nothing about the rows: the database is
+    unreachable, shutting down or starting, or out of resources; a connection lost
+    without SQLSTATE; a pool timeout. The writer waits those out forever.
+
+    False for every other error, transient ones included (they get a retry budget).
+    """
+    sqlstate = sqlstate_of(exc)
+    if sqlstate is not None:
+        return sqlstate in _OUTAGE_STATES or sqlstate[:2] in _OUTAGE_CLASSES
+    if isinstance(exc, psycopg.DataError):
+        return False
+    # Without SQLSTATE: psycopg's connection errors (OperationalError, InterfaceError),
+    # psycopg_pool's PoolTimeout (an OperationalError) and socket errors.
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError)
 
 
 def is_schema_error(exc: BaseException) -> bool:

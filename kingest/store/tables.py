@@ -42,6 +42,7 @@ __all__ = [
     "ENVELOPE",
     "FACT_TABLES",
     "INSERT_DEAD_LETTER",
+    "INSERT_UNPUBLISHED_DEAD_LETTER",
     "RUN_STATUS_PRECEDENCE",
     "TABLES_BY_EVENT_TYPE",
     "WRITE_PLAN",
@@ -502,6 +503,22 @@ INSERT INTO {SCHEMA}.dead_letters (
     %s, %s, %s, %s, %s, %s, %s, %s
 )
 ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING"""
+
+#: A dead letter the dead-letter topic did not take, with why (the parameters of
+#: :data:`INSERT_DEAD_LETTER`, then ``publish_error``). A row already stored for it (the
+#: table store too, or a redelivery) gets the error.
+INSERT_UNPUBLISHED_DEAD_LETTER = f"""
+INSERT INTO {SCHEMA}.dead_letters (
+    kafka_topic, kafka_partition, kafka_offset, message_key, message_value,
+    header_keys, header_values, kafka_timestamp, error_stage, error_class, error_message,
+    sqlstate, event_id, event_type, correlation_id, consumer_group, publish_error
+) VALUES (
+    %s, %s, %s, %b, %b, %s::text[], %b::bytea[],
+    'epoch'::timestamptz + %s::int8 * '1 millisecond'::interval,
+    %s, %s, %s, %s, %s, %s, %s, %s, %s
+)
+ON CONFLICT (kafka_topic, kafka_partition, kafka_offset)
+DO UPDATE SET publish_error = EXCLUDED.publish_error"""
 
 
 def iter_statement_tables() -> Iterator[FactTable]:

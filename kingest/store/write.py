@@ -34,9 +34,15 @@ from psycopg.pq import Format, TransactionStatus
 
 from kingest.store.copy import copy_rows
 from kingest.store.rows import Rejection, RowBatch
-from kingest.store.tables import INSERT_DEAD_LETTER, TABLES_BY_EVENT_TYPE, WRITE_PLAN, ColumnType
+from kingest.store.tables import (
+    INSERT_DEAD_LETTER,
+    INSERT_UNPUBLISHED_DEAD_LETTER,
+    TABLES_BY_EVENT_TYPE,
+    WRITE_PLAN,
+    ColumnType,
+)
 
-__all__ = ["WriteResult", "dead_letter_params", "write_batch"]
+__all__ = ["WriteResult", "dead_letter_params", "store_unpublished_dead_letters", "write_batch"]
 
 
 @attrs.frozen
@@ -343,3 +349,23 @@ def write_batch(
         copied=tuple(copied),
         copy_fallbacks=tuple(fallbacks),
     )
+
+
+def store_unpublished_dead_letters(
+    conn: psycopg.Connection[Any],
+    unpublished: Sequence[tuple[Rejection, str]],
+    *,
+    consumer_group: str | None = None,
+) -> None:
+    """Keep dead letters the dead-letter topic did not take, each with its publish error,
+    in ``kingest.dead_letters`` in one transaction; a row already there gets the error."""
+    if not unpublished:
+        return
+    with conn.transaction(), conn.cursor() as cursor:
+        cursor.executemany(
+            INSERT_UNPUBLISHED_DEAD_LETTER,
+            [
+                (*dead_letter_params(rejection, consumer_group), _clean_text(error))
+                for rejection, error in unpublished
+            ],
+        )

@@ -26,6 +26,7 @@ __all__ = [
     "CONSUMER_LAG",
     "DB_WRITE_DURATION",
     "DEAD_LETTERS",
+    "DEAD_LETTER_PUBLISH_FAILURES",
     "END_TO_END_LATENCY",
     "EVENTS_PROCESSED",
     "MAILBOX_DEPTH",
@@ -109,6 +110,15 @@ DEAD_LETTERS: Final = MetricSpec(
     "Messages stored as dead letters, by stage (decode, validate, write) and reason "
     "(error class, e.g. invalid_protobuf or a PostgreSQL error name).",
     ("kingest.error.stage", "error.type"),
+)
+DEAD_LETTER_PUBLISH_FAILURES: Final = MetricSpec(
+    "kingest.dead_letter.publish_failures",
+    "counter",
+    "{message}",
+    "Dead letters the dead-letter topic did not take (a permanent Kafka error, or the "
+    "publish budget spent) and that were kept in kingest.dead_letters instead, by the "
+    "Kafka error name (e.g. MSG_SIZE_TOO_LARGE, TOPIC_AUTHORIZATION_FAILED, _MSG_TIMED_OUT).",
+    ("error.type",),
 )
 RETRIES: Final = MetricSpec(
     "kingest.retries",
@@ -237,6 +247,7 @@ ALL: Final[tuple[MetricSpec, ...]] = (
     MESSAGES_CONSUMED,
     EVENTS_PROCESSED,
     DEAD_LETTERS,
+    DEAD_LETTER_PUBLISH_FAILURES,
     RETRIES,
     BATCH_SIZE,
     DB_WRITE_DURATION,

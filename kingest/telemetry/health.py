@@ -12,6 +12,12 @@ answers a ``SELECT 1`` (probed at most every two seconds, with a two-second conn
 timeout, on a connection of its own), and no consumed message has waited longer than
 ``KINGEST_HEALTH_MAX_UNACKED_AGE_S`` to become durable.
 
+A pipeline that works around a failure stays ready but says so: when a dead letter the
+dead-letter topic did not take was kept in ``kingest.dead_letters`` within the last
+:data:`DEGRADED_FOR_S`, readiness has a passing ``dead_letter_topic`` check marked
+degraded (the JSON status is then ``degraded``, the response still 200). A pipeline that
+stalls instead fails the ``progress`` check.
+
 Both are computed from a :class:`~kingest.telemetry.metrics.PipelineState` snapshot: the
 HTTP thread never touches the consumer or the writers.
 """
@@ -31,11 +37,13 @@ from kingest.config import Settings, safe_error_text
 from kingest.store.errors import first_line
 from kingest.telemetry.metrics import PipelineState, StateSource
 
-__all__ = ["Check", "DatabaseProbe", "HealthChecks", "Report"]
+__all__ = ["DEGRADED_FOR_S", "Check", "DatabaseProbe", "HealthChecks", "Report"]
 
 #: How long a database probe's answer is reused, and its connect timeout (libpq's least).
 PROBE_CACHE_S = 2.0
 PROBE_TIMEOUT_S = 2
+#: How long readiness reports a dead letter kept in the table instead of the topic.
+DEGRADED_FOR_S = 900.0
 
 
 @attrs.frozen
@@ -43,6 +51,8 @@ class Check:
     name: str
     ok: bool
     detail: str
+    #: Passing, but working around a failure (see the module docstring).
+    degraded: bool = False
 
 
 @attrs.frozen
@@ -59,10 +69,16 @@ class Report:
     def failed(self) -> list[str]:
         return [check.name for check in self.checks if not check.ok]
 
+    @property
+    def degraded(self) -> list[str]:
+        return [check.name for check in self.checks if check.degraded]
+
     def as_json(self) -> dict[str, Any]:
+        status = "fail" if not self.ok else "degraded" if self.degraded else "ok"
         return {
-            "status": "ok" if self.ok else "fail",
+            "status": status,
             "failed": self.failed,
+            "degraded": self.degraded,
             "checks": {c.name: {"ok": c.ok, "detail": c.detail} for c in self.checks},
         }
 
@@ -121,12 +137,14 @@ class HealthChecks:
         state = self._source.state()
         live = self.liveness(state).checks
         ok, detail = self._database()
+        fallback = self._dead_letter_topic(state)
         return Report(
             (
                 *live,
                 self._partitions(state),
                 Check("database", ok, detail),
                 self._progress(state),
+                *((fallback,) if fallback is not None else ()),
             )
         )
 
@@ -161,6 +179,23 @@ class HealthChecks:
             return Check("partitions", False, "waiting for the group to assign partitions")
         count = len(state.partitions)
         return Check("partitions", True, f"{count} assigned, {state.paused_count} paused")
+
+    @staticmethod
+    def _dead_letter_topic(state: PipelineState) -> Check | None:
+        if state.dead_letter_fallback is None:
+            return None
+        at, last = state.dead_letter_fallback
+        age = time.monotonic() - at
+        if age > DEGRADED_FOR_S:
+            return None
+        return Check(
+            "dead_letter_topic",
+            True,
+            f"degraded: {state.dead_letter_fallbacks} dead letters not taken by the "
+            f"dead-letter topic were kept in kingest.dead_letters; the latest {age:.0f} s "
+            f"ago: {last}",
+            degraded=True,
+        )
 
     def _progress(self, state: PipelineState) -> Check:
         age = state.oldest_unacked_age_s()

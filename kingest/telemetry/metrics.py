@@ -87,6 +87,10 @@ class PipelineState:
     failure: str | None = None
     #: Actors whose thread is gone although the pipeline runs.
     dead_actors: tuple[str, ...] = ()
+    #: time.monotonic() and a description of the latest dead letter the dead-letter topic
+    #: did not take (kept in kingest.dead_letters), and how many there were in all.
+    dead_letter_fallback: tuple[float, str] | None = None
+    dead_letter_fallbacks: int = 0
 
     @property
     def paused_count(self) -> int:

@@ -209,6 +209,20 @@ ROWS = (
                 ),
                 unit="suffix: /s",
             ),
+            Panel(
+                "Dead letters the topic did not take",
+                "Dead letters kept in kingest.dead_letters because the dead-letter topic "
+                "refused them (too large, not authorized) or kept failing for the publish "
+                "budget, per second, by Kafka error. Their publish_error column says why.",
+                (
+                    q(
+                        "sum by (error_type) "
+                        f"(rate(kingest_dead_letter_publish_failures_total{{{INST}}}{RATE}))",
+                        "{{error_type}}",
+                    ),
+                ),
+                unit=MSG_PER_S,
+            ),
         ),
     ),
     Row(

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from confluent_kafka import KafkaError
 
 from kingest.config import ConfigError, load_settings
 from kingest.deadletter import (
@@ -24,6 +25,7 @@ from kingest.deadletter import (
     dead_letter_topic,
     decode_message,
     encode_headers,
+    is_permanent_publish_error,
 )
 from kingest.store.rows import Rejection
 
@@ -163,3 +165,26 @@ def test_the_readme_documents_every_dead_letter_header() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     for name, meaning in HEADERS.items():
         assert f"| `{name}` | {meaning} |" in readme, name
+
+
+@pytest.mark.parametrize(
+    ("code", "permanent"),
+    [
+        (KafkaError.MSG_SIZE_TOO_LARGE, True),
+        (KafkaError.INVALID_RECORD, True),
+        (KafkaError.TOPIC_AUTHORIZATION_FAILED, True),
+        (KafkaError.CLUSTER_AUTHORIZATION_FAILED, True),
+        (KafkaError.POLICY_VIOLATION, True),
+        (KafkaError._MSG_TIMED_OUT, False),
+        (KafkaError.UNKNOWN_TOPIC_OR_PART, False),
+        (KafkaError._UNKNOWN_TOPIC, False),
+        (KafkaError.NOT_ENOUGH_REPLICAS, False),
+        (KafkaError._TRANSPORT, False),
+    ],
+)
+def test_publish_errors_that_can_never_succeed_are_told_apart(code: int, permanent: bool) -> None:
+    assert is_permanent_publish_error(KafkaError(code)) is permanent
+
+
+def test_a_fatal_producer_error_is_permanent() -> None:
+    assert is_permanent_publish_error(KafkaError(KafkaError._FATAL, fatal=True))

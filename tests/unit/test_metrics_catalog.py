@@ -212,3 +212,25 @@ def test_readme_embeds_the_current_metric_reference() -> None:
     assert readme[start:end] == reference_markdown(), (
         "paste kingest.telemetry.metrics.reference_markdown() into the README"
     )
+
+
+def test_a_dead_letter_kept_in_the_table_instead_of_the_topic_is_ready_but_degraded() -> None:
+    fallback = (time.monotonic() - 3.0, "events:0:17 MSG_SIZE_TOO_LARGE: Message size too large")
+    state = PipelineState(
+        (partition(1.0),),
+        phase="running",
+        joined=True,
+        dead_letter_fallback=fallback,
+        dead_letter_fallbacks=2,
+    )
+    report = checks_for(state).readiness()
+    assert verdict(report) == (True, [])
+    body = report.as_json()
+    assert (body["status"], body["degraded"]) == ("degraded", ["dead_letter_topic"])
+    detail = body["checks"]["dead_letter_topic"]["detail"]
+    assert detail.startswith("degraded: 2 dead letters not taken by the dead-letter topic")
+    assert "events:0:17 MSG_SIZE_TOO_LARGE" in detail
+    old = PipelineState(
+        phase="running", joined=True, dead_letter_fallback=(time.monotonic() - 3600, "x")
+    )
+    assert checks_for(old).readiness().as_json()["status"] == "ok"

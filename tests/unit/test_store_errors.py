@@ -7,7 +7,13 @@ import psycopg_pool
 import pytest
 from psycopg import errors
 
-from kingest.store.errors import ErrorKind, classify_db_error, is_schema_error, sqlstate_of
+from kingest.store.errors import (
+    ErrorKind,
+    classify_db_error,
+    is_outage,
+    is_schema_error,
+    sqlstate_of,
+)
 
 TRANSIENT = ErrorKind.TRANSIENT
 PERMANENT = ErrorKind.PERMANENT
@@ -100,3 +106,53 @@ def test_sqlstate_of_survives_a_cause_cycle() -> None:
     second.__cause__ = first
     assert sqlstate_of(first) is None
     assert classify_db_error(first) is TRANSIENT
+
+
+@pytest.mark.parametrize(
+    ("error", "outage"),
+    [
+        # The server or the path to it is away: waited out forever, nothing dead-letters.
+        (errors.ConnectionFailure(), True),  # 08006
+        (errors.SqlclientUnableToEstablishSqlconnection(), True),  # 08001
+        (errors.AdminShutdown(), True),  # 57P01
+        (errors.CrashShutdown(), True),  # 57P02
+        (errors.CannotConnectNow(), True),  # 57P03 (server starting)
+        (errors.DatabaseDropped(), True),  # 57P04
+        (errors.IdleSessionTimeout(), True),  # 57P05
+        (errors.TooManyConnections(), True),  # 53300
+        (errors.DiskFull(), True),  # 53100
+        (errors.OutOfMemory(), True),  # 53200
+        (errors.ReadOnlySqlTransaction(), True),  # 25006 (a standby during a failover)
+        (psycopg.OperationalError("server closed the connection unexpectedly"), True),
+        (psycopg.InterfaceError("the connection is closed"), True),
+        (psycopg_pool.PoolTimeout("couldn't get a connection after 30 sec"), True),
+        (ConnectionResetError("reset by peer"), True),
+        # Transient but possibly deterministic: a bounded retry budget, then bisection.
+        (errors.SerializationFailure(), False),  # 40001
+        (errors.DeadlockDetected(), False),  # 40P01
+        (errors.LockNotAvailable(), False),  # 55P03
+        (errors.QueryCanceled(), False),  # 57014 (statement_timeout)
+        (errors.RaiseException(), False),  # P0001 (a trigger's RAISE)
+        (errors.InvalidSqlStatementName(), False),  # 26000 (PgBouncer, transaction mode)
+        (errors.IoError(), False),  # 58030
+        (errors.InternalError_(), False),  # XX000
+        (ValueError("something else"), False),
+        # Permanent errors are not outages either.
+        (errors.CheckViolation(), False),
+        (errors.UndefinedTable(), False),
+    ],
+    ids=lambda value: type(value).__name__ if isinstance(value, BaseException) else str(value),
+)
+def test_outages_are_told_from_errors_a_retry_budget_bounds(
+    error: BaseException, outage: bool
+) -> None:
+    assert is_outage(error) is outage
+
+
+def test_a_custom_sqlstate_is_transient_but_not_an_outage() -> None:
+    class CustomState(psycopg.Error):
+        sqlstate = "KG001"  # what a trigger's RAISE ... USING ERRCODE = 'KG001' reports
+
+    error = CustomState("raised by a trigger")
+    assert classify_db_error(error) is TRANSIENT
+    assert not is_outage(error)
