@@ -16,13 +16,20 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from kingest.deadletter import DeadLetter, decode_message
+from kingest.deadletter import DeadLetter, decode_message, encode_headers
 from kingest.devstack import create_topic
-from kingest.dlq import DeadLetterFilter, StoredDeadLetter, _with_table_state, list_dead_letters
+from kingest.dlq import (
+    DeadLetterFilter,
+    ReplayPlan,
+    StoredDeadLetter,
+    _with_table_state,
+    list_dead_letters,
+    replay,
+)
 from kingest.pipeline.pipeline import RunOutcome
 from kingest.schema.codec import decode_event, encode_event
 from kingest.store.migrate import apply_migrations
-from kingest.store.rows import derive_event_id
+from kingest.store.rows import Rejection, derive_event_id
 from kingest.synth import SyntheticRecord, SyntheticStream
 from tests.integration.raw_headers import produce_raw
 from tests.integration.support import (
@@ -250,3 +257,48 @@ def assert_dead_letter_rows(url: str, sent: Sent) -> None:
             assert raw is not None
             sane = next(ok for ts, ok in TIMESTAMPS.values() if ts == raw)
             assert stored_at == (EPOCH + timedelta(milliseconds=raw) if sane else None)
+
+
+def test_a_dead_letter_topic_message_with_undecodable_headers_is_not_a_dead_letter(
+    kafka_bootstrap: str, database_url: str, topic_factory: Callable[[int], str]
+) -> None:
+    """`kingest dlq replay --from topic` reads past it (counted as not a dead letter)."""
+    dlq_topic = topic_factory(1)
+    apply_migrations(database_url)
+    letter = DeadLetter(
+        Rejection(
+            topic="events",
+            partition=0,
+            offset=3,
+            key=None,
+            value=b"\xff\x00",
+            headers=(),
+            kafka_timestamp_ms=2**63 - 1,
+            error_stage="decode",
+            error_class="invalid_protobuf",
+            error_message="bad",
+        ),
+        "g",
+        1,
+        datetime.now(UTC),
+    )
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(dlq_topic, value=b"\xff\x00", headers=encode_headers(letter), partition=0)
+    assert producer.flush(30) == 0
+    produce_raw(
+        kafka_bootstrap,
+        dlq_topic,
+        0,
+        b"\xff\x00",
+        [*BAD_HEADERS, (b"kingest.dlq.source.topic", b"events")],
+    )
+    assert _high_watermark(kafka_bootstrap, dlq_topic) == 2
+
+    plan = ReplayPlan(source="topic", destination="pipeline", dead_letter_topics=(dlq_topic,))
+    summary = replay(
+        plan, database_url=database_url, kafka_config={"bootstrap.servers": kafka_bootstrap}
+    )
+    assert (summary.replayed, summary.not_dead_letters, summary.still_failing) == (1, 1, 1)
+    assert _select(
+        database_url, "SELECT kafka_offset, kafka_timestamp FROM kingest.dead_letters"
+    ) == [(3, None)]
