@@ -279,10 +279,10 @@ class DeadLetterPublisher:
                 key=rejection.key,
                 value=rejection.value,
                 headers=encode_headers(dead_letter, traceparent),
-                # A timestamp outside the years 1-9999 is none (the producer's time):
-                # brokers refuse far-future ones (message.timestamp.after.max.ms) and
-                # time-based retention never deletes them; the raw value stays in
-                # the kingest.dlq.source.timestamp header.
+                # A timestamp outside the years 1-9999 is left out (0: librdkafka
+                # stamps the time of publication): brokers refuse far-future ones
+                # (message.timestamp.after.max.ms) and time-based retention would
+                # never delete them; the raw value is in kingest.dlq.source.timestamp.
                 timestamp=storable_timestamp_ms(rejection.kafka_timestamp_ms) or 0,
                 on_delivery=deliveries.callback(index),
             )

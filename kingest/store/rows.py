@@ -202,6 +202,8 @@ class UnreadableHeaders(list[tuple[str, bytes | None]]):
 #: tuple in it holds NULL: unpacking it crashes the process) and leaves the exception
 #: pending for whatever runs next.
 _read_headers: Final = operator.methodcaller("headers")
+#: At most this many bytes of an undecodable header name are quoted in the reason.
+_SHOWN_NAME_BYTES: Final = 200
 
 
 def message_headers(record: _HasHeaders) -> Headers | None:
@@ -217,7 +219,7 @@ def message_headers(record: _HasHeaders) -> Headers | None:
     except (SystemError, UnicodeError) as error:
         cause = error if isinstance(error, UnicodeDecodeError) else error.__cause__
         if isinstance(cause, UnicodeDecodeError) and isinstance(cause.object, bytes):
-            detail = f"header name {cause.object!r} is not UTF-8"
+            detail = f"header name {cause.object[:_SHOWN_NAME_BYTES]!r} is not UTF-8"
         else:
             detail = f"{type(error).__name__}: {error}"
         unreadable = UnreadableHeaders(
