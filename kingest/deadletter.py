@@ -4,7 +4,9 @@ A dead letter goes to the ``kingest.dead_letters`` table (in the same transactio
 the rows around it), to a dead-letter topic, or to both (``KINGEST_DEAD_LETTER_STORE``).
 On the topic, a dead letter is the original message, byte for byte, plus headers:
 
-* key and value: the original ones; the Kafka timestamp: the original one;
+* key and value: the original ones; the Kafka timestamp: the original one when it
+  falls in the years 1-9999 (else none: the time of publication), and in any case the
+  original value in the ``kingest.dlq.source.timestamp`` header;
 * headers: the original headers first, in order, then ``kingest.dlq.*`` headers with
   the source coordinates and the reason (UTF-8 text values, see :data:`HEADERS`);
 * ``traceparent``, last: the W3C trace context of the dead-lettering work when there
@@ -39,7 +41,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from opentelemetry import propagate
 
 from kingest.config import dead_letter_topic
-from kingest.store.rows import Headers, Rejection
+from kingest.store.rows import Headers, Rejection, storable_timestamp_ms
 from kingest.telemetry import tracing
 
 __all__ = [
@@ -355,7 +357,11 @@ class DeadLetterPublisher:
                     key=rejection.key,
                     value=rejection.value,
                     headers=encode_headers(dead_letter, traceparent),
-                    timestamp=rejection.kafka_timestamp_ms or 0,
+                    # A timestamp outside the years 1-9999 is left out (0: librdkafka
+                    # stamps the time of publication): brokers refuse far-future ones
+                    # (message.timestamp.after.max.ms) and time-based retention would
+                    # never delete them; the raw value is in kingest.dlq.source.timestamp.
+                    timestamp=storable_timestamp_ms(rejection.kafka_timestamp_ms) or 0,
                     on_delivery=deliveries.callback(index),
                 )
             except KafkaException as refused:

@@ -60,7 +60,9 @@ from kingest.store.rows import (
     REPLAY_OF_HEADER,
     Rejection,
     RowBatch,
+    message_headers,
     replay_digest,
+    storable_timestamp_ms,
     verified_replay_of,
 )
 from kingest.store.write import write_batch
@@ -234,8 +236,13 @@ def _iso(moment: datetime | None) -> str | None:
     return None if moment is None else moment.astimezone(UTC).isoformat()
 
 
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _from_epoch_ms(ms: int | None) -> datetime | None:
-    return None if ms is None else datetime.fromtimestamp(ms / 1000, UTC)
+    """A Kafka timestamp as a datetime; None when it has none a datetime can hold."""
+    storable = storable_timestamp_ms(ms)
+    return None if storable is None else _EPOCH + timedelta(milliseconds=storable)
 
 
 # --------------------------------------------------------------------------- filters
@@ -706,7 +713,7 @@ def _import_params(dead_letter: StoredDeadLetter) -> tuple[Any, ...]:
         r.value,
         [_text(key) for key, _ in r.headers],
         [value for _, value in r.headers],
-        r.kafka_timestamp_ms,
+        storable_timestamp_ms(r.kafka_timestamp_ms),
         stage,
         _text(r.error_class),
         _text(r.error_message),
@@ -838,7 +845,7 @@ def _dead_letter_of(
         return None
     try:
         return StoredDeadLetter.from_topic(
-            decode_message(message.key(), message.value(), message.headers())
+            decode_message(message.key(), message.value(), message_headers(message))
         )
     except NotADeadLetterError:
         summary.not_dead_letters += 1

@@ -54,10 +54,18 @@ def records_size(records: Sequence[KafkaRecord]) -> int:
     )
 
 
+#: How far in the future a Kafka timestamp may be (clock skew) and still be a latency.
+FUTURE_TIMESTAMP_SLACK_MS = 60_000
+
+
 def _timestamp_ms(record: KafkaRecord) -> int | None:
-    """The Kafka timestamp of ``record`` in epoch ms, None when it has none."""
+    """The Kafka timestamp of ``record`` in epoch ms, None when it has none or when it
+    cannot be a time the message was produced at (negative, or in the future beyond
+    clock skew: e.g. nanoseconds), which the latency metric must not observe."""
     kind, value = record.timestamp()
-    return value if kind and value >= 0 else None
+    if not kind or value < 0 or value > time.time() * 1000 + FUTURE_TIMESTAMP_SLACK_MS:
+        return None
+    return value
 
 
 class PartitionActor(Actor[Sequence[KafkaRecord]]):

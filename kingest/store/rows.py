@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import operator
 import re
 import time
 import uuid
@@ -76,9 +77,12 @@ __all__ = [
     "KafkaRecord",
     "Rejection",
     "RowBatch",
+    "UnreadableHeaders",
     "derive_event_id",
+    "message_headers",
     "parse_replay_of",
     "replay_digest",
+    "storable_timestamp_ms",
     "verified_replay_of",
 ]
 
@@ -109,6 +113,10 @@ _REJECTION_OVERHEAD_BYTES: Final = 400
 
 _ENVELOPE_WIDTH: Final = 7
 _NO_TIMESTAMP: Final = 0  # confluent_kafka.TIMESTAMP_NOT_AVAILABLE
+#: 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z in epoch ms: the Kafka timestamps
+#: that both PostgreSQL's timestamptz and Python's datetime can hold.
+MIN_STORABLE_TIMESTAMP_MS: Final = -62_135_596_800_000
+MAX_STORABLE_TIMESTAMP_MS: Final = 253_402_300_799_999
 _EMPTY_JSON_OBJECT: Final = "{}"
 
 _RUN_STATUS: Final = {
@@ -134,6 +142,10 @@ _DRIFT_SEVERITY: Final = {
 Headers = Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None]
 
 
+class _HasHeaders(Protocol):
+    def headers(self) -> Headers | None: ...
+
+
 class KafkaRecord(Protocol):
     """What a RowBatch reads from a Kafka message; ``confluent_kafka.Message`` fits."""
 
@@ -153,6 +165,8 @@ class Rejection:
     ``error_stage`` is ``"decode"``, ``"validate"`` or ``"write"``; ``error_class`` a
     short stable code (``invalid_protobuf``, ``missing_field``, a PostgreSQL error
     name...). ``event_id`` is the raw string the producer sent (it may be invalid).
+    ``kafka_timestamp_ms`` is the Kafka timestamp as the producer set it (any int64, e.g.
+    nanoseconds by mistake): where it is stored, :func:`storable_timestamp_ms` applies.
     """
 
     topic: str
@@ -169,6 +183,77 @@ class Rejection:
     event_id: str | None = None
     event_type: str | None = None
     correlation_id: str | None = None
+
+
+def storable_timestamp_ms(timestamp_ms: int | None) -> int | None:
+    """A Kafka timestamp (epoch ms, as the producer set it) as kingest stores it: itself
+    when it falls in the years 1-9999, else None.
+
+    A producer sets any int64 it likes (``time.time_ns()`` by mistake, a negative or
+    random number); PostgreSQL refuses a timestamptz beyond its range (SQLSTATE 22008)
+    and Python's datetime (``kingest dlq``) one outside the years 1-9999. Such a
+    timestamp is stored as NULL: it says nothing true about the message, and the
+    message is stored or dead-lettered on its own merits. The raw value stays in the
+    ``kingest.dlq.source.timestamp`` header of a dead letter on a topic.
+    """
+    if timestamp_ms is None or not (
+        MIN_STORABLE_TIMESTAMP_MS <= timestamp_ms <= MAX_STORABLE_TIMESTAMP_MS
+    ):
+        return None
+    return timestamp_ms
+
+
+class UnreadableHeaders(list[tuple[str, bytes | None]]):
+    """The headers of a message whose headers confluent-kafka cannot decode: none.
+
+    A header NAME that is not UTF-8 (Go clients and ``kcat -H`` send any bytes) makes
+    ``Message.headers()`` fail, and confluent-kafka gives no other access to them, so
+    none of that message's headers can be read or kept. ``reason`` says so, with the
+    bytes of the offending name when the error names them.
+    """
+
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        super().__init__()
+        self.reason = reason
+
+
+#: ``record.headers()`` called through the generic call path, which raises the error
+#: of a C method that returns a result with an exception set. confluent-kafka 2.16's
+#: ``Message.headers()`` does that for a header name that is not UTF-8; a plain method
+#: call, once CPython has specialised it, returns the half-built list instead (a
+#: tuple in it holds NULL: unpacking it crashes the process) and leaves the exception
+#: pending for whatever runs next.
+_read_headers: Final = operator.methodcaller("headers")
+#: At most this many bytes of an undecodable header name are quoted in the reason.
+_SHOWN_NAME_BYTES: Final = 200
+
+
+def message_headers(record: _HasHeaders) -> Headers | None:
+    """``record.headers()``, never raising: every read of a Kafka message's headers.
+
+    When confluent-kafka cannot decode them (see :class:`UnreadableHeaders`) the result
+    is an empty :class:`UnreadableHeaders`, and it replaces the message's headers
+    (``Message.set_headers``), so that any later read, ours or a library's, gets it
+    rather than the broken list that a second ``headers()`` call would return.
+    """
+    try:
+        headers: Headers | None = _read_headers(record)
+    except (SystemError, UnicodeError) as error:
+        cause = error if isinstance(error, UnicodeDecodeError) else error.__cause__
+        if isinstance(cause, UnicodeDecodeError) and isinstance(cause.object, bytes):
+            detail = f"header name {cause.object[:_SHOWN_NAME_BYTES]!r} is not UTF-8"
+        else:
+            detail = f"{type(error).__name__}: {error}"
+        unreadable = UnreadableHeaders(
+            f"Kafka headers unreadable ({detail}); none of the message's headers kept"
+        )
+        set_headers = getattr(record, "set_headers", None)
+        if set_headers is not None:
+            set_headers(unreadable)
+        return unreadable
+    return headers
 
 
 def derive_event_id(topic: str | None, partition: int | None, offset: int | None) -> str:
@@ -236,7 +321,7 @@ def _derived_event_id(
 ) -> str:
     """The key of an event without ``event_id``: from the original coordinates of a
     replayed dead letter whose replay headers check out, else from its own."""
-    original = verified_replay_of(record.headers(), record.key(), record.value())
+    original = verified_replay_of(message_headers(record), record.key(), record.value())
     if original is not None:
         return derive_event_id(*original)
     return derive_event_id(topic, partition, offset)
@@ -257,7 +342,7 @@ def _header_correlation_id(record: KafkaRecord) -> str:
     NUL character; more than an indexed identifier's bytes) is ignored: the event then
     takes its event id as correlation id instead of failing its whole batch's write.
     """
-    for key, value in _header_pairs(record.headers()):
+    for key, value in _header_pairs(message_headers(record)):
         if key == CORRELATION_ID_HEADER and value:
             text = value if isinstance(value, str) else value.decode("utf-8", "replace")
             if "\x00" in text or len(text.encode()) > MAX_INDEXED_IDENTIFIER_BYTES:
@@ -292,13 +377,16 @@ def _rejection(
     partition = record.partition()
     offset = record.offset()
     timestamp_type, timestamp_ms = record.timestamp()
+    headers = message_headers(record)
+    if isinstance(headers, UnreadableHeaders):
+        message = f"{message}; {headers.reason}"
     return Rejection(
         topic=record.topic() or "",
         partition=-1 if partition is None else partition,
         offset=-1 if offset is None else offset,
         key=record.key(),
         value=record.value(),
-        headers=_header_tuple(record.headers()),
+        headers=_header_tuple(headers),
         kafka_timestamp_ms=None if timestamp_type == _NO_TIMESTAMP else timestamp_ms,
         error_stage=stage,
         error_class=error_class,

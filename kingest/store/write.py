@@ -33,7 +33,7 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format, TransactionStatus
 
 from kingest.store.copy import copy_rows
-from kingest.store.rows import Rejection, RowBatch
+from kingest.store.rows import Rejection, RowBatch, storable_timestamp_ms
 from kingest.store.tables import (
     INSERT_DEAD_LETTER,
     INSERT_UNPUBLISHED_DEAD_LETTER,
@@ -244,7 +244,8 @@ def _optional_text(value: str | None) -> str | None:
 
 
 def dead_letter_params(rejection: Rejection, consumer_group: str | None) -> tuple[Any, ...]:
-    """The parameters of :data:`INSERT_DEAD_LETTER` for ``rejection`` (NUL made storable)."""
+    """The parameters of :data:`INSERT_DEAD_LETTER` for ``rejection`` (NUL made storable,
+    a Kafka timestamp outside the years 1-9999 stored as NULL)."""
     return (
         _clean_text(rejection.topic),
         rejection.partition,
@@ -253,7 +254,7 @@ def dead_letter_params(rejection: Rejection, consumer_group: str | None) -> tupl
         rejection.value,
         [_clean_text(key) for key, _ in rejection.headers],
         [value for _, value in rejection.headers],
-        rejection.kafka_timestamp_ms,
+        storable_timestamp_ms(rejection.kafka_timestamp_ms),
         rejection.error_stage,
         _clean_text(rejection.error_class),
         _clean_text(rejection.error_message),

@@ -69,6 +69,7 @@ from actors import with_correlation_id
 from kingest import __version__
 from kingest.config import REDACTED
 from kingest.store.errors import first_line
+from kingest.store.rows import message_headers
 from kingest.store.tables import WRITE_PLAN
 
 if TYPE_CHECKING:
@@ -646,7 +647,7 @@ class TraceCollector:
         traceparents = self.traceparents
         received_ns = 0
         for record in records:
-            headers = record.headers()
+            headers = message_headers(record)
             if not headers:
                 continue
             pairs = headers.items() if isinstance(headers, Mapping) else headers
