@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
+import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -14,6 +16,7 @@ import psycopg
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from kingest.demo import committed_offsets
 from kingest.producer import produce_records
 from kingest.store.migrate import apply_migrations
 from kingest.synth import SyntheticStream
@@ -24,6 +27,7 @@ from tests.integration.support import (
     assert_committed_are_stored,
     kingest_env,
     stored_event_ids,
+    total_stored_rows,
     wait_for,
 )
 
@@ -185,3 +189,45 @@ def test_a_partition_blocked_on_the_full_writer_queue_at_the_deadline_exits_3(
     stored = stored_event_ids(database_url)
     assert set(stored) == event_ids
     assert max(stored.values()) == 1
+
+
+@pytest.mark.parametrize("silent_peer", ["database", "kafka"])
+def test_sigterm_while_a_start_up_check_waits_on_a_silent_peer_exits_0(
+    kafka_bootstrap: str,
+    database_url: str,
+    stream: tuple[str, dict[int, int], set[str]],
+    tmp_path: Path,
+    silent_peer: str,
+) -> None:
+    # The peer accepts the TCP connection and never answers: once it has accepted,
+    # kingest is known to be inside that start-up check, waiting (up to 60 s for the
+    # database's connect timeout, 15 s for the broker's metadata). A SIGTERM then ends
+    # the start-up at once, cleanly, with nothing consumed.
+    topic, _, _ = stream
+    group = f"stopped-at-start-{silent_peer}"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        silent.settimeout(60)
+        port = silent.getsockname()[1]
+        if silent_peer == "database":
+            overrides = {
+                "KINGEST_DATABASE_URL": f"postgresql://kingest@127.0.0.1:{port}/ml",
+                "KINGEST_DATABASE_CONNECT_TIMEOUT_S": "60",
+            }
+        else:
+            overrides = {"KINGEST_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"}
+        env = kingest_env(kafka_bootstrap, database_url, topic, group, **overrides)
+        log = tmp_path / "kingest.log"
+        with KingestProcess(env, log) as kingest:
+            connection, _ = silent.accept()
+            with connection:
+                kingest.signal(signal.SIGTERM)
+                started = time.monotonic()
+                assert kingest.wait(60) == 0, kingest.log
+                assert time.monotonic() - started < 10, "the stop waited for the check"
+    assert "stop requested during start-up" in kingest.log, kingest.log
+    assert "Traceback" not in kingest.log, kingest.log
+    committed = committed_offsets(kafka_bootstrap, group, topic, PARTITIONS)
+    assert all(offset < 0 for offset in committed.values()), committed
+    assert total_stored_rows(database_url) == 0
