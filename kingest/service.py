@@ -4,13 +4,13 @@ Exit codes (also in the README):
 
 =====  ==========================================================================
 0      stopped on SIGTERM/SIGINT after draining: everything received was written and
-       its offsets committed
+       its offsets committed (or stopped during start-up: nothing was consumed)
 1      runtime failure (a fatal Kafka error, a pipeline actor failed) or a start-up
        check failed (database or broker unreachable, schema not migrated, the database
        role lacks a privilege of docs/security.md, topic missing)
 2      invalid configuration (every problem is listed)
-3      stopped, but in-flight work was abandoned at the drain deadline (it will be
-       redelivered; nothing is lost)
+3      stopped, but in-flight work was abandoned, or the final offset commit not
+       confirmed, at the drain deadline (it will be redelivered; nothing is lost)
 130    a second signal forced an immediate exit
 =====  ==========================================================================
 """
