@@ -424,7 +424,7 @@ class Pipeline:
             with self._commit_spans.sync(offsets, self._committer):
                 _commit_within(consumer, offsets, deadline)
         except KafkaException as error:
-            log.warning("final offset commit not confirmed by the drain deadline: %s", error)
+            log.warning("final offset commit not confirmed: %s", error)
             self.stats.count(catalog.COMMITS, {("failed",): 1})
             return False
         for p in offsets:
