@@ -125,21 +125,36 @@ def _check_conninfo(value: str) -> str | None:
     return None if params else "must not be empty"
 
 
-def _check_properties(value: Mapping[str, str]) -> str | None:
-    owned = [name for name in _OWNED_PROPERTIES if name in value]
-    if owned:
-        return f"{', '.join(owned)} cannot be passed through: kingest sets it (see the reference)"
+def _pass_through_problem(prop: str, value: str) -> str | None:
+    """Why ``KINGEST_RDKAFKA_*`` may not set ``prop`` to ``value``, if it may not: the
+    consumer properties kingest sets and checks itself stay under their own variables."""
+    if prop in _COMMIT_PROPERTIES:
+        return (
+            f"{prop} cannot be passed through: kingest commits offsets itself, once what is "
+            "below them is stored"
+        )
+    variable = _SETTING_PROPERTIES.get(prop)
+    if variable is not None:
+        return f"{prop} cannot be passed through: set {variable} instead"
+    if prop == "isolation.level" and value.strip() != "read_committed":
+        return "must be read_committed: messages of aborted transactions must not be stored"
     return None
 
 
 _HOST_PORT = re.compile(r"[^\s:/,]+:\d{1,5}")
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
-_OWNED_PROPERTIES = (
-    "bootstrap.servers",
-    "group.id",
-    "enable.auto.commit",
-    "enable.auto.offset.store",
-)
+#: librdkafka properties kingest sets from its own (checked) variables.
+_SETTING_PROPERTIES = {
+    "bootstrap.servers": "KINGEST_KAFKA_BOOTSTRAP_SERVERS",
+    "metadata.broker.list": "KINGEST_KAFKA_BOOTSTRAP_SERVERS",  # librdkafka's alias
+    "group.id": "KINGEST_GROUP_ID",
+    "partition.assignment.strategy": "KINGEST_KAFKA_ASSIGNMENT_STRATEGY",
+    "auto.offset.reset": "KINGEST_KAFKA_AUTO_OFFSET_RESET",
+    "session.timeout.ms": "KINGEST_KAFKA_SESSION_TIMEOUT_MS",
+    "heartbeat.interval.ms": "KINGEST_KAFKA_HEARTBEAT_INTERVAL_MS",
+    "max.poll.interval.ms": "KINGEST_KAFKA_MAX_POLL_INTERVAL_MS",
+}
+_COMMIT_PROPERTIES = ("enable.auto.commit", "enable.auto.offset.store")
 
 
 @attrs.frozen
@@ -211,7 +226,6 @@ class KafkaSettings:
         "Any librdkafka property: KINGEST_RDKAFKA_SECURITY_PROTOCOL=SASL_SSL sets "
         "security.protocol (an underscore is a dot, a double underscore an underscore).",
         attrs.Factory(dict),
-        check=_check_properties,
     )
 
 
@@ -569,7 +583,11 @@ def _raw_from_environ(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[
             if len(name) == len(RDKAFKA_PREFIX):
                 problems.append(f"{name}: a librdkafka property name must follow the prefix")
             else:
-                properties[rdkafka_property_name(name)] = value
+                prop = rdkafka_property_name(name)
+                problem = _pass_through_problem(prop, value)
+                if problem:
+                    problems.append(f"{name}: {problem}")
+                properties[prop] = value
             continue
         field_path = known.get(name)
         if field_path is None:

@@ -557,6 +557,14 @@ def _declare_mock_api(lib: ctypes.CDLL) -> None:
         ctypes.c_size_t,
         ctypes.POINTER(integer),
     ]
+    # Variadic: (error code, rtt in ms) pairs follow the count, passed as C ints.
+    lib.rd_kafka_mock_broker_push_request_error_rtts.restype = integer
+    lib.rd_kafka_mock_broker_push_request_error_rtts.argtypes = [
+        pointer,
+        ctypes.c_int32,
+        ctypes.c_int16,
+        ctypes.c_size_t,
+    ]
     lib.rd_kafka_err2str.restype = text
     lib.rd_kafka_err2str.argtypes = [integer]
 
@@ -657,6 +665,23 @@ class MockKafkaCluster(_Service):
         _librdkafka().rd_kafka_mock_push_request_errors_array(
             self._cluster, api_key, len(errors), codes
         )
+
+    def push_broker_request_error_rtts(
+        self, broker_id: int, api_key: int, *errors_and_rtts: tuple[int, int]
+    ) -> None:
+        """Answer the next ``len(errors_and_rtts)`` requests of Kafka API ``api_key`` to
+        broker ``broker_id`` with these ``(error code, delay in ms)``, in order: error 0
+        answers normally, only late (e.g. a coordinator slow to answer OffsetCommit, 8)."""
+        if self._cluster is None:
+            raise ServiceError("MockKafkaCluster has not been started")
+        lib = _librdkafka()
+        for error, rtt_ms in errors_and_rtts:
+            code = lib.rd_kafka_mock_broker_push_request_error_rtts(
+                self._cluster, broker_id, api_key, 1, ctypes.c_int(error), ctypes.c_int(rtt_ms)
+            )
+            if code != 0:
+                reason = lib.rd_kafka_err2str(code).decode()
+                raise ServiceError(f"mock cluster cannot delay API {api_key}: {reason}")
 
     def stop(self) -> None:
         """Destroy the cluster; its clients see their connections refused. Idempotent."""

@@ -4,13 +4,13 @@ Exit codes (also in the README):
 
 =====  ==========================================================================
 0      stopped on SIGTERM/SIGINT after draining: everything received was written and
-       its offsets committed
+       its offsets committed (or stopped during start-up: nothing was consumed)
 1      runtime failure (a fatal Kafka error, a pipeline actor failed) or a start-up
        check failed (database or broker unreachable, schema not migrated, the database
        role lacks a privilege of docs/security.md, topic missing)
 2      invalid configuration (every problem is listed)
-3      stopped, but in-flight work was abandoned at the drain deadline (it will be
-       redelivered; nothing is lost)
+3      stopped, but in-flight work was abandoned, or the final offset commit not
+       confirmed, at the drain deadline (it will be redelivered; nothing is lost)
 130    a second signal forced an immediate exit
 =====  ==========================================================================
 """
@@ -208,13 +208,34 @@ def tune_garbage_collector() -> None:
 
 
 def run_service(settings: Settings, *, pipeline: Pipeline | None = None) -> int:
-    """Run until SIGTERM/SIGINT, then drain; returns the process exit code."""
+    """Run until SIGTERM/SIGINT, then drain; returns the process exit code.
+
+    The signal handlers come first: a stop requested during the start-up (also while a
+    check waits on a slow peer) ends it at once with exit 0, nothing consumed.
+    """
+    signals = _StopOnSignals()
+    signals.install()
     try:
-        check_database(settings)
-        check_kafka(settings)
+        return _run(settings, pipeline, signals)
+    finally:
+        signals.uninstall()
+
+
+def _run(settings: Settings, pipeline: Pipeline | None, signals: _StopOnSignals) -> int:
+    log.info(
+        "kingest starting: topics=%s group=%s writers=%d",
+        ",".join(settings.kafka.topics),
+        settings.kafka.group_id,
+        settings.pipeline.writers,
+    )
+    try:
+        checked = _check_until_stopped(settings, signals.requested)
     except StartupError as error:
         log.error("%s", error)
         return error.exit_code
+    if not checked:
+        log.info("kingest stopped: stop requested during start-up, nothing consumed")
+        return int(RunOutcome.DRAINED)
     pipeline = pipeline or Pipeline(settings)
     server: TelemetryServer | None = None
     if settings.http.enabled:
@@ -229,15 +250,10 @@ def run_service(settings: Settings, *, pipeline: Pipeline | None = None) -> int:
                 error.strerror or error,
             )
             return int(RunOutcome.FAILED)
-    signals = _StopOnSignals(pipeline)
-    signals.install()
+    # From here a stop drains the pipeline (one requested before it ran: it stops at
+    # once, before joining the group).
+    signals.attach(pipeline)
     tune_garbage_collector()
-    log.info(
-        "kingest starting: topics=%s group=%s writers=%d",
-        ",".join(settings.kafka.topics),
-        settings.kafka.group_id,
-        settings.pipeline.writers,
-    )
     try:
         outcome = pipeline.run()
     except KafkaException as error:
@@ -247,20 +263,65 @@ def run_service(settings: Settings, *, pipeline: Pipeline | None = None) -> int:
         log.error("cannot use PostgreSQL at %s: %s", redact_conninfo(settings.database.url), error)
         return int(RunOutcome.FAILED)
     finally:
-        signals.uninstall()
         if server is not None:
             server.stop()
     log.info("kingest stopped: %s", outcome.name.lower())
     return int(outcome)
 
 
-class _StopOnSignals:
-    """First SIGTERM/SIGINT: drain and stop. Second: abandon in-flight work and exit now."""
+#: How often the wait for the start-up checks looks for a stop request.
+_STOP_POLL_S = 0.05
 
-    def __init__(self, pipeline: Pipeline) -> None:
-        self._pipeline = pipeline
+
+def _check_until_stopped(settings: Settings, stop: threading.Event) -> bool:
+    """Run the start-up checks; False when a stop was requested before they passed.
+
+    The checks run on a daemon thread so that a stop does not wait for a peer that is
+    slow to answer (libpq's connect timeout, the broker's metadata timeout): a check
+    still waiting then is left behind, and ends with the process. Raises
+    :class:`StartupError` when a check fails.
+    """
+    failure: list[StartupError] = []
+    done = threading.Event()
+
+    def check() -> None:
+        try:
+            check_database(settings)
+            check_kafka(settings)
+        except StartupError as error:
+            failure.append(error)
+        finally:
+            done.set()
+
+    threading.Thread(target=check, name="kingest-start-up-checks", daemon=True).start()
+    while not done.wait(_STOP_POLL_S):
+        if stop.is_set():
+            return False
+    if failure:
+        raise failure[0]
+    return not stop.is_set()
+
+
+class _StopOnSignals:
+    """First SIGTERM/SIGINT: drain and stop. Second: abandon in-flight work and exit now.
+
+    Installed before the start-up checks, when there is no pipeline yet: a first signal
+    then only sets :attr:`requested`, which ends the start-up; :meth:`attach` hands a
+    request on to the pipeline.
+    """
+
+    def __init__(self) -> None:
+        self._pipeline: Pipeline | None = None
         self._received = 0
         self._previous: dict[int, Any] = {}
+        #: Set by the first signal.
+        self.requested = threading.Event()
+
+    def attach(self, pipeline: Pipeline) -> None:
+        """Signals stop ``pipeline`` from now on (at once, if one came already)."""
+        self._pipeline = pipeline
+        if self.requested.is_set():
+            pipeline.request_stop()
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -276,12 +337,16 @@ class _StopOnSignals:
     def _handle(self, signum: int, _frame: FrameType | None) -> None:
         self._received += 1
         name = signal.Signals(signum).name
+        pipeline = self._pipeline
         if self._received == 1:
             log.info("%s received: draining (send it again to exit at once)", name)
-            self._pipeline.request_stop()
+            self.requested.set()
+            if pipeline is not None:
+                pipeline.request_stop()
             return
         log.warning("%s received again: exiting without waiting for in-flight work", name)
-        self._pipeline.abandon_in_flight()
+        if pipeline is not None:
+            pipeline.abandon_in_flight()
         for handler in logging.getLogger().handlers:
             handler.flush()
         sys.stderr.flush()

@@ -15,6 +15,7 @@ into this actor's mailbox, which makes the consumer loop pause the partition.
 
 from __future__ import annotations
 
+import logging
 import operator
 import time
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from actors import Actor, Pool, Supervisor
+from actors import Actor, ActorStopped, Pool, Supervisor
 from kingest.pipeline.messages import Register, TopicPartitionKey, WriteBatch
 from kingest.store.rows import KafkaRecord, RowBatch
 from kingest.telemetry import tracing
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from kingest.pipeline.committer import OffsetCommitter
 
 __all__ = ["PartitionActor", "records_size"]
+
+log = logging.getLogger(__name__)
 
 #: Per-message memory of a confluent_kafka.Message beyond its key and value: the object,
 #: a str for the topic, bytes for key and value (measured ~290 B; docs/memory.md).
@@ -170,21 +173,34 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
         self._count = 0
         register = Register(self.tp, self.generation, first, self.received_offset)
         traces, self._traces = self._traces, None
-        if traces is None:
-            self._committer.tell(register)
-            self._writers.tell(batch)
-            return
-        # The batch's process span is current while the batch is handed over, so the
-        # committer and the writer receive its context with the messages.
-        with tracing.batch_span(
-            self.tp,
-            group=self._consumer_group,
-            first_offset=first,
-            last_offset=register.last,
-            message_count=batch.message_count,
-            rows=batch.rows,
-            collector=traces,
-            max_message_spans=self._trace_message_spans,
-        ) as batch_trace:
-            self._committer.tell(register)
-            self._writers.tell(attrs.evolve(batch, trace=batch_trace))
+        try:
+            if traces is None:
+                self._committer.tell(register)
+                self._writers.tell(batch)
+                return
+            # The batch's process span is current while the batch is handed over, so the
+            # committer and the writer receive its context with the messages.
+            with tracing.batch_span(
+                self.tp,
+                group=self._consumer_group,
+                first_offset=first,
+                last_offset=register.last,
+                message_count=batch.message_count,
+                rows=batch.rows,
+                collector=traces,
+                max_message_spans=self._trace_message_spans,
+            ) as batch_trace:
+                self._committer.tell(register)
+                self._writers.tell(attrs.evolve(batch, trace=batch_trace))
+        except ActorStopped:
+            # The writers (or the committer) stopped while the batch was on its way: the
+            # drain deadline passed, or the pipeline failed. The batch is abandoned: it is
+            # never acknowledged, so its offsets are not committed and it is redelivered.
+            log.info(
+                "partition %s: batch of offsets %d-%d abandoned (the writers stopped); "
+                "it will be redelivered",
+                self.tp,
+                first,
+                register.last,
+                extra={"topic": self.tp[0], "partition": self.tp[1], "offset": first},
+            )

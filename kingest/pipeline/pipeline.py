@@ -23,7 +23,7 @@ import operator
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from itertools import groupby
 from typing import Any
 
@@ -359,16 +359,23 @@ class Pipeline:
             self._commit_spans.started(offsets, self._committer)
             consumer.commit(offsets=offsets, asynchronous=True)
 
-    def _committable(self, tps: Iterable[TopicPartitionKey]) -> list[TopicPartition]:
-        """Committable offsets of ``tps`` (current generation only) not yet committed."""
+    def _committable(
+        self,
+        tps: Iterable[TopicPartitionKey],
+        committed: Mapping[TopicPartitionKey, int] | None = None,
+    ) -> list[TopicPartition]:
+        """Committable offsets of ``tps`` (current generation only) beyond ``committed``
+        (default: what was committed or is being committed)."""
         assert self._committer is not None
+        if committed is None:
+            committed = self._committed
         wanted = set(tps)
         offsets = []
         for tp, (generation, offset) in self._committer.committable().items():
             actor = self._partitions.get(tp)
             if tp not in wanted or actor is None or actor.generation != generation:
                 continue
-            if self._committed.get(tp, -1) < offset:
+            if committed.get(tp, -1) < offset:
                 offsets.append(TopicPartition(tp[0], tp[1], offset))
         return offsets
 
@@ -406,27 +413,30 @@ class Pipeline:
             if key in self._partitions and p.offset >= 0:
                 self._confirmed[key] = p.offset
 
-    def _commit_now(self, consumer: Consumer, tps: Iterable[TopicPartitionKey]) -> bool:
-        offsets = self._committable(tps)
+    def _commit_now(
+        self, consumer: Consumer, tps: Iterable[TopicPartitionKey], deadline: float
+    ) -> bool:
+        """Commit the durable offsets of ``tps`` the broker has not confirmed, and wait
+        until it has, at most until ``deadline``; False if it did not.
+
+        Offsets whose asynchronous commit is still in flight are committed again: that
+        commit may yet fail, or not be answered before the consumer closes.
+        """
+        offsets = self._committable(tps, self._confirmed)
         if not offsets:
             return True
         try:
             with self._commit_spans.sync(offsets, self._committer):
-                results = consumer.commit(offsets=offsets, asynchronous=False)
+                _commit_within(consumer, offsets, deadline)
         except KafkaException as error:
-            log.warning("final offset commit failed: %s", error)
+            log.warning("final offset commit not confirmed: %s", error)
             self.stats.count(catalog.COMMITS, {("failed",): 1})
             return False
-        ok = True
-        for result in results or []:
-            if result.error is not None:
-                ok = False
-                log.warning("final offset commit failed for %s: %s", result, result.error)
-            else:
-                self._committed[(result.topic, result.partition)] = result.offset
-        self._confirm(r for r in results or [] if r.error is None)
-        self.stats.count(catalog.COMMITS, {("ok" if ok else "failed",): 1})
-        return ok
+        for p in offsets:
+            self._committed[(p.topic, p.partition)] = p.offset
+        self._confirm(offsets)
+        self.stats.count(catalog.COMMITS, {("ok",): 1})
+        return True
 
     # ------------------------------------------------------------------ rebalances
 
@@ -495,7 +505,7 @@ class Pipeline:
         if drain and owned:
             complete = self._committer.sync(max(0.0, deadline - time.monotonic())) and complete
             complete = self._committer.wait_drained(owned, deadline) and complete
-            complete = self._commit_now(consumer, owned) and complete
+            complete = self._commit_now(consumer, owned, deadline) and complete
         by_generation: dict[int, list[TopicPartitionKey]] = {}
         for actor in actors:
             by_generation.setdefault(actor.generation, []).append(actor.tp)
@@ -535,6 +545,39 @@ class Pipeline:
         if self._failure is not None:
             return RunOutcome.FAILED
         return RunOutcome.DRAINED if complete else RunOutcome.DRAIN_TIMEOUT
+
+
+def _commit_within(consumer: Consumer, offsets: list[TopicPartition], deadline: float) -> None:
+    """Commit ``offsets`` and return once the group coordinator holds them; raise
+    :class:`KafkaException` if it rejected them, or did not answer by ``deadline``.
+
+    ``commit(asynchronous=False)`` cannot be bounded: librdkafka waits for its result
+    without a timeout, holding it back while the coordinator is unavailable (up to
+    session.timeout.ms), then each attempt may take socket.timeout.ms. An asynchronous
+    commit's result comes to ``on_commit`` only through ``consume()``, which must not
+    be called inside a rebalance callback (it would deliver messages and callbacks).
+    ``committed(timeout)`` is bounded and allowed there: the offsets are read back from
+    the coordinator, which answers a member's requests in order, so after the commit.
+    A rejected commit is not retried (during a rebalance the coordinator keeps
+    rejecting it until this callback returns): its offsets will be redelivered.
+    """
+    consumer.commit(offsets=offsets, asynchronous=True)
+    remaining = deadline - time.monotonic()
+    if remaining <= 0:
+        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "drain deadline passed"))
+    wanted = {(p.topic, p.partition): p.offset for p in offsets}
+    held = consumer.committed([TopicPartition(t, p) for t, p in wanted], timeout=remaining)
+    behind = [p for p in held if p.error is not None or p.offset < wanted[(p.topic, p.partition)]]
+    if behind:
+        raise KafkaException(
+            KafkaError(
+                KafkaError._FAIL,
+                "the coordinator did not store "
+                + ", ".join(
+                    f"{p.topic}/{p.partition}:{wanted[(p.topic, p.partition)]}" for p in behind
+                ),
+            )
+        )
 
 
 def _oldest_times(

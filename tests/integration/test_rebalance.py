@@ -110,9 +110,11 @@ def record_callbacks(pipeline: Pipeline) -> CallbackLog:
     commits: list[TopicPartition] = []
     commit_now = pipeline._commit_now
 
-    def recording_commit_now(consumer: Consumer, tps: Iterable[TopicPartitionKey]) -> bool:
-        commits.extend(pipeline._committable(tps))
-        return commit_now(consumer, tps)
+    def recording_commit_now(
+        consumer: Consumer, tps: Iterable[TopicPartitionKey], deadline: float
+    ) -> bool:
+        commits.extend(pipeline._committable(tps, pipeline._confirmed))
+        return commit_now(consumer, tps, deadline)
 
     pipeline._commit_now = recording_commit_now  # type: ignore[method-assign]
     for kind in ("assign", "revoke", "lost"):

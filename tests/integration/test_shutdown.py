@@ -3,23 +3,31 @@ signal both end the process with their documented exit codes, and lose nothing."
 
 from __future__ import annotations
 
+import re
 import signal
+import socket
+import time
+import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from kingest.demo import committed_offsets
 from kingest.producer import produce_records
 from kingest.store.migrate import apply_migrations
 from kingest.synth import SyntheticStream
+from kingest.telemetry import catalog
 from tests.integration.support import (
     KingestProcess,
     all_committed,
     assert_committed_are_stored,
     kingest_env,
     stored_event_ids,
+    total_stored_rows,
     wait_for,
 )
 
@@ -116,3 +124,110 @@ def test_a_stuck_drain_ends_by_deadline_or_second_signal_and_loses_nothing(
     stored = stored_event_ids(database_url)
     assert set(stored) == event_ids
     assert max(stored.values()) == 1
+
+
+def batches_in_flight(log: str) -> float:
+    """The kingest.batches.in_flight gauge of the process whose log is ``log``."""
+    match = re.search(r"serving /metrics, /healthz and /readyz on (http://127\.0\.0\.1:\d+)", log)
+    if match is None:
+        return 0.0
+    with urllib.request.urlopen(f"{match.group(1)}/metrics", timeout=10) as response:
+        text = response.read().decode()
+    name = catalog.BATCHES_IN_FLIGHT.prometheus_name
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    )
+
+
+def test_a_partition_blocked_on_the_full_writer_queue_at_the_deadline_exits_3(
+    kafka_bootstrap: str,
+    database_url: str,
+    stream: tuple[str, dict[int, int], set[str]],
+    tmp_path: Path,
+) -> None:
+    # One writer, a writers' queue of one batch and small batches: behind the locked
+    # table the writer holds one batch, the queue another, and a third batch means that
+    # its partition actor is blocked handing it over (batches count as in flight from
+    # just before that hand-over). At the drain deadline it is still blocked there: the
+    # work is abandoned, which is exit 3, not a failure.
+    topic, end_offsets, event_ids = stream
+    group = "blocked-partition"
+    env = kingest_env(
+        kafka_bootstrap,
+        database_url,
+        topic,
+        group,
+        KINGEST_DRAIN_TIMEOUT_S="2",
+        KINGEST_WRITERS="1",
+        KINGEST_WRITER_QUEUE_BATCHES="1",
+        KINGEST_BATCH_SIZE="100",
+    )
+    log = tmp_path / "kingest.log"
+    with metrics_table_locked(database_url), KingestProcess(env, log) as kingest:
+        wait_for(
+            lambda: batches_in_flight(kingest.log) >= 3,
+            timeout=60,
+            what=f"a partition actor blocked on the full writers' queue (log: {log})",
+        )
+        assert writers_waiting_on_a_lock(database_url)
+        kingest.signal(signal.SIGTERM)
+        assert kingest.wait(60) == 3, kingest.log
+    assert "drain deadline passed" in kingest.log
+    assert "failed" not in kingest.log, kingest.log
+    assert_committed_are_stored(database_url, kafka_bootstrap, group, topic, PARTITIONS)
+
+    with KingestProcess(env, tmp_path / "restart.log") as kingest:
+        wait_for(
+            lambda: all_committed(kafka_bootstrap, group, topic, end_offsets, PARTITIONS),
+            timeout=120,
+            what="every offset committed after the restart",
+        )
+        assert kingest.terminate_and_wait() == 0, kingest.log
+    stored = stored_event_ids(database_url)
+    assert set(stored) == event_ids
+    assert max(stored.values()) == 1
+
+
+@pytest.mark.parametrize("silent_peer", ["database", "kafka"])
+def test_sigterm_while_a_start_up_check_waits_on_a_silent_peer_exits_0(
+    kafka_bootstrap: str,
+    database_url: str,
+    stream: tuple[str, dict[int, int], set[str]],
+    tmp_path: Path,
+    silent_peer: str,
+) -> None:
+    # The peer accepts the TCP connection and never answers: once it has accepted,
+    # kingest is known to be inside that start-up check, waiting (up to 60 s for the
+    # database's connect timeout, 15 s for the broker's metadata). A SIGTERM then ends
+    # the start-up at once, cleanly, with nothing consumed.
+    topic, _, _ = stream
+    group = f"stopped-at-start-{silent_peer}"
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        silent.settimeout(60)
+        port = silent.getsockname()[1]
+        if silent_peer == "database":
+            overrides = {
+                "KINGEST_DATABASE_URL": f"postgresql://kingest@127.0.0.1:{port}/ml",
+                "KINGEST_DATABASE_CONNECT_TIMEOUT_S": "60",
+            }
+        else:
+            overrides = {"KINGEST_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{port}"}
+        env = kingest_env(kafka_bootstrap, database_url, topic, group, **overrides)
+        log = tmp_path / "kingest.log"
+        with KingestProcess(env, log) as kingest:
+            connection, _ = silent.accept()
+            with connection:
+                kingest.signal(signal.SIGTERM)
+                started = time.monotonic()
+                assert kingest.wait(60) == 0, kingest.log
+                assert time.monotonic() - started < 10, "the stop waited for the check"
+    assert "stop requested during start-up" in kingest.log, kingest.log
+    assert "Traceback" not in kingest.log, kingest.log
+    committed = committed_offsets(kafka_bootstrap, group, topic, PARTITIONS)
+    assert all(offset < 0 for offset in committed.values()), committed
+    assert total_stored_rows(database_url) == 0

@@ -126,9 +126,61 @@ def test_librdkafka_pass_through_names(variable: str, prop: str) -> None:
 def test_owned_properties_cannot_be_passed_through() -> None:
     problems = problems_of({**VALID, "KINGEST_RDKAFKA_ENABLE_AUTO_COMMIT": "true"})
     assert problems == [
-        "KINGEST_RDKAFKA_*: enable.auto.commit cannot be passed through: kingest sets it "
-        "(see the reference)"
+        "KINGEST_RDKAFKA_ENABLE_AUTO_COMMIT: enable.auto.commit cannot be passed through: "
+        "kingest commits offsets itself, once what is below them is stored"
     ]
+
+
+def test_group_settings_kingest_validates_are_not_overridden_by_the_pass_through() -> None:
+    # Each would silently replace a setting kingest checks (the max.poll.interval.ms that
+    # must cover the drain, the session timeout the heartbeat is checked against...).
+    problems = problems_of(
+        {
+            **VALID,
+            "KINGEST_RDKAFKA_MAX_POLL_INTERVAL_MS": "1000",
+            "KINGEST_RDKAFKA_SESSION_TIMEOUT_MS": "6000",
+            "KINGEST_RDKAFKA_HEARTBEAT_INTERVAL_MS": "5000",
+            "KINGEST_RDKAFKA_PARTITION_ASSIGNMENT_STRATEGY": "range",
+            "KINGEST_RDKAFKA_AUTO_OFFSET_RESET": "latest",
+            "KINGEST_RDKAFKA_GROUP_ID": "other",
+            "KINGEST_RDKAFKA_BOOTSTRAP_SERVERS": "elsewhere:9092",
+            "KINGEST_RDKAFKA_METADATA_BROKER_LIST": "elsewhere:9092",
+            "KINGEST_RDKAFKA_ENABLE_AUTO_OFFSET_STORE": "true",
+            "KINGEST_RDKAFKA_ISOLATION_LEVEL": "read_uncommitted",
+            "KINGEST_WRITERS": "0",  # listed with them: every problem at once
+        }
+    )
+    assert sorted(problems) == sorted(
+        [
+            "KINGEST_RDKAFKA_MAX_POLL_INTERVAL_MS: max.poll.interval.ms cannot be passed "
+            "through: set KINGEST_KAFKA_MAX_POLL_INTERVAL_MS instead",
+            "KINGEST_RDKAFKA_SESSION_TIMEOUT_MS: session.timeout.ms cannot be passed "
+            "through: set KINGEST_KAFKA_SESSION_TIMEOUT_MS instead",
+            "KINGEST_RDKAFKA_HEARTBEAT_INTERVAL_MS: heartbeat.interval.ms cannot be passed "
+            "through: set KINGEST_KAFKA_HEARTBEAT_INTERVAL_MS instead",
+            "KINGEST_RDKAFKA_PARTITION_ASSIGNMENT_STRATEGY: partition.assignment.strategy "
+            "cannot be passed through: set KINGEST_KAFKA_ASSIGNMENT_STRATEGY instead",
+            "KINGEST_RDKAFKA_AUTO_OFFSET_RESET: auto.offset.reset cannot be passed "
+            "through: set KINGEST_KAFKA_AUTO_OFFSET_RESET instead",
+            "KINGEST_RDKAFKA_GROUP_ID: group.id cannot be passed through: "
+            "set KINGEST_GROUP_ID instead",
+            "KINGEST_RDKAFKA_BOOTSTRAP_SERVERS: bootstrap.servers cannot be passed through: "
+            "set KINGEST_KAFKA_BOOTSTRAP_SERVERS instead",
+            "KINGEST_RDKAFKA_METADATA_BROKER_LIST: metadata.broker.list cannot be passed "
+            "through: set KINGEST_KAFKA_BOOTSTRAP_SERVERS instead",
+            "KINGEST_RDKAFKA_ENABLE_AUTO_OFFSET_STORE: enable.auto.offset.store cannot be "
+            "passed through: kingest commits offsets itself, once what is below them is "
+            "stored",
+            "KINGEST_RDKAFKA_ISOLATION_LEVEL: must be read_committed: messages of aborted "
+            "transactions must not be stored",
+            "KINGEST_WRITERS: must be between 1 and 256",
+        ]
+    )
+
+
+def test_the_pass_through_may_restate_the_isolation_level_kingest_needs() -> None:
+    settings = load_settings({**VALID, "KINGEST_RDKAFKA_ISOLATION_LEVEL": "read_committed"})
+    assert settings.kafka.properties == {"isolation.level": "read_committed"}
 
 
 def test_secrets_are_redacted_in_the_effective_configuration() -> None:
