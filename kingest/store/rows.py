@@ -113,6 +113,8 @@ _REJECTION_OVERHEAD_BYTES: Final = 400
 
 _ENVELOPE_WIDTH: Final = 7
 _NO_TIMESTAMP: Final = 0  # confluent_kafka.TIMESTAMP_NOT_AVAILABLE
+#: Kafka's timestamp of a message that has none (RecordBatch.NO_TIMESTAMP).
+KAFKA_NO_TIMESTAMP: Final = -1
 #: 0001-01-01T00:00:00Z and 9999-12-31T23:59:59.999Z in epoch ms: the Kafka timestamps
 #: that both PostgreSQL's timestamptz and Python's datetime can hold.
 MIN_STORABLE_TIMESTAMP_MS: Final = -62_135_596_800_000
@@ -194,10 +196,14 @@ def storable_timestamp_ms(timestamp_ms: int | None) -> int | None:
     and Python's datetime (``kingest dlq``) one outside the years 1-9999. Such a
     timestamp is stored as NULL: it says nothing true about the message, and the
     message is stored or dead-lettered on its own merits. The raw value stays in the
-    ``kingest.dlq.source.timestamp`` header of a dead letter on a topic.
+    ``kingest.dlq.source.timestamp`` header of a dead letter on a topic. -1 is Kafka's
+    "no timestamp" (some brokers report a CreateTime of -1 for a message produced
+    without one), so it is None too.
     """
-    if timestamp_ms is None or not (
-        MIN_STORABLE_TIMESTAMP_MS <= timestamp_ms <= MAX_STORABLE_TIMESTAMP_MS
+    if (
+        timestamp_ms is None
+        or timestamp_ms == KAFKA_NO_TIMESTAMP
+        or not (MIN_STORABLE_TIMESTAMP_MS <= timestamp_ms <= MAX_STORABLE_TIMESTAMP_MS)
     ):
         return None
     return timestamp_ms

@@ -40,6 +40,7 @@ INFERENCES = TABLES_BY_EVENT_TYPE["inference_completed"]
         (None, None),
         (0, 0),
         (-5, -5),
+        (-1, None),  # Kafka's "no timestamp", as a CreateTime of -1
         (1_749_999_000_500, 1_749_999_000_500),
         (MIN_STORABLE_TIMESTAMP_MS, MIN_STORABLE_TIMESTAMP_MS),
         (MAX_STORABLE_TIMESTAMP_MS, MAX_STORABLE_TIMESTAMP_MS),
