@@ -13,7 +13,8 @@ On the topic, a dead letter is the original message, byte for byte, plus headers
   is one (an original ``traceparent`` stays where it was, among the original headers).
 
 kingest's block always starts with ``kingest.dlq.source.topic``, so
-:func:`decode_message` gives back the original headers unchanged: those before it.
+:func:`decode_message` gives back the original headers unchanged: those before the last
+header of that name (an original header may have any name, kingest's included).
 
 The topic is at-least-once: a crash between the publication and the offset commit
 publishes the dead letter again on redelivery. Consumers of the topic deduplicate by
@@ -222,7 +223,8 @@ def _header_list(headers: Headers | None) -> list[tuple[str, bytes | None]]:
 def decode_message(key: bytes | None, value: bytes | None, headers: Headers | None) -> DeadLetter:
     """Read a dead letter back from a message of a dead-letter topic."""
     pairs = _header_list(headers)
-    start = next((i for i, (name, _) in enumerate(pairs) if name == SOURCE_TOPIC), None)
+    # The LAST one: the original headers before kingest's block may use its names too.
+    start = next((i for i in reversed(range(len(pairs))) if pairs[i][0] == SOURCE_TOPIC), None)
     if start is None:
         raise NotADeadLetterError(f"not a kingest dead letter: no {SOURCE_TOPIC} header")
     ours = {name: (raw or b"").decode("utf-8", "surrogateescape") for name, raw in pairs[start:]}

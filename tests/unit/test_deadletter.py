@@ -102,6 +102,23 @@ def test_absent_optional_facts_stay_absent() -> None:
     assert decode_message(None, None, headers) == original
 
 
+def test_original_headers_named_like_kingests_read_back_as_original_headers() -> None:
+    # A producer's own headers may carry kingest's names (or the message may be a dead
+    # letter of a dead letter): kingest's block is the last one, and the original
+    # headers, the forged ones and all after them, come back unchanged.
+    original = dead_letter(
+        headers=(
+            ("before", b"1"),
+            (SOURCE_TOPIC, b"forged"),
+            (SQLSTATE, b"forged"),
+            ("after", b"2"),
+            (SOURCE_TOPIC, None),
+        ),
+        sqlstate=None,
+    )
+    assert decode_message(b"k", original.rejection.value, encode_headers(original)) == original
+
+
 def test_dict_headers_and_text_values_are_accepted() -> None:
     headers = dict(encode_headers(dead_letter(headers=())))
     as_text = {k: v.decode() for k, v in headers.items() if v is not None}
