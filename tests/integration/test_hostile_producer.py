@@ -631,6 +631,8 @@ class Outcome:
     #: What each dead letter holds of its message: key, value, headers (by coordinate),
     #: as the table row has it and as kingest's ``decode_message`` reads the topic's.
     contents: dict[tuple[str, int, int], Content]
+    #: Dead letters the topic refused (kept in the table with their publish error).
+    unpublished: frozenset[tuple[int, int]] = frozenset()
 
 
 def read_outcome(
@@ -639,6 +641,7 @@ def read_outcome(
     rows: Counter[tuple[int, int]] = Counter()
     ids: dict[str, set[tuple[int, int]]] = {}
     dead: Counter[tuple[int, int]] = Counter()
+    unpublished: set[tuple[int, int]] = set()
     with psycopg.connect(url) as conn:
         for table in fact_tables(url):
             query = sql.SQL(
@@ -649,21 +652,24 @@ def read_outcome(
                 rows[partition, offset] += 1
                 ids.setdefault(event_id, set()).add((partition, offset))
         contents: dict[tuple[str, int, int], Content] = {}
-        for partition, offset, key, value, names, values in conn.execute(
+        for partition, offset, key, value, names, values, publish_error in conn.execute(
             "SELECT kafka_partition, kafka_offset, message_key, message_value, header_keys,"
-            " header_values FROM kingest.dead_letters WHERE kafka_topic = %s",
+            " header_values, publish_error FROM kingest.dead_letters WHERE kafka_topic = %s",
             (topic,),
         ):
             dead[partition, offset] += 1
+            if publish_error is not None:
+                unpublished.add((partition, offset))
             contents["table", partition, offset] = (
                 key,
                 value,
                 tuple(zip(names, values, strict=True)),
             )
     if store == "table":
-        return Outcome(rows, ids, dead, Counter(), contents)
+        return Outcome(rows, ids, dead, Counter(), contents, frozenset(unpublished))
     # What the topic must hold: the table's dead letters, or without the table every
     # record neither stored nor a duplicate of a stored event.
+    # A dead letter the topic refused is in the table with its publish error instead.
     expected = (
         set(dead)
         if store == "both"
@@ -672,9 +678,9 @@ def read_outcome(
             for coordinate, record in sent.items()
             if not rows[coordinate] and _event_id_of(record.value) not in ids
         }
-    )
+    ) - unpublished
     messages = read_dead_letter_topic(bootstrap, f"{topic}.dlq", expected, contents)
-    return Outcome(rows, ids, dead, messages, contents)
+    return Outcome(rows, ids, dead, messages, contents, frozenset(unpublished))
 
 
 def read_dead_letter_topic(
@@ -895,10 +901,12 @@ def _check_outcome(
         topic = outcome.dlq_messages[coordinate]
         if rows == 1 and table == 0 and topic == 0:
             continue  # stored
-        if rows == 0 and (table, topic) == dead_letter:
-            # dead-lettered (in each store in use), with the message as it was consumed
+        refused = coordinate in outcome.unpublished
+        if rows == 0 and (table, topic) == ((1, 0) if refused else dead_letter):
+            # dead-lettered (in each store in use; in the table alone when the topic
+            # refused it), with the message as it was consumed
             original = (record.key, record.value, consumed_headers(record, sent_topic))
-            for where in ("table", "topic"):
+            for where in ("table",) if refused else ("table", "topic"):
                 held = outcome.contents.get((where, *coordinate), original)
                 if not _holds(held, original, may_cut=where == "topic"):
                     problems.append(
