@@ -25,11 +25,12 @@ import attrs
 
 from actors import Actor, ActorStopped, Pool, Supervisor
 from kingest.pipeline.messages import Register, TopicPartitionKey, WriteBatch
-from kingest.store.rows import KafkaRecord, RowBatch
-from kingest.telemetry import tracing
+from kingest.store.rows import KafkaRecord, RowBatch, UnreadableHeaders, unreadable_headers
+from kingest.telemetry import catalog, tracing
 
 if TYPE_CHECKING:
     from kingest.pipeline.committer import OffsetCommitter
+    from kingest.pipeline.stats import PipelineStats
 
 __all__ = ["PartitionActor", "records_size"]
 
@@ -56,6 +57,10 @@ def records_size(records: Sequence[KafkaRecord]) -> int:
         + sum(map(len, filter(None, map(_record_key, records))))
     )
 
+
+#: At most this many offsets are written in the text of an unreadable-headers warning
+#: (its ``offsets`` field lists them all).
+_LOGGED_OFFSETS = 20
 
 #: How far in the future a Kafka timestamp may be (clock skew) and still be a latency.
 FUTURE_TIMESTAMP_SLACK_MS = 60_000
@@ -88,6 +93,7 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
         supervisor: Supervisor | None = None,
         consumer_group: str | None = None,
         trace_message_spans: int = 16,
+        stats: PipelineStats | None = None,
     ) -> None:
         super().__init__(
             f"partition-{tp[0]}-{tp[1]}",
@@ -112,6 +118,7 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
         self._opened_at = 0.0
         self._consumer_group = consumer_group
         self._trace_message_spans = trace_message_spans
+        self._stats = stats
         #: Trace contexts of the open batch's messages (None while tracing is off).
         self._traces: tracing.TraceCollector | None = None
         #: Kafka timestamps of the open batch's first and latest message (latency).
@@ -123,6 +130,10 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
     def receive(self, message: Sequence[KafkaRecord]) -> Any:
         if not message:
             return None
+        # Before anything else reads them: found here, they are counted and logged once.
+        unreadable = unreadable_headers(message)
+        if unreadable:
+            self._report_unreadable(message, unreadable)
         if self._first is None:
             self._first = message[0].offset()
             self._opened_at = time.monotonic()
@@ -143,6 +154,31 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
         ):
             self.flush()
         return None
+
+    def _report_unreadable(
+        self, records: Sequence[KafkaRecord], found: list[tuple[int, UnreadableHeaders]]
+    ) -> None:
+        """Count and log, once per poll, the messages whose headers could not be read:
+        they go on without any header, which nothing else would show for a valid one."""
+        offsets = [records[position].offset() for position, _ in found]
+        topic, partition = self.tp
+        if self._stats is not None:
+            self._stats.count(catalog.UNREADABLE_HEADERS, {(topic, str(partition)): len(found)})
+        log.warning(
+            "partition %s: Kafka headers could not be read for %d message(s), processed "
+            "without any of their headers; offsets %s; first: %s",
+            self.tp,
+            len(found),
+            ", ".join(map(str, offsets[:_LOGGED_OFFSETS]))
+            + (" ..." if len(offsets) > _LOGGED_OFFSETS else ""),
+            found[0][1].reason,
+            extra={
+                "topic": topic,
+                "partition": partition,
+                "offset": offsets[0],
+                "offsets": offsets,
+            },
+        )
 
     def on_receive_timeout(self) -> None:
         if self._count:

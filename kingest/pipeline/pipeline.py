@@ -461,6 +461,7 @@ class Pipeline:
                 supervisor=self._supervisor,
                 consumer_group=self.settings.kafka.group_id,
                 trace_message_spans=pipeline.trace_message_spans,
+                stats=self.stats,
             )
             actor.start()
             self._partitions[tp] = actor

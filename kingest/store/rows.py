@@ -45,6 +45,7 @@ import operator
 import re
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, Final, Protocol
 
@@ -83,6 +84,7 @@ __all__ = [
     "parse_replay_of",
     "replay_digest",
     "storable_timestamp_ms",
+    "unreadable_headers",
     "verified_replay_of",
 ]
 
@@ -247,19 +249,44 @@ def message_headers(record: _HasHeaders) -> Headers | None:
     try:
         headers: Headers | None = _read_headers(record)
     except (SystemError, UnicodeError) as error:
-        cause = error if isinstance(error, UnicodeDecodeError) else error.__cause__
-        if isinstance(cause, UnicodeDecodeError) and isinstance(cause.object, bytes):
-            detail = f"header name {cause.object[:_SHOWN_NAME_BYTES]!r} is not UTF-8"
-        else:
-            detail = f"{type(error).__name__}: {error}"
-        unreadable = UnreadableHeaders(
-            f"Kafka headers unreadable ({detail}); none of the message's headers kept"
-        )
-        set_headers = getattr(record, "set_headers", None)
-        if set_headers is not None:
-            set_headers(unreadable)
-        return unreadable
+        return _unreadable(record, error)
     return headers
+
+
+def unreadable_headers(
+    records: Sequence[_HasHeaders],
+) -> list[tuple[int, UnreadableHeaders]]:
+    """The positions in ``records`` of the messages whose headers cannot be read, each
+    with the :class:`UnreadableHeaders` that now replaces them (see
+    :func:`message_headers`); reads every message's headers once, in C, so a poll
+    without such a message costs one C call per message. A message already found
+    unreadable is not found again."""
+    found: list[tuple[int, UnreadableHeaders]] = []
+    pending = iter(records)
+    while True:
+        try:
+            deque(map(_read_headers, pending), maxlen=0)
+            return found
+        except (SystemError, UnicodeError) as error:
+            # map took the failing message from the iterator before reading it.
+            position = len(records) - operator.length_hint(pending) - 1
+            found.append((position, _unreadable(records[position], error)))
+
+
+def _unreadable(record: _HasHeaders, error: SystemError | UnicodeError) -> UnreadableHeaders:
+    """Why ``record.headers()`` raised ``error``, set as the record's headers."""
+    cause = error if isinstance(error, UnicodeDecodeError) else error.__cause__
+    if isinstance(cause, UnicodeDecodeError) and isinstance(cause.object, bytes):
+        detail = f"header name {cause.object[:_SHOWN_NAME_BYTES]!r} is not UTF-8"
+    else:
+        detail = f"{type(error).__name__}: {error}"
+    unreadable = UnreadableHeaders(
+        f"Kafka headers unreadable ({detail}); none of the message's headers kept"
+    )
+    set_headers = getattr(record, "set_headers", None)
+    if set_headers is not None:
+        set_headers(unreadable)
+    return unreadable
 
 
 def derive_event_id(topic: str | None, partition: int | None, offset: int | None) -> str:

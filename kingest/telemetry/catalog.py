@@ -39,6 +39,7 @@ __all__ = [
     "READY",
     "REBALANCES",
     "RETRIES",
+    "UNREADABLE_HEADERS",
     "WRITER_QUEUE_DEPTH",
     "MetricSpec",
 ]
@@ -119,6 +120,15 @@ DEAD_LETTER_PUBLISH_FAILURES: Final = MetricSpec(
     "publish budget spent) and that were kept in kingest.dead_letters instead, by the "
     "Kafka error name (e.g. MSG_SIZE_TOO_LARGE, TOPIC_AUTHORIZATION_FAILED, _MSG_TIMED_OUT).",
     ("error.type",),
+)
+UNREADABLE_HEADERS: Final = MetricSpec(
+    "kingest.unreadable_headers",
+    "counter",
+    "{message}",
+    "Messages consumed whose Kafka headers could not be read (a header name that is not "
+    "UTF-8): processed without any of their headers (no trace context, no correlation-id "
+    "header; a dead letter of one keeps none).",
+    _TP,
 )
 RETRIES: Final = MetricSpec(
     "kingest.retries",
@@ -248,6 +258,7 @@ ALL: Final[tuple[MetricSpec, ...]] = (
     EVENTS_PROCESSED,
     DEAD_LETTERS,
     DEAD_LETTER_PUBLISH_FAILURES,
+    UNREADABLE_HEADERS,
     RETRIES,
     BATCH_SIZE,
     DB_WRITE_DURATION,

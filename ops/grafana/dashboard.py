@@ -223,6 +223,19 @@ ROWS = (
                 ),
                 unit=MSG_PER_S,
             ),
+            Panel(
+                "Messages with unreadable headers",
+                "Messages per second whose Kafka headers could not be read (a header name "
+                "that is not UTF-8), processed without any header; logged with offsets.",
+                (
+                    q(
+                        "sum by (messaging_destination_name) "
+                        f"(rate(kingest_unreadable_headers_total{{{TOPIC}}}{RATE}))",
+                        "{{messaging_destination_name}}",
+                    ),
+                ),
+                unit=MSG_PER_S,
+            ),
         ),
     ),
     Row(

@@ -7,6 +7,7 @@ committed)."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -15,6 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from kingest.deadletter import DeadLetter, decode_message, encode_headers
 from kingest.devstack import create_topic
@@ -31,6 +33,7 @@ from kingest.schema.codec import decode_event, encode_event
 from kingest.store.migrate import apply_migrations
 from kingest.store.rows import Rejection, derive_event_id
 from kingest.synth import SyntheticRecord, SyntheticStream
+from kingest.telemetry import catalog
 from tests.integration.raw_headers import produce_raw
 from tests.integration.support import (
     InProcessKingest,
@@ -65,6 +68,7 @@ class Sent:
         self.valid: dict[int, str] = {}  # offset -> event id it must be stored under
         self.poison: dict[int, tuple[bytes, int | None, bool]] = {}  # value, raw ts, bad headers
         self.errors: list[str] = []
+        self.bad_headers: list[int] = []  # offsets of messages with a non-UTF-8 header name
 
 
 def _send(
@@ -131,6 +135,7 @@ def _produce_bad_headers(
     produce_raw(bootstrap, topic, 0, poison, BAD_HEADERS)
     sent.poison[offset + 2] = (poison, None, True)
     assert _high_watermark(bootstrap, topic) == offset + 3
+    sent.bad_headers = [offset, offset + 1, offset + 2]
 
 
 def read_dead_letter_topic(
@@ -173,9 +178,11 @@ def test_hostile_timestamps_and_header_names_neither_stop_nor_lose_anything(
     database_url: str,
     topic_factory: Callable[[int], str],
     traced: None,
+    caplog: pytest.LogCaptureFixture,
     case: str,
     store: str,
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="kingest.pipeline.partition")
     topic = topic_factory(1)
     create_topic(kafka_bootstrap, f"{topic}.dlq", 1)
     apply_migrations(database_url)
@@ -191,6 +198,22 @@ def test_hostile_timestamps_and_header_names_neither_stop_nor_lose_anything(
             what="every offset committed",
         )
         assert kingest.stop() is RunOutcome.DRAINED
+        metrics = kingest.pipeline.metrics.render().decode()
+        unreadable = kingest.pipeline.stats.series(catalog.UNREADABLE_HEADERS)
+
+    # Every message whose headers could not be read is counted and logged with its
+    # coordinates, the valid events among them too (they leave no dead letter).
+    assert unreadable == ({(topic, "0"): len(sent.bad_headers)} if sent.bad_headers else {})
+    served = {
+        (labels["messaging_destination_name"], labels["messaging_destination_partition_id"]): value
+        for family in text_string_to_metric_families(metrics)
+        for name, labels, value, *_ in family.samples
+        if name == "kingest_unreadable_headers_total"
+    }
+    assert served == ({(topic, "0"): len(sent.bad_headers)} if sent.bad_headers else {})
+    warnings = [r for r in caplog.records if "Kafka headers could not be read" in r.getMessage()]
+    assert sorted(o for r in warnings for o in r.offsets) == sent.bad_headers
+    assert all((r.topic, r.partition) == (topic, 0) for r in warnings)
 
     # Every valid event stored once, the later ones included; nothing else.
     stored = stored_event_ids(database_url)

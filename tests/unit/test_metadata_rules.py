@@ -23,6 +23,7 @@ from kingest.store.rows import (
     derive_event_id,
     message_headers,
     storable_timestamp_ms,
+    unreadable_headers,
 )
 from kingest.store.tables import TABLES_BY_EVENT_TYPE
 from kingest.store.write import dead_letter_params
@@ -153,6 +154,26 @@ def test_undecodable_headers_read_as_none_with_the_reason_and_are_replaced() -> 
     assert "header name b'\\xff\\xfename' is not UTF-8" in headers.reason
     assert record.replaced is headers
     assert message_headers(record) is headers  # later reads never see the broken list
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [set(), {0}, {4}, {1, 2}, {0, 1, 2, 3, 4}, {0, 3}],
+    ids=["none", "first", "last", "adjacent", "all", "apart"],
+)
+def test_a_poll_finds_exactly_its_messages_with_undecodable_headers(bad: set[int]) -> None:
+    records: list[FakeRecord] = [
+        UndecodableHeadersRecord(b"\xff", offset=100 + i)
+        if i in bad
+        else FakeRecord(b"\xff", offset=100 + i, headers=[("h", b"v")])
+        for i in range(5)
+    ]
+    found = unreadable_headers(records)
+    assert [position for position, _ in found] == sorted(bad)
+    for position, headers in found:
+        assert getattr(records[position], "replaced", None) is headers
+        assert message_headers(records[position]) is headers
+    assert unreadable_headers(records) == []  # each is found once
 
 
 def inference(**fields: Any) -> bytes:
