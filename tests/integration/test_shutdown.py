@@ -252,21 +252,30 @@ def catches(pid: int, signum: int) -> bool:
     return False
 
 
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        pytest.param((), "SIGTERM received during start-up", id="service"),
+        pytest.param(("--processes", "2"), "SIGTERM received: stopping", id="supervisor"),
+    ],
+)
 def test_sigterm_while_kingest_imports_its_dependencies_exits_0(
     kafka_bootstrap: str,
     database_url: str,
     stream: tuple[str, dict[int, int], set[str]],
     tmp_path: Path,
+    args: tuple[str, ...],
+    said: str,
 ) -> None:
     # Importing the command line, configuring logging and tracing take most of a second
     # before the service's handlers are in place. The kernel shows when the process is
     # in there: confluent-kafka's extension is mapped into it while kingest.cli's imports
     # run. A SIGTERM from then on is a stop request: exit 0, nothing consumed.
     topic, _, _ = stream
-    group = "stopped-while-importing"
+    group = f"stopped-while-importing-{len(args)}"
     env = kingest_env(kafka_bootstrap, database_url, topic, group)
     log = tmp_path / "kingest.log"
-    with KingestProcess(env, log) as kingest:
+    with KingestProcess(env, log, *args) as kingest:
         pid = kingest.proc.pid
         wait_for(
             lambda: (
@@ -281,7 +290,7 @@ def test_sigterm_while_kingest_imports_its_dependencies_exits_0(
         assert kingest.wait(60) == 0, kingest.log
     assert handled, "no SIGTERM handler while kingest imports its dependencies"
     assert "kingest starting" not in kingest.log, kingest.log
-    assert "SIGTERM received during start-up" in kingest.log, kingest.log
+    assert said in kingest.log, kingest.log
     assert "Traceback" not in kingest.log, kingest.log
     committed = committed_offsets(kafka_bootstrap, group, topic, PARTITIONS)
     assert all(offset < 0 for offset in committed.values()), committed
