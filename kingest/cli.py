@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+# First, before the imports that take most of a second: from here on a SIGTERM to
+# `kingest start` is a stop request, not the end of the process.
+from kingest import early_stop
+
+early_stop.install()
+
 import json
 import os
 import sys

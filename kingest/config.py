@@ -224,7 +224,12 @@ class KafkaSettings:
     properties: Mapping[str, str] = _setting(
         "KINGEST_RDKAFKA_*",
         "Any librdkafka property: KINGEST_RDKAFKA_SECURITY_PROTOCOL=SASL_SSL sets "
-        "security.protocol (an underscore is a dot, a double underscore an underscore).",
+        "security.protocol (an underscore is a dot, a double underscore an underscore). "
+        "Refused (exit 2): a property set by one of the variables above (bootstrap.servers, "
+        "group.id, partition.assignment.strategy, auto.offset.reset, session.timeout.ms, "
+        "heartbeat.interval.ms, max.poll.interval.ms: set that variable), "
+        "enable.auto.commit and enable.auto.offset.store (kingest commits itself), and "
+        "isolation.level other than read_committed.",
         attrs.Factory(dict),
     )
 

@@ -31,6 +31,7 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from psycopg.conninfo import make_conninfo
 
+from kingest import early_stop
 from kingest.config import Settings, dead_letter_topic, redact_conninfo, safe_error_text
 from kingest.pipeline.kafka import client_config
 from kingest.pipeline.pipeline import Pipeline, RunOutcome
@@ -42,7 +43,7 @@ __all__ = ["EXIT_FORCED", "StartupError", "check_database", "check_kafka", "run_
 
 log = logging.getLogger(__name__)
 
-EXIT_FORCED = 130
+EXIT_FORCED = early_stop.EXIT_FORCED
 
 
 class StartupError(RuntimeError):
@@ -222,6 +223,9 @@ def run_service(settings: Settings, *, pipeline: Pipeline | None = None) -> int:
 
 
 def _run(settings: Settings, pipeline: Pipeline | None, signals: _StopOnSignals) -> int:
+    if signals.requested.is_set():  # before the handlers were in place (kingest.early_stop)
+        log.info("kingest stopped: stop requested during start-up, nothing consumed")
+        return int(RunOutcome.DRAINED)
     log.info(
         "kingest starting: topics=%s group=%s writers=%d",
         ",".join(settings.kafka.topics),
@@ -328,6 +332,8 @@ class _StopOnSignals:
             return
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._previous[signum] = signal.signal(signum, self._handle)
+        for early in early_stop.take():  # a stop requested while `kingest start` started
+            self._handle(early, None)
 
     def uninstall(self) -> None:
         for signum, handler in self._previous.items():
@@ -339,7 +345,14 @@ class _StopOnSignals:
         name = signal.Signals(signum).name
         pipeline = self._pipeline
         if self._received == 1:
-            log.info("%s received: draining (send it again to exit at once)", name)
+            if pipeline is None:
+                log.info(
+                    "%s received during start-up: stopping, nothing consumed "
+                    "(send it again to exit at once)",
+                    name,
+                )
+            else:
+                log.info("%s received: draining (send it again to exit at once)", name)
             self.requested.set()
             if pipeline is not None:
                 pipeline.request_stop()

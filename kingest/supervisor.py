@@ -53,6 +53,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Final
 
+from kingest import early_stop
 from kingest.config import COMMAND_VARIABLES, Settings
 
 __all__ = [
@@ -322,6 +323,8 @@ class Supervisor:
     def _install(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._previous[signum] = signal.signal(signum, self._on_signal)
+        # A stop requested while `kingest start` was starting (kingest.early_stop).
+        self._signals.extend(early_stop.take())
 
     def _uninstall(self) -> None:
         for signum, handler in self._previous.items():

@@ -44,12 +44,18 @@ from kingest.pipeline.writer import SchemaNotReadyError, WriterActor
 from kingest.telemetry import catalog, tracing
 from kingest.telemetry.metrics import PartitionState, PipelineMetrics, PipelineState
 
-__all__ = ["Pipeline", "RunOutcome"]
+__all__ = ["CLOSE_AFTER_DEADLINE_S", "Pipeline", "RunOutcome"]
 
 log = logging.getLogger(__name__)
 
 #: How long one poll waits for messages; bounds the latency of pause/resume and commits.
 POLL_TIMEOUT_S = 0.02
+
+#: Once the drain deadline has passed, how long closing the consumer may still take
+#: (leaving the group is one request). librdkafka's close waits for every offset commit
+#: request still unanswered, each up to socket.timeout.ms (60 s by default), and cannot
+#: be told not to; past this the run ends without waiting for it (:func:`_close_within`).
+CLOSE_AFTER_DEADLINE_S = 2.0
 
 
 class RunOutcome(enum.IntEnum):
@@ -256,10 +262,10 @@ class Pipeline:
             self._commit_spans.close()
             self._abandon.set()
             self._system.stop(timeout=5.0)
-            try:
-                consumer.close()
-            except (KafkaException, RuntimeError) as error:
-                log.warning("closing the consumer failed: %s", error)
+            if outcome is RunOutcome.DRAIN_TIMEOUT:
+                _close_within(consumer, CLOSE_AFTER_DEADLINE_S)
+            else:
+                _close(consumer)
             db_pool.close()
             if publisher is not None:
                 publisher.close()
@@ -546,6 +552,35 @@ class Pipeline:
         if self._failure is not None:
             return RunOutcome.FAILED
         return RunOutcome.DRAINED if complete else RunOutcome.DRAIN_TIMEOUT
+
+
+def _close(consumer: Consumer) -> None:
+    try:
+        consumer.close()
+    except (KafkaException, RuntimeError) as error:
+        log.warning("closing the consumer failed: %s", error)
+
+
+def _close_within(consumer: Consumer, timeout: float) -> None:
+    """Close ``consumer``, waiting no longer than ``timeout``: after a drain deadline.
+
+    librdkafka's close cannot be bounded: it waits until the coordinator has answered
+    every offset commit request in flight (also when the consumer is destroyed without
+    closing). Not waiting for it is safe: every offset kingest asked to commit is
+    durably stored, so whether the coordinator stores it or not, nothing is lost, and
+    nothing more will be committed. The close goes on, on a daemon thread, until the
+    process exits; if it has not left the group by then, the coordinator reassigns the
+    partitions after session.timeout.ms, as after a crash.
+    """
+    closing = threading.Thread(target=_close, args=(consumer,), name="kingest-close", daemon=True)
+    closing.start()
+    closing.join(timeout)
+    if closing.is_alive():
+        log.warning(
+            "the consumer did not close within %.0fs of the drain deadline (an offset commit "
+            "is still unanswered); not waiting for it: nothing more is committed",
+            timeout,
+        )
 
 
 def _commit_within(consumer: Consumer, offsets: list[TopicPartition], deadline: float) -> None:

@@ -18,7 +18,7 @@ from confluent_kafka import KafkaError
 
 from kingest.demo import committed_offsets
 from kingest.devstack import MockKafkaCluster, create_topic
-from kingest.pipeline.pipeline import RunOutcome
+from kingest.pipeline.pipeline import CLOSE_AFTER_DEADLINE_S, RunOutcome
 from kingest.producer import produce_records
 from kingest.store.migrate import apply_migrations
 from kingest.synth import SyntheticStream
@@ -119,6 +119,10 @@ def test_a_final_commit_not_answered_by_the_drain_deadline_ends_as_drain_timeout
         )
         stopping = time.time()
         assert kingest.stop(timeout=120) is RunOutcome.DRAIN_TIMEOUT
+        stopped = time.time()
+    # Closing the consumer would wait for that commit's answer (up to socket.timeout.ms):
+    # after the deadline it gets CLOSE_AFTER_DEADLINE_S, then the run ends without it.
+    assert stopped - stopping < drain_timeout_s + CLOSE_AFTER_DEADLINE_S + 1.5
     deadline_passed = [r for r in caplog.records if "drain deadline passed" in r.getMessage()]
     assert deadline_passed, caplog.text
     assert deadline_passed[0].created - stopping < drain_timeout_s + 1.5, caplog.text

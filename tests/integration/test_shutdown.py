@@ -227,6 +227,70 @@ def test_sigterm_while_a_start_up_check_waits_on_a_silent_peer_exits_0(
                 assert kingest.wait(60) == 0, kingest.log
                 assert time.monotonic() - started < 10, "the stop waited for the check"
     assert "stop requested during start-up" in kingest.log, kingest.log
+    # There is nothing to drain yet: the log says what happens instead.
+    assert "SIGTERM received during start-up: stopping, nothing consumed" in kingest.log
+    assert "draining" not in kingest.log, kingest.log
+    assert "Traceback" not in kingest.log, kingest.log
+    committed = committed_offsets(kafka_bootstrap, group, topic, PARTITIONS)
+    assert all(offset < 0 for offset in committed.values()), committed
+    assert total_stored_rows(database_url) == 0
+
+
+def process_file(pid: int, name: str) -> str:
+    """/proc/<pid>/<name>, or "" once the process has gone."""
+    try:
+        return Path(f"/proc/{pid}/{name}").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return ""
+
+
+def catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler for ``signum`` (the kernel's SigCgt mask)."""
+    for line in process_file(pid, "status").splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) & (1 << (signum - 1)))
+    return False
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        pytest.param((), "SIGTERM received during start-up", id="service"),
+        pytest.param(("--processes", "2"), "SIGTERM received: stopping", id="supervisor"),
+    ],
+)
+def test_sigterm_while_kingest_imports_its_dependencies_exits_0(
+    kafka_bootstrap: str,
+    database_url: str,
+    stream: tuple[str, dict[int, int], set[str]],
+    tmp_path: Path,
+    args: tuple[str, ...],
+    said: str,
+) -> None:
+    # Importing the command line, configuring logging and tracing take most of a second
+    # before the service's handlers are in place. The kernel shows when the process is
+    # in there: confluent-kafka's extension is mapped into it while kingest.cli's imports
+    # run. A SIGTERM from then on is a stop request: exit 0, nothing consumed.
+    topic, _, _ = stream
+    group = f"stopped-while-importing-{len(args)}"
+    env = kingest_env(kafka_bootstrap, database_url, topic, group)
+    log = tmp_path / "kingest.log"
+    with KingestProcess(env, log, *args) as kingest:
+        pid = kingest.proc.pid
+        wait_for(
+            lambda: (
+                "confluent_kafka" in process_file(pid, "maps") or kingest.proc.poll() is not None
+            ),
+            timeout=30,
+            interval=0.001,
+            what="kingest importing confluent-kafka",
+        )
+        handled = catches(pid, signal.SIGTERM)
+        kingest.signal(signal.SIGTERM)
+        assert kingest.wait(60) == 0, kingest.log
+    assert handled, "no SIGTERM handler while kingest imports its dependencies"
+    assert "kingest starting" not in kingest.log, kingest.log
+    assert said in kingest.log, kingest.log
     assert "Traceback" not in kingest.log, kingest.log
     committed = committed_offsets(kafka_bootstrap, group, topic, PARTITIONS)
     assert all(offset < 0 for offset in committed.values()), committed
