@@ -7,8 +7,9 @@ acknowledges each constituent batch to the offset committer.
 
 Failures are handled by class (see :mod:`kingest.store.errors`):
 
-* outages (connection lost, PostgreSQL shutting down or starting, out of resources, pool
-  timeout; :func:`kingest.store.errors.is_outage`): retried with capped exponential
+* outages (connection lost, PostgreSQL shutting down or starting, out of resources, a
+  system error such as an I/O error on its own files, pool timeout;
+  :func:`kingest.store.errors.is_outage`): retried with capped exponential
   backoff and equal jitter, forever, until it succeeds or the service abandons in-flight
   work at the drain deadline. Nothing is dead-lettered because of an outage;
 * other transient errors (deadlock, serialization failure, lock or statement timeout, a

@@ -8,8 +8,9 @@ out of range, a constraint violation) fails the same way every time, so the writ
 bisects the batch down to the offending row and dead-letters only that row.
 
 Transient errors are of two kinds. An **outage** (:func:`is_outage`: no connection,
-the server shutting down or starting, out of resources, a pool timeout) says nothing
-about the rows: it is waited out forever and never dead-letters anything. Every other
+the server shutting down or starting, out of resources, a system error such as an I/O
+error on the server's own files, a pool timeout) says nothing about the rows: it is
+waited out forever and never dead-letters anything. Every other
 transient error (deadlock, serialization failure, lock or statement timeout, a trigger's
 ``RAISE``, a prepared statement a transaction-mode pooler lost, any SQLSTATE not
 recognised) may be caused by the batch itself, so the writer retries it a bounded
@@ -77,6 +78,8 @@ _OUTAGE_CLASSES: Final = frozenset(
     {
         "08",  # connection exception
         "53",  # insufficient resources (disk full, out of memory, too many connections)
+        "58",  # system error: the server cannot read or write its own files (58030
+        # io_error, 58P01 undefined_file, 58P02 duplicate_file), whatever the rows
     }
 )
 _OUTAGE_STATES: Final = frozenset(
@@ -124,8 +127,9 @@ def classify_db_error(exc: BaseException) -> ErrorKind:
 
 def is_outage(exc: BaseException) -> bool:
     """True for a transient error that says nothing about the rows: the database is
-    unreachable, shutting down or starting, or out of resources; a connection lost
-    without SQLSTATE; a pool timeout. The writer waits those out forever.
+    unreachable, shutting down or starting, out of resources or failing to read or write
+    its own files (SQLSTATE class 58); a connection lost without SQLSTATE; a pool
+    timeout. The writer waits those out forever.
 
     False for every other error, transient ones included (they get a retry budget).
     """
