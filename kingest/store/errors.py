@@ -10,18 +10,21 @@ bisects the batch down to the offending row and dead-letters only that row.
 Transient errors are of two kinds. An **outage** (:func:`is_outage`: no connection,
 the server shutting down or starting, out of resources, a system error such as an I/O
 error on the server's own files, a pool timeout) says nothing about the rows: it is
-waited out forever and never dead-letters anything. Every other
-transient error (deadlock, serialization failure, lock or statement timeout, a trigger's
-``RAISE``, a prepared statement a transaction-mode pooler lost, any SQLSTATE not
-recognised) may be caused by the batch itself, so the writer retries it a bounded
-number of times, then bisects the batch and dead-letters a single row that still fails
-(``retries_exhausted``). Anything not recognised is transient: a few retries lose
+waited out forever and never dead-letters anything. Every other transient error
+(deadlock, serialization failure, lock or statement timeout, a trigger's ``RAISE``, any
+SQLSTATE not recognised) may be caused by the batch itself, so the writer retries it a
+bounded number of times, then bisects the batch and dead-letters a single row that still
+fails (``retries_exhausted``). Anything not recognised is transient: a few retries lose
 nothing, while dead-lettering at the first doubt could discard good events.
 
 A SQL error of class 42 (undefined table or column, syntax, permission) is permanent
 but is not about any row: it means the schema is missing or older than the code.
 :func:`is_schema_error` singles those out so the service can stop with a clear message
 instead of dead-lettering every event.
+
+A prepared statement missing from the session (26000) or whose name it already holds
+(42P05) is neither: a connection pooler in transaction mode did it. The writer turns
+prepared statements off and retries (:class:`kingest.pipeline.writer.PreparedStatements`).
 """
 
 from __future__ import annotations
