@@ -262,6 +262,14 @@ class DatabaseSettings:
         "when a batch holds redelivered events (true or false; false: always INSERT).",
         True,
     )
+    prepared_statements: bool = _setting(
+        "KINGEST_DATABASE_PREPARED_STATEMENTS",
+        "Prepare the writers' statements on the server (true or false). Set false behind "
+        "a connection pooler in transaction mode (PgBouncer before 1.21, or without "
+        "max_prepared_statements), where a session's prepared statements do not outlive "
+        "a transaction; kingest turns them off by itself the first time it meets one.",
+        True,
+    )
 
 
 @attrs.frozen

@@ -40,7 +40,7 @@ from kingest.pipeline.memory import memory_budget
 from kingest.pipeline.messages import Assigned, Released, TopicPartitionKey, WriteBatch
 from kingest.pipeline.partition import PartitionActor
 from kingest.pipeline.stats import PipelineStats
-from kingest.pipeline.writer import SchemaNotReadyError, WriterActor
+from kingest.pipeline.writer import PreparedStatements, SchemaNotReadyError, WriterActor
 from kingest.telemetry import catalog, tracing
 from kingest.telemetry.metrics import PartitionState, PipelineMetrics, PipelineState
 
@@ -215,6 +215,7 @@ class Pipeline:
         settings = self.settings
         pipeline = settings.pipeline
         db_pool = _open_pool(settings)
+        prepared = PreparedStatements(settings.database.prepared_statements)
         publisher = _open_dead_letter_publisher(settings)
         committer = self._committer = OffsetCommitter(supervisor=self._supervisor)
         self._system.spawn(committer)
@@ -233,6 +234,7 @@ class Pipeline:
                 consumer_group=settings.kafka.group_id,
                 dead_letter_table=settings.dead_letters.to_table,
                 use_copy=settings.database.copy,
+                prepared_statements=prepared,
                 dead_letter_publisher=publisher,
                 supervisor=self._supervisor,
                 metrics=self.metrics,
@@ -653,6 +655,8 @@ def _open_pool(settings: Settings) -> ConnectionPool[Any]:
     database = settings.database
 
     def configure(conn: Any) -> None:
+        if not database.prepared_statements:
+            conn.prepare_threshold = None  # psycopg then prepares nothing, prepare=True too
         conn.autocommit = True
         conn.execute(
             "SELECT set_config('statement_timeout', %s, false), "

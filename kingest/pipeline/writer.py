@@ -7,8 +7,9 @@ acknowledges each constituent batch to the offset committer.
 
 Failures are handled by class (see :mod:`kingest.store.errors`):
 
-* outages (connection lost, PostgreSQL shutting down or starting, out of resources, pool
-  timeout; :func:`kingest.store.errors.is_outage`): retried with capped exponential
+* outages (connection lost, PostgreSQL shutting down or starting, out of resources, a
+  system error such as an I/O error on its own files, pool timeout;
+  :func:`kingest.store.errors.is_outage`): retried with capped exponential
   backoff and equal jitter, forever, until it succeeds or the service abandons in-flight
   work at the drain deadline. Nothing is dead-lettered because of an outage;
 * other transient errors (deadlock, serialization failure, lock or statement timeout, a
@@ -17,6 +18,10 @@ Failures are handled by class (see :mod:`kingest.store.errors`):
   like one with a permanent error (a statement timeout of a huge batch succeeds on its
   halves), and a single row that still fails is dead-lettered as ``retries_exhausted``
   with its SQLSTATE;
+* a prepared statement the session lost (26000) or a name it already holds (42P05): a
+  connection pooler in transaction mode runs each transaction on any server session. The
+  writers stop using prepared statements (:class:`PreparedStatements`, logged once) and
+  retry at once, without counting it against the budget: the rows are not at fault;
 * schema errors (SQLSTATE class 42: a missing table or column means the database was not
   migrated): raised, so the supervisor stops the service with a clear message;
 * other permanent errors (data exceptions, integrity violations): the batch is bisected
@@ -69,6 +74,7 @@ __all__ = [
     "RETRIES_EXHAUSTED",
     "AbandonedError",
     "Backoff",
+    "PreparedStatements",
     "RetriesExhaustedError",
     "SchemaNotReadyError",
     "WriterActor",
@@ -125,6 +131,60 @@ class Backoff:
         self.attempts = 0
 
 
+#: invalid_sql_statement_name ("prepared statement ... does not exist") and
+#: duplicate_prepared_statement: what a transaction-mode pooler does to prepared statements.
+_PREPARED_STATEMENT_STATES = frozenset({"26000", "42P05"})
+
+
+class PreparedStatements:
+    """Whether the writers' connections prepare their statements on the server; shared by
+    the writer pool.
+
+    Behind a connection pooler in transaction mode (PgBouncer without prepared statement
+    support) each transaction may run on another server session: a statement prepared in
+    one is missing in the next (SQLSTATE 26000), or its name is taken there by another
+    client's (42P05). Every batch would fail on it, whatever its rows, and 42P05 reads
+    like a schema error. The first such error turns prepared statements off for good on
+    every writer connection (psycopg's ``prepare_threshold = None``: it prepares nothing,
+    ``prepare=True`` included, and executes statements unnamed) and says, once, what to set.
+    """
+
+    def __init__(self, enabled: bool = True) -> None:
+        self._enabled = enabled
+        self._lock = threading.Lock()
+
+    @property
+    def enabled(self) -> bool:
+        return self._enabled
+
+    def apply(self, conn: Any) -> None:
+        """Make ``conn`` prepare nothing once prepared statements are off."""
+        if not self._enabled and conn.prepare_threshold is not None:
+            conn.prepare_threshold = None
+
+    def lost(self, error: Exception) -> bool:
+        """True when ``error`` is a pooler's doing to a prepared statement: prepared
+        statements are then off (the caller retries the write at once)."""
+        sqlstate = sqlstate_of(error)
+        if sqlstate not in _PREPARED_STATEMENT_STATES:
+            return False
+        with self._lock:
+            first, self._enabled = self._enabled, False
+        if first:
+            log.error(
+                "PostgreSQL lost or already holds a prepared statement of kingest's "
+                "(%s: %s): a connection pooler in transaction mode (PgBouncer) runs each "
+                "transaction on any server session. The writers no longer prepare "
+                "statements; set KINGEST_DATABASE_PREPARED_STATEMENTS=false to start "
+                "without them (or enable the pooler's prepared statement support, "
+                "PgBouncer's max_prepared_statements)",
+                sqlstate,
+                first_line(error),
+                extra={"sqlstate": sqlstate},
+            )
+        return True
+
+
 #: SQLSTATE insufficient_privilege: the role lost a grant, the schema is there.
 _INSUFFICIENT_PRIVILEGE = "42501"
 
@@ -164,6 +224,7 @@ class WriterActor(Actor[WriteBatch]):
         dead_letter_table: bool = True,
         use_copy: bool = True,
         dead_letter_publisher: DeadLetterPublisher | None = None,
+        prepared_statements: PreparedStatements | None = None,
         supervisor: Supervisor | None = None,
         metrics: PipelineMetrics | None = None,
     ) -> None:
@@ -180,6 +241,7 @@ class WriterActor(Actor[WriteBatch]):
         self._dead_letter_table = dead_letter_table
         self._use_copy = use_copy
         self._publisher = dead_letter_publisher
+        self._prepared = prepared_statements or PreparedStatements()
         #: Rejections of the current message whose transaction committed (topic store).
         self._written_rejections: list[Rejection] = []
         #: Links from the current transaction's spans to the other batches it writes.
@@ -301,8 +363,10 @@ class WriterActor(Actor[WriteBatch]):
         while True:
             if self._abandon.is_set():
                 raise AbandonedError
+            prepared = self._prepared.enabled
             try:
                 with self._pool.connection() as conn:
+                    self._prepared.apply(conn)
                     tracing.record_connection(conn)
                     started = time.perf_counter()
                     result: WriteResult = write_batch(
@@ -314,6 +378,9 @@ class WriterActor(Actor[WriteBatch]):
                     )
                     elapsed = time.perf_counter() - started
             except Exception as error:
+                if prepared and self._prepared.lost(error):
+                    self._stats.count(catalog.RETRIES, {("write", _retry_reason(error)): 1})
+                    continue
                 if is_schema_error(error):
                     raise SchemaNotReadyError(_schema_error_text(error)) from error
                 if classify_db_error(error) is ErrorKind.PERMANENT:
@@ -422,8 +489,10 @@ class WriterActor(Actor[WriteBatch]):
         while True:
             if self._abandon.is_set():
                 raise AbandonedError
+            prepared = self._prepared.enabled
             try:
                 with self._pool.connection() as conn:
+                    self._prepared.apply(conn)
                     store_unpublished_dead_letters(
                         conn,
                         [(f.rejection, f.detail) for f in failures],
@@ -431,6 +500,9 @@ class WriterActor(Actor[WriteBatch]):
                     )
                 break
             except Exception as error:
+                if prepared and self._prepared.lost(error):
+                    self._stats.count(catalog.RETRIES, {("write", _retry_reason(error)): 1})
+                    continue
                 if is_schema_error(error):
                     raise SchemaNotReadyError(_schema_error_text(error)) from error
                 if not is_outage(error):

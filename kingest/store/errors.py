@@ -8,19 +8,23 @@ out of range, a constraint violation) fails the same way every time, so the writ
 bisects the batch down to the offending row and dead-letters only that row.
 
 Transient errors are of two kinds. An **outage** (:func:`is_outage`: no connection,
-the server shutting down or starting, out of resources, a pool timeout) says nothing
-about the rows: it is waited out forever and never dead-letters anything. Every other
-transient error (deadlock, serialization failure, lock or statement timeout, a trigger's
-``RAISE``, a prepared statement a transaction-mode pooler lost, any SQLSTATE not
-recognised) may be caused by the batch itself, so the writer retries it a bounded
-number of times, then bisects the batch and dead-letters a single row that still fails
-(``retries_exhausted``). Anything not recognised is transient: a few retries lose
+the server shutting down or starting, out of resources, a system error such as an I/O
+error on the server's own files, a pool timeout) says nothing about the rows: it is
+waited out forever and never dead-letters anything. Every other transient error
+(deadlock, serialization failure, lock or statement timeout, a trigger's ``RAISE``, any
+SQLSTATE not recognised) may be caused by the batch itself, so the writer retries it a
+bounded number of times, then bisects the batch and dead-letters a single row that still
+fails (``retries_exhausted``). Anything not recognised is transient: a few retries lose
 nothing, while dead-lettering at the first doubt could discard good events.
 
 A SQL error of class 42 (undefined table or column, syntax, permission) is permanent
 but is not about any row: it means the schema is missing or older than the code.
 :func:`is_schema_error` singles those out so the service can stop with a clear message
 instead of dead-lettering every event.
+
+A prepared statement missing from the session (26000) or whose name it already holds
+(42P05) is neither: a connection pooler in transaction mode did it. The writer turns
+prepared statements off and retries (:class:`kingest.pipeline.writer.PreparedStatements`).
 """
 
 from __future__ import annotations
@@ -77,6 +81,8 @@ _OUTAGE_CLASSES: Final = frozenset(
     {
         "08",  # connection exception
         "53",  # insufficient resources (disk full, out of memory, too many connections)
+        "58",  # system error: the server cannot read or write its own files (58030
+        # io_error, 58P01 undefined_file, 58P02 duplicate_file), whatever the rows
     }
 )
 _OUTAGE_STATES: Final = frozenset(
@@ -124,8 +130,9 @@ def classify_db_error(exc: BaseException) -> ErrorKind:
 
 def is_outage(exc: BaseException) -> bool:
     """True for a transient error that says nothing about the rows: the database is
-    unreachable, shutting down or starting, or out of resources; a connection lost
-    without SQLSTATE; a pool timeout. The writer waits those out forever.
+    unreachable, shutting down or starting, out of resources or failing to read or write
+    its own files (SQLSTATE class 58); a connection lost without SQLSTATE; a pool
+    timeout. The writer waits those out forever.
 
     False for every other error, transient ones included (they get a retry budget).
     """

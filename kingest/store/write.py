@@ -2,7 +2,10 @@
 
 For each statement of :data:`kingest.store.tables.WRITE_PLAN` whose tables have rows,
 every column of the batch travels as ONE array parameter, and the statement is
-prepared, so a batch of any size costs a handful of round trips. The transaction holds
+prepared, so a batch of any size costs a handful of round trips. (Not on a connection
+whose ``prepare_threshold`` is None: psycopg then ignores ``prepare=True``. The writers'
+connections are so behind a transaction-mode pooler, see
+:class:`kingest.pipeline.writer.PreparedStatements`.) The transaction holds
 the facts, the state upserts and the batch's dead letters together: after it commits,
 every message of the batch is stored exactly once, as a row or as a dead letter, and
 its offset may be committed to Kafka.

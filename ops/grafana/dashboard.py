@@ -198,8 +198,15 @@ ROWS = (
             ),
             Panel(
                 "Retries by operation and reason",
-                "Transient failures retried with backoff per second (PostgreSQL or the "
-                "dead-letter topic unavailable). Nothing is dead-lettered for them.",
+                "Transient failures retried with backoff per second, by operation and "
+                "reason (SQLSTATE class or Kafka error). A database outage (connection "
+                "lost, server starting or shutting down, out of resources, system error) "
+                "is retried until it ends and dead-letters nothing. Other transient errors "
+                "(deadlock, lock or statement timeout, a trigger's RAISE) are retried "
+                "KINGEST_RETRY_BUDGET times per write, then the batch is split and a row "
+                "that still fails is dead-lettered as retries_exhausted. Dead letters "
+                "the topic keeps refusing are kept in the table (see the panel Dead letters "
+                "the topic did not take).",
                 (
                     q(
                         "sum by (kingest_operation, error_type) "

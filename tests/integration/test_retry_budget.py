@@ -150,3 +150,57 @@ def test_a_batch_that_times_out_is_split_until_its_halves_succeed(
     assert_committed_are_stored(database_url, kafka_bootstrap, "retry-budget-timeout", topic, 2)
     retries = kingest.pipeline.stats.series(catalog.RETRIES)
     assert retries.get(("write", "57"), 0) > 0, retries
+
+
+def fail_rows_with_io_errors(url: str, event_ids: Sequence[str], failures: int) -> None:
+    """A BEFORE ROW trigger on every fact table raising SQLSTATE 58030 (io_error, as when
+    the server cannot write a data file) for ``event_ids``, ``failures`` times in all: a
+    sequence counts them, since a sequence is not rolled back with the failed write."""
+    ids = ", ".join(f"'{event_id}'" for event_id in event_ids)
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("CREATE SEQUENCE kingest.io_failures")
+        conn.execute(
+            "CREATE FUNCTION kingest.fail_with_io_error() RETURNS trigger "
+            "LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.event_id::text = ANY (TG_ARGV) "
+            f"AND nextval('kingest.io_failures') <= {failures} THEN "
+            "RAISE EXCEPTION 'could not extend file \"base/16384/16385\": No space left' "
+            "USING ERRCODE = 'io_error'; "
+            "END IF; RETURN NEW; END $$"
+        )
+        for table in fact_tables(url):
+            conn.execute(
+                f"CREATE TRIGGER fail_with_io_error BEFORE INSERT ON kingest.{table} "
+                f"FOR EACH ROW EXECUTE FUNCTION kingest.fail_with_io_error({ids})"
+            )
+
+
+def test_a_system_error_of_the_server_is_waited_out_and_dead_letters_nothing(
+    kafka_bootstrap: str, database_url: str, topic_factory: Callable[[int], str]
+) -> None:
+    topic = topic_factory(PARTITIONS)
+    apply_migrations(database_url)
+    records = SyntheticStream(seed=13).take(1_500)
+    # Far more failures than the budget allows: only an outage may be waited out that long.
+    fail_rows_with_io_errors(database_url, [r.event_id for r in records[50::300]], failures=40)
+    report = produce_records(kafka_bootstrap, topic, records, count=len(records))
+    env = kingest_env(
+        kafka_bootstrap,
+        database_url,
+        topic,
+        "retry-budget-io-error",
+        KINGEST_RETRY_BUDGET="2",
+        **FAST_RETRIES,
+    )
+
+    kingest = run_until_committed(env, kafka_bootstrap, topic, report.end_offsets)
+
+    assert stored_event_ids(database_url) == dict.fromkeys((r.event_id for r in records), 1)
+    assert count_rows(database_url, "dead_letters") == 0, "an I/O error dead-lettered"
+    assert_committed_are_stored(database_url, kafka_bootstrap, "retry-budget-io-error", topic, 2)
+    with psycopg.connect(database_url) as conn:
+        raised = conn.execute("SELECT last_value FROM kingest.io_failures").fetchone()
+    assert raised is not None
+    assert raised[0] > 40, "the trigger did not raise every failure"
+    retries = kingest.pipeline.stats.series(catalog.RETRIES)
+    assert retries.get(("write", "58"), 0) >= 40, retries

@@ -426,6 +426,16 @@ def test_dashboard_panels_have_unique_ids_and_fit_the_grid() -> None:
         assert panel["type"] == "row" or panel["targets"], panel["title"]
 
 
+def test_the_retries_panel_says_which_retried_errors_can_still_dead_letter() -> None:
+    # Outages are waited out; every other transient error has a retry budget, after which
+    # a row that still fails is dead-lettered: the panel must not promise otherwise.
+    [panel] = [p for p in dashboard()["panels"] if p["title"].startswith("Retries")]
+    description = panel["description"]
+    assert "Nothing is dead-lettered" not in description
+    for term in ("outage", "KINGEST_RETRY_BUDGET", "retries_exhausted"):
+        assert term in description, (term, description)
+
+
 def test_the_readme_names_every_published_port() -> None:
     text = README.read_text()
     for name, service in compose_services().items():

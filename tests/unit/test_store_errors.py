@@ -123,6 +123,9 @@ def test_sqlstate_of_survives_a_cause_cycle() -> None:
         (errors.DiskFull(), True),  # 53100
         (errors.OutOfMemory(), True),  # 53200
         (errors.ReadOnlySqlTransaction(), True),  # 25006 (a standby during a failover)
+        (errors.IoError(), True),  # 58030 (the server cannot read or write its files)
+        (errors.UndefinedFile(), True),  # 58P01
+        (errors.SystemError(), True),  # 58000
         (psycopg.OperationalError("server closed the connection unexpectedly"), True),
         (psycopg.InterfaceError("the connection is closed"), True),
         (psycopg_pool.PoolTimeout("couldn't get a connection after 30 sec"), True),
@@ -134,7 +137,6 @@ def test_sqlstate_of_survives_a_cause_cycle() -> None:
         (errors.QueryCanceled(), False),  # 57014 (statement_timeout)
         (errors.RaiseException(), False),  # P0001 (a trigger's RAISE)
         (errors.InvalidSqlStatementName(), False),  # 26000 (PgBouncer, transaction mode)
-        (errors.IoError(), False),  # 58030
         (errors.InternalError_(), False),  # XX000
         (ValueError("something else"), False),
         # Permanent errors are not outages either.

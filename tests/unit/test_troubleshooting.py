@@ -70,6 +70,7 @@ FRAGMENTS = (
     "today's verdict (decode, validate, map; nothing written)",
     "total lag: ",
     "cannot serve /metrics, /healthz and /readyz on ",
+    "set KINGEST_DATABASE_PREPARED_STATEMENTS=false to start",
 )
 
 ENV = {
