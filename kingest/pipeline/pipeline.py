@@ -449,6 +449,7 @@ class Pipeline:
             )
             actor.start()
             self._partitions[tp] = actor
+        self._resume_assigned(consumer, partitions)
         self.stats.count(catalog.REBALANCES, {("assign",): 1})
         log.info("assigned %d partitions (generation %d): %s", len(tps), generation, list(tps))
         budget = memory_budget(self.settings, max(1, len(self._partitions)))
@@ -458,6 +459,21 @@ class Pipeline:
             budget.total_mib,
             budget.message_bytes,
         )
+
+    def _resume_assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Clear the consumer's pause flag of newly assigned partitions.
+
+        librdkafka keeps a partition's pause flag across a rebalance (eager and
+        incremental alike): a partition paused by backpressure, revoked and assigned
+        back to this consumer would never be fetched again, while kingest, which forgot
+        the partition on release, would never resume it. Resuming before the assignment
+        is applied (the client applies it when this callback returns) clears the flag of
+        a partition the consumer still knows and does nothing to one it does not.
+        """
+        # A newly assigned partition is never in kingest's pause record (released
+        # partitions leave it), so every one of them is resumed.
+        if partitions:
+            consumer.resume(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
