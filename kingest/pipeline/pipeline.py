@@ -36,9 +36,9 @@ from kingest.config import Settings
 from kingest.deadletter import DeadLetterPublisher
 from kingest.pipeline.committer import OffsetCommitter
 from kingest.pipeline.kafka import client_config, consumer_config
-from kingest.pipeline.memory import memory_budget
+from kingest.pipeline.memory import memory_budget, partition_unacked_bounds
 from kingest.pipeline.messages import Assigned, Released, TopicPartitionKey, WriteBatch
-from kingest.pipeline.partition import PartitionActor
+from kingest.pipeline.partition import PartitionActor, records_size
 from kingest.pipeline.stats import PipelineStats
 from kingest.pipeline.writer import SchemaNotReadyError, WriterActor
 from kingest.telemetry import catalog, tracing
@@ -85,6 +85,35 @@ def _by_partition(messages: list[Message]) -> dict[TopicPartitionKey, list[Messa
     return groups
 
 
+class _Unacknowledged:
+    """One partition's polls consumed and not yet known durable, oldest first: each poll's
+    (last offset, time consumed, messages, bytes), and the totals of messages and bytes.
+
+    Polls are forgotten whole once their last offset is committable, so the totals
+    overstate what is unacknowledged by less than one poll of the partition.
+    """
+
+    __slots__ = ("messages", "nbytes", "polls")
+
+    def __init__(self) -> None:
+        self.polls: deque[tuple[int, float, int, int]] = deque()
+        self.messages = 0
+        self.nbytes = 0
+
+    def add(self, last: int, at: float, messages: int, nbytes: int) -> None:
+        self.polls.append((last, at, messages, nbytes))
+        self.messages += messages
+        self.nbytes += nbytes
+
+    def forget_below(self, offset: int) -> None:
+        """Drop the polls whose messages are all below ``offset`` (now durable)."""
+        polls = self.polls
+        while polls and polls[0][0] < offset:
+            _, _, messages, nbytes = polls.popleft()
+            self.messages -= messages
+            self.nbytes -= nbytes
+
+
 class Pipeline:
     """Kafka -> partition actors -> writer pool -> PostgreSQL, with contiguous commits."""
 
@@ -129,9 +158,10 @@ class Pipeline:
         self._fatal: str | None = None
         #: Offsets the broker confirmed as committed by this process, per partition.
         self._confirmed: dict[TopicPartitionKey, int] = {}
-        #: Per partition, (last offset, time consumed) of each poll's messages not yet
-        #: known durable, oldest first (the unacknowledged age).
-        self._unacked: dict[TopicPartitionKey, deque[tuple[int, float]]] = {}
+        #: Per partition, the polls consumed and not yet known durable (the
+        #: unacknowledged age, and the unacknowledged bound of backpressure).
+        self._unacked: dict[TopicPartitionKey, _Unacknowledged] = {}
+        self._unacked_bounds = partition_unacked_bounds(settings)
 
     # ------------------------------------------------------------------ control
 
@@ -167,7 +197,8 @@ class Pipeline:
         partitions = self._partitions.copy()
         paused = frozenset(self._paused)
         confirmed = self._confirmed.copy()
-        since = _oldest_times(self._unacked.copy())
+        unacked = self._unacked.copy()
+        since = _oldest_times(unacked)
         committer, writers = self._committer, self._writers
         phase = self._phase
         dead: list[str] = []
@@ -186,6 +217,7 @@ class Pipeline:
                     paused=tp in paused,
                     committed=confirmed.get(tp),
                     unacked_since=since.get(tp),
+                    unacked_messages=_unacked_messages(unacked.get(tp)),
                 )
                 for tp, actor in partitions.items()
             ),
@@ -300,8 +332,8 @@ class Pipeline:
             consumed[(tp[0], str(tp[1]), group_id)] = len(group)
             unacked = self._unacked.get(tp)
             if unacked is None:
-                unacked = self._unacked[tp] = deque()
-            unacked.append((last, now))
+                unacked = self._unacked[tp] = _Unacknowledged()
+            unacked.add(last, now, len(group), records_size(group))
         if consumed:
             self.stats.count(catalog.MESSAGES_CONSUMED, consumed)
             if self.stats.first_consumed_at is None:
@@ -317,18 +349,42 @@ class Pipeline:
     # ------------------------------------------------------------------ backpressure
 
     def _apply_backpressure(self, consumer: Consumer) -> None:
+        """Pause a partition whose mailbox, or whose work consumed and not yet durable
+        (mailbox, open batch, writers' queue, writers, retries), is over its bound;
+        resume it once every one of them is at half its bound or below."""
         pipeline = self.settings.pipeline
         max_messages, max_bytes = pipeline.partition_queue_messages, pipeline.partition_queue_bytes
+        max_unacked, max_unacked_bytes = self._unacked_bounds
+        unacked = self._unacked
+        if any(
+            2 * pending.messages > max_unacked or 2 * pending.nbytes > max_unacked_bytes
+            for pending in unacked.values()
+        ):
+            # Near a bound: what is durable now decides, not the last commit interval's view.
+            self._forget_acknowledged()
         to_pause: list[TopicPartition] = []
         to_resume: list[TopicPartition] = []
         for tp, actor in self._partitions.items():
             backlog = self._dispatched.get(tp, -1) - actor.received_offset
             queued_bytes = actor.mailbox.nbytes
+            pending = unacked.get(tp)
+            unacked_messages = pending.messages if pending is not None else 0
+            unacked_bytes = pending.nbytes if pending is not None else 0
             if tp in self._paused:
-                if backlog <= max_messages // 2 and queued_bytes <= max_bytes // 2:
+                if (
+                    backlog <= max_messages // 2
+                    and queued_bytes <= max_bytes // 2
+                    and unacked_messages <= max_unacked // 2
+                    and unacked_bytes <= max_unacked_bytes // 2
+                ):
                     self._paused.discard(tp)
                     to_resume.append(TopicPartition(tp[0], tp[1]))
-            elif backlog >= max_messages or queued_bytes >= max_bytes:
+            elif (
+                backlog >= max_messages
+                or queued_bytes >= max_bytes
+                or unacked_messages >= max_unacked
+                or unacked_bytes >= max_unacked_bytes
+            ):
                 self._paused.add(tp)
                 to_pause.append(TopicPartition(tp[0], tp[1]))
         if to_pause:
@@ -373,10 +429,9 @@ class Pipeline:
         for tp, (generation, offset) in self._committer.committable().items():
             actor = self._partitions.get(tp)
             unacked = self._unacked.get(tp)
-            if actor is None or actor.generation != generation or not unacked:
+            if actor is None or actor.generation != generation or unacked is None:
                 continue
-            while unacked and unacked[0][0] < offset:
-                unacked.popleft()
+            unacked.forget_below(offset)
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         # Runs on the loop thread inside consume(). A failed asynchronous commit is retried
@@ -549,17 +604,23 @@ class Pipeline:
 
 
 def _oldest_times(
-    unacked: dict[TopicPartitionKey, deque[tuple[int, float]]],
+    unacked: dict[TopicPartitionKey, _Unacknowledged],
 ) -> dict[TopicPartitionKey, float]:
     """When each partition's oldest unacknowledged message was consumed. Called from
     other threads while the loop pops from the deques: an emptied one has none."""
     oldest = {}
     for tp, pending in unacked.items():
         try:
-            oldest[tp] = pending[0][1]
+            oldest[tp] = pending.polls[0][1]
         except IndexError:
             continue
     return oldest
+
+
+def _unacked_messages(pending: _Unacknowledged | None) -> int:
+    """Messages consumed and not yet known durable (read from other threads: a total
+    the loop updates in one assignment)."""
+    return 0 if pending is None else max(0, pending.messages)
 
 
 def _is_unexpected(error: BaseException) -> bool:

@@ -68,6 +68,8 @@ class PartitionState:
     committed: int | None
     #: time.monotonic() when the oldest unacknowledged message was consumed (None: none).
     unacked_since: float | None
+    #: Messages consumed and not yet known durable (counted in whole polls).
+    unacked_messages: int = 0
 
 
 @attrs.frozen(slots=True)
