@@ -401,6 +401,13 @@ class HttpSettings:
         300.0,
         check=_positive,
     )
+    max_fetch_stall_s: float = _setting(
+        "KINGEST_HEALTH_MAX_FETCH_STALL_S",
+        "/readyz fails when an assigned partition that has messages to fetch and that "
+        "kingest has not paused has not been fetched for this long.",
+        60.0,
+        check=_positive,
+    )
     lag_interval_s: float = _setting(
         "KINGEST_LAG_INTERVAL_S",
         "How often end and committed offsets are read from the broker for the lag gauge.",
