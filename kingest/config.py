@@ -319,6 +319,23 @@ class PipelineSettings:
         16 * 1024 * 1024,
         check=_at_least(65_536),
     )
+    partition_unacked_messages: int = _setting(
+        "KINGEST_PARTITION_UNACKED_MESSAGES",
+        "Messages per partition consumed and not yet durable (queued, batched, being "
+        "written or retried) before it is paused on the consumer; resumed at half. 0: "
+        "what the pipeline can hold for one partition, KINGEST_PARTITION_QUEUE_MESSAGES + "
+        "poll + (KINGEST_WRITER_QUEUE_BATCHES + 2 x KINGEST_WRITERS + 1) x (batch + poll).",
+        0,
+        check=_at_least(0),
+    )
+    partition_unacked_bytes: int = _setting(
+        "KINGEST_PARTITION_UNACKED_BYTES",
+        "Message bytes per partition consumed and not yet durable before it is paused on "
+        "the consumer; resumed at half. 0: KINGEST_PARTITION_QUEUE_BYTES + "
+        "(KINGEST_WRITER_QUEUE_BATCHES + 2 x KINGEST_WRITERS + 1) x KINGEST_BATCH_BYTES.",
+        0,
+        check=_at_least(0),
+    )
     drain_timeout_s: float = _setting(
         "KINGEST_DRAIN_TIMEOUT_S",
         "On shutdown or revoke, how long in-flight work may take to finish.",
@@ -436,6 +453,13 @@ class HttpSettings:
         "KINGEST_HEALTH_MAX_UNACKED_AGE_S",
         "/readyz fails when a consumed message has not been stored for this long.",
         300.0,
+        check=_positive,
+    )
+    max_fetch_stall_s: float = _setting(
+        "KINGEST_HEALTH_MAX_FETCH_STALL_S",
+        "/readyz fails when an assigned partition that has messages to fetch and that "
+        "kingest has not paused has not been fetched for this long.",
+        60.0,
         check=_positive,
     )
     lag_interval_s: float = _setting(

@@ -41,6 +41,7 @@ __all__ = [
     "MemoryBudget",
     "MemoryTerm",
     "memory_budget",
+    "partition_unacked_bounds",
 ]
 
 MIB: Final = 1024 * 1024
@@ -129,6 +130,29 @@ def _property(config: Mapping[str, Any], name: str) -> int:
     return int(value)
 
 
+def partition_unacked_bounds(settings: Settings) -> tuple[int, int]:
+    """(messages, bytes) a partition may have consumed and not yet durable before the
+    consumer loop pauses it (``KINGEST_PARTITION_UNACKED_MESSAGES`` / ``_BYTES``).
+
+    A setting of 0 stands for what the pipeline holds for one partition when it is only
+    busy: a full mailbox and a poll more, then its open batch, the writers' whole queue
+    and two batches per writer (a writer tops its batch up with one more), every batch
+    at its largest. A partition is then paused by this bound only when acknowledgements
+    stop being contiguous (a batch stuck in retries while later ones are written), never
+    in steady state.
+    """
+    pipeline = settings.pipeline
+    poll = settings.kafka.poll_batch_size
+    batches = pipeline.writer_queue_batches + 2 * pipeline.writers + 1
+    messages = pipeline.partition_unacked_messages or (
+        pipeline.partition_queue_messages + poll + batches * (pipeline.batch_size + poll)
+    )
+    nbytes = pipeline.partition_unacked_bytes or (
+        pipeline.partition_queue_bytes + batches * pipeline.batch_bytes
+    )
+    return messages, nbytes
+
+
 def memory_budget(
     settings: Settings, partitions: int, *, message_bytes: int = DEFAULT_MESSAGE_BYTES
 ) -> MemoryBudget:
@@ -175,10 +199,15 @@ def memory_budget(
 
     # A partition is paused once its backlog reaches partition_queue_messages or its
     # mailbox partition_queue_bytes (as estimated by records_size, which counts at
-    # least the payload per message); one poll may add up to poll_batch_size more.
+    # least the payload per message), or once what it has consumed and not yet seen
+    # durable (its mailbox among the rest) reaches the unacknowledged bounds; one poll
+    # may add up to poll_batch_size more.
+    unacked_messages, unacked_bytes = partition_unacked_bounds(settings)
     per_mailbox = min(
         pipeline.partition_queue_messages,
         math.ceil(pipeline.partition_queue_bytes / message_bytes),
+        unacked_messages,
+        math.ceil(unacked_bytes / message_bytes),
     )
     mailboxes = (partitions * per_mailbox + poll) * python_message
 

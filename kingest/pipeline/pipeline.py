@@ -36,9 +36,9 @@ from kingest.config import Settings
 from kingest.deadletter import DeadLetterPublisher
 from kingest.pipeline.committer import OffsetCommitter
 from kingest.pipeline.kafka import client_config, consumer_config
-from kingest.pipeline.memory import memory_budget
+from kingest.pipeline.memory import memory_budget, partition_unacked_bounds
 from kingest.pipeline.messages import Assigned, Released, TopicPartitionKey, WriteBatch
-from kingest.pipeline.partition import PartitionActor
+from kingest.pipeline.partition import PartitionActor, records_size
 from kingest.pipeline.stats import PipelineStats
 from kingest.pipeline.writer import PreparedStatements, SchemaNotReadyError, WriterActor
 from kingest.telemetry import catalog, tracing
@@ -50,6 +50,10 @@ log = logging.getLogger(__name__)
 
 #: How long one poll waits for messages; bounds the latency of pause/resume and commits.
 POLL_TIMEOUT_S = 0.02
+#: How often the loop checks which partitions have messages the consumer could fetch.
+FETCH_CHECK_INTERVAL_S = 1.0
+#: Longest the loop waits for the group's committed offsets of idle partitions.
+COMMITTED_TIMEOUT_S = 2.0
 
 #: Once the drain deadline has passed, how long closing the consumer may still take
 #: (leaving the group is one request). librdkafka's close waits for every offset commit
@@ -89,6 +93,35 @@ def _by_partition(messages: list[Message]) -> dict[TopicPartitionKey, list[Messa
             group.extend(messages[start:end])
         start = end
     return groups
+
+
+class _Unacknowledged:
+    """One partition's polls consumed and not yet known durable, oldest first: each poll's
+    (last offset, time consumed, messages, bytes), and the totals of messages and bytes.
+
+    Polls are forgotten whole once their last offset is committable, so the totals
+    overstate what is unacknowledged by less than one poll of the partition.
+    """
+
+    __slots__ = ("messages", "nbytes", "polls")
+
+    def __init__(self) -> None:
+        self.polls: deque[tuple[int, float, int, int]] = deque()
+        self.messages = 0
+        self.nbytes = 0
+
+    def add(self, last: int, at: float, messages: int, nbytes: int) -> None:
+        self.polls.append((last, at, messages, nbytes))
+        self.messages += messages
+        self.nbytes += nbytes
+
+    def forget_below(self, offset: int) -> None:
+        """Drop the polls whose messages are all below ``offset`` (now durable)."""
+        polls = self.polls
+        while polls and polls[0][0] < offset:
+            _, _, messages, nbytes = polls.popleft()
+            self.messages -= messages
+            self.nbytes -= nbytes
 
 
 class Pipeline:
@@ -135,9 +168,21 @@ class Pipeline:
         self._fatal: str | None = None
         #: Offsets the broker confirmed as committed by this process, per partition.
         self._confirmed: dict[TopicPartitionKey, int] = {}
-        #: Per partition, (last offset, time consumed) of each poll's messages not yet
-        #: known durable, oldest first (the unacknowledged age).
-        self._unacked: dict[TopicPartitionKey, deque[tuple[int, float]]] = {}
+        #: Per partition, the polls consumed and not yet known durable (the
+        #: unacknowledged age, and the unacknowledged bound of backpressure).
+        self._unacked: dict[TopicPartitionKey, _Unacknowledged] = {}
+        self._unacked_bounds = partition_unacked_bounds(settings)
+        #: Per partition, time.monotonic() of its latest fetched messages, resume or
+        #: assignment: how long a partition has gone unfetched counts from there.
+        self._fetched_at: dict[TopicPartitionKey, float] = {}
+        #: Per partition not paused by kingest, messages the consumer could fetch by its
+        #: cached high watermark (absent: none or unknown); the loop replaces it whole.
+        self._fetch_backlog: dict[TopicPartitionKey, int] = {}
+        #: Where fetching starts for partitions that fetched nothing since their
+        #: assignment (position unknown): the group's committed offset, looked up once.
+        self._fetch_start: dict[TopicPartitionKey, int | None] = {}
+        self._next_fetch_check = 0.0
+        self._fetch_stall_s = settings.http.max_fetch_stall_s
 
     # ------------------------------------------------------------------ control
 
@@ -173,7 +218,10 @@ class Pipeline:
         partitions = self._partitions.copy()
         paused = frozenset(self._paused)
         confirmed = self._confirmed.copy()
-        since = _oldest_times(self._unacked.copy())
+        unacked = self._unacked.copy()
+        since = _oldest_times(unacked)
+        fetched_at = self._fetched_at.copy()
+        fetch_backlog = self._fetch_backlog
         committer, writers = self._committer, self._writers
         phase = self._phase
         dead: list[str] = []
@@ -192,6 +240,9 @@ class Pipeline:
                     paused=tp in paused,
                     committed=confirmed.get(tp),
                     unacked_since=since.get(tp),
+                    unacked_messages=_unacked_messages(unacked.get(tp)),
+                    fetched_at=fetched_at.get(tp),
+                    fetch_backlog=fetch_backlog.get(tp, 0),
                 )
                 for tp, actor in partitions.items()
             ),
@@ -285,6 +336,7 @@ class Pipeline:
             if self._partitions:
                 self._apply_backpressure(consumer)
                 self._commit_progress(consumer)
+                self._check_fetching(consumer)
 
     def _dispatch(self, messages: list[Message]) -> None:
         if any(map(_message_error, messages)):  # rare: librdkafka reports errors inline
@@ -313,8 +365,9 @@ class Pipeline:
             consumed[(tp[0], str(tp[1]), group_id)] = len(group)
             unacked = self._unacked.get(tp)
             if unacked is None:
-                unacked = self._unacked[tp] = deque()
-            unacked.append((last, now))
+                unacked = self._unacked[tp] = _Unacknowledged()
+            unacked.add(last, now, len(group), records_size(group))
+            self._fetched_at[tp] = now
         if consumed:
             self.stats.count(catalog.MESSAGES_CONSUMED, consumed)
             if self.stats.first_consumed_at is None:
@@ -330,18 +383,42 @@ class Pipeline:
     # ------------------------------------------------------------------ backpressure
 
     def _apply_backpressure(self, consumer: Consumer) -> None:
+        """Pause a partition whose mailbox, or whose work consumed and not yet durable
+        (mailbox, open batch, writers' queue, writers, retries), is over its bound;
+        resume it once every one of them is at half its bound or below."""
         pipeline = self.settings.pipeline
         max_messages, max_bytes = pipeline.partition_queue_messages, pipeline.partition_queue_bytes
+        max_unacked, max_unacked_bytes = self._unacked_bounds
+        unacked = self._unacked
+        if any(
+            2 * pending.messages > max_unacked or 2 * pending.nbytes > max_unacked_bytes
+            for pending in unacked.values()
+        ):
+            # Near a bound: what is durable now decides, not the last commit interval's view.
+            self._forget_acknowledged()
         to_pause: list[TopicPartition] = []
         to_resume: list[TopicPartition] = []
         for tp, actor in self._partitions.items():
             backlog = self._dispatched.get(tp, -1) - actor.received_offset
             queued_bytes = actor.mailbox.nbytes
+            pending = unacked.get(tp)
+            unacked_messages = pending.messages if pending is not None else 0
+            unacked_bytes = pending.nbytes if pending is not None else 0
             if tp in self._paused:
-                if backlog <= max_messages // 2 and queued_bytes <= max_bytes // 2:
+                if (
+                    backlog <= max_messages // 2
+                    and queued_bytes <= max_bytes // 2
+                    and unacked_messages <= max_unacked // 2
+                    and unacked_bytes <= max_unacked_bytes // 2
+                ):
                     self._paused.discard(tp)
                     to_resume.append(TopicPartition(tp[0], tp[1]))
-            elif backlog >= max_messages or queued_bytes >= max_bytes:
+            elif (
+                backlog >= max_messages
+                or queued_bytes >= max_bytes
+                or unacked_messages >= max_unacked
+                or unacked_bytes >= max_unacked_bytes
+            ):
                 self._paused.add(tp)
                 to_pause.append(TopicPartition(tp[0], tp[1]))
         if to_pause:
@@ -350,7 +427,72 @@ class Pipeline:
             log.debug("paused %s", [(t.topic, t.partition) for t in to_pause])
         if to_resume:
             consumer.resume(to_resume)
+            now = time.monotonic()
+            for t in to_resume:
+                self._fetched_at[(t.topic, t.partition)] = now
             log.debug("resumed %s", [(t.topic, t.partition) for t in to_resume])
+
+    # ------------------------------------------------------------------ fetch stalls
+
+    def _check_fetching(self, consumer: Consumer) -> None:
+        """Publish how many messages the consumer could fetch for each partition kingest
+        has not paused (cached high watermark minus position; local calls, no request),
+        so that one with messages that is not fetched shows: a partition the client keeps
+        paused on its own is never consumed and so never unacknowledged either."""
+        now = time.monotonic()
+        if now < self._next_fetch_check:
+            return
+        self._next_fetch_check = now + FETCH_CHECK_INTERVAL_S
+        for gone in [tp for tp in self._fetched_at if tp not in self._partitions]:
+            del self._fetched_at[gone]
+            self._fetch_start.pop(gone, None)
+        candidates = [
+            TopicPartition(t, p) for t, p in self._partitions if (t, p) not in self._paused
+        ]
+        backlog: dict[TopicPartitionKey, int] = {}
+        unknown: list[TopicPartitionKey] = []
+        try:
+            positions = consumer.position(candidates) if candidates else []
+            for position in positions:
+                tp = (position.topic, position.partition)
+                start = position.offset if position.offset >= 0 else self._fetch_start.get(tp)
+                if start is None:
+                    # Nothing fetched since the assignment: once it has been idle for a
+                    # while, learn where its fetching starts (the committed offset).
+                    idle = now - self._fetched_at.get(tp, now)
+                    if tp not in self._fetch_start and 2 * idle >= self._fetch_stall_s:
+                        unknown.append(tp)
+                    continue
+                high = consumer.get_watermark_offsets(position, cached=True)[1]
+                if high > start:
+                    backlog[tp] = high - start
+        except KafkaException as error:
+            log.debug("cannot read positions and cached watermarks: %s", error)
+        self._fetch_backlog = backlog
+        if unknown:
+            self._look_up_fetch_start(consumer, unknown)
+
+    def _look_up_fetch_start(self, consumer: Consumer, tps: list[TopicPartitionKey]) -> None:
+        """Remember where fetching starts for partitions not fetched since assigned."""
+        reset = self.settings.kafka.auto_offset_reset
+        try:
+            committed = consumer.committed(
+                [TopicPartition(t, p) for t, p in tps], timeout=COMMITTED_TIMEOUT_S
+            )
+        except KafkaException as error:
+            log.debug("cannot read committed offsets: %s", error)
+            committed = []
+        found = {(c.topic, c.partition): c for c in committed}
+        for tp in tps:
+            entry = found.get(tp)
+            start: int | None = None
+            if entry is not None and entry.error is None and entry.offset >= 0:
+                start = entry.offset
+            elif entry is not None and entry.error is None and reset == "earliest":
+                low = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)[0]
+                start = low if low >= 0 else None
+            # None (unknown, or "latest") is kept too: looked up once per assignment.
+            self._fetch_start[tp] = start
 
     # ------------------------------------------------------------------ commits
 
@@ -393,10 +535,9 @@ class Pipeline:
         for tp, (generation, offset) in self._committer.committable().items():
             actor = self._partitions.get(tp)
             unacked = self._unacked.get(tp)
-            if actor is None or actor.generation != generation or not unacked:
+            if actor is None or actor.generation != generation or unacked is None:
                 continue
-            while unacked and unacked[0][0] < offset:
-                unacked.popleft()
+            unacked.forget_below(offset)
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         # Runs on the loop thread inside consume(). A failed asynchronous commit is retried
@@ -455,6 +596,10 @@ class Pipeline:
         generation = self._generation
         tps = tuple((p.topic, p.partition) for p in partitions)
         self._committer.tell(Assigned(tps, generation))
+        now = time.monotonic()
+        for tp in tps:
+            self._fetched_at[tp] = now
+            self._fetch_start.pop(tp, None)
         pipeline = self.settings.pipeline
         for tp in tps:
             actor = PartitionActor(
@@ -473,6 +618,7 @@ class Pipeline:
             )
             actor.start()
             self._partitions[tp] = actor
+        self._resume_assigned(consumer, partitions)
         self.stats.count(catalog.REBALANCES, {("assign",): 1})
         log.info("assigned %d partitions (generation %d): %s", len(tps), generation, list(tps))
         budget = memory_budget(self.settings, max(1, len(self._partitions)))
@@ -482,6 +628,21 @@ class Pipeline:
             budget.total_mib,
             budget.message_bytes,
         )
+
+    def _resume_assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Clear the consumer's pause flag of newly assigned partitions.
+
+        librdkafka keeps a partition's pause flag across a rebalance (eager and
+        incremental alike): a partition paused by backpressure, revoked and assigned
+        back to this consumer would never be fetched again, while kingest, which forgot
+        the partition on release, would never resume it. Resuming before the assignment
+        is applied (the client applies it when this callback returns) clears the flag of
+        a partition the consumer still knows and does nothing to one it does not.
+        """
+        # A newly assigned partition is never in kingest's pause record (released
+        # partitions leave it), so every one of them is resumed.
+        if partitions:
+            consumer.resume(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
@@ -619,17 +780,23 @@ def _commit_within(consumer: Consumer, offsets: list[TopicPartition], deadline: 
 
 
 def _oldest_times(
-    unacked: dict[TopicPartitionKey, deque[tuple[int, float]]],
+    unacked: dict[TopicPartitionKey, _Unacknowledged],
 ) -> dict[TopicPartitionKey, float]:
     """When each partition's oldest unacknowledged message was consumed. Called from
     other threads while the loop pops from the deques: an emptied one has none."""
     oldest = {}
     for tp, pending in unacked.items():
         try:
-            oldest[tp] = pending[0][1]
+            oldest[tp] = pending.polls[0][1]
         except IndexError:
             continue
     return oldest
+
+
+def _unacked_messages(pending: _Unacknowledged | None) -> int:
+    """Messages consumed and not yet known durable (read from other threads: a total
+    the loop updates in one assignment)."""
+    return 0 if pending is None else max(0, pending.messages)
 
 
 def _is_unexpected(error: BaseException) -> bool:

@@ -29,6 +29,7 @@ __all__ = [
     "DEAD_LETTER_PUBLISH_FAILURES",
     "END_TO_END_LATENCY",
     "EVENTS_PROCESSED",
+    "FETCH_STALL",
     "MAILBOX_DEPTH",
     "MESSAGES_CONSUMED",
     "OLDEST_UNACKED_AGE",
@@ -206,6 +207,15 @@ OLDEST_UNACKED_AGE: Final = MetricSpec(
     "durable in PostgreSQL (0 when everything consumed is acknowledged).",
     _TP,
 )
+FETCH_STALL: Final = MetricSpec(
+    "kingest.partition.fetch.stall",
+    "gauge",
+    "s",
+    "Seconds since an assigned partition that has messages to fetch, and that kingest has "
+    "not paused, last delivered messages (0 when it is paused, has nothing to fetch or "
+    "is being fetched): a partition the client does not fetch.",
+    _TP,
+)
 REBALANCES: Final = MetricSpec(
     "kingest.rebalances",
     "counter",
@@ -269,6 +279,7 @@ ALL: Final[tuple[MetricSpec, ...]] = (
     COMMITTED_OFFSET,
     CONSUMER_LAG,
     OLDEST_UNACKED_AGE,
+    FETCH_STALL,
     REBALANCES,
     PARTITIONS_ASSIGNED,
     PARTITIONS_PAUSED,

@@ -9,8 +9,11 @@ fatal Kafka error).
 Readiness asks "is this process doing its job?": it is live, the group assigned it its
 partitions (possibly none, when the group has more members than partitions), PostgreSQL
 answers a ``SELECT 1`` (probed at most every two seconds, with a two-second connect
-timeout, on a connection of its own), and no consumed message has waited longer than
-``KINGEST_HEALTH_MAX_UNACKED_AGE_S`` to become durable.
+timeout, on a connection of its own), no consumed message has waited longer than
+``KINGEST_HEALTH_MAX_UNACKED_AGE_S`` to become durable, and no assigned partition that
+has messages to fetch and that kingest has not paused has gone unfetched for longer than
+``KINGEST_HEALTH_MAX_FETCH_STALL_S`` (a partition the client keeps paused on its own is
+never consumed, so nothing of it is ever unacknowledged).
 
 A pipeline that works around a failure stays ready but says so: when a dead letter the
 dead-letter topic did not take was kept in ``kingest.dead_letters`` within the last
@@ -127,6 +130,7 @@ class HealthChecks:
         self._source = source
         self._stall_s = settings.http.loop_stall_s
         self._max_unacked_s = settings.http.max_unacked_age_s
+        self._max_fetch_stall_s = settings.http.max_fetch_stall_s
         self._database = database or DatabaseProbe(settings.database.url)
 
     def liveness(self, state: PipelineState | None = None) -> Report:
@@ -144,6 +148,7 @@ class HealthChecks:
                 self._partitions(state),
                 Check("database", ok, detail),
                 self._progress(state),
+                self._fetching(state),
                 *((fallback,) if fallback is not None else ()),
             )
         )
@@ -207,3 +212,24 @@ class HealthChecks:
                 f"(limit {self._max_unacked_s:g} s)",
             )
         return Check("progress", True, f"oldest unacknowledged message {age:.1f} s old")
+
+    def _fetching(self, state: PipelineState) -> Check:
+        now = time.monotonic()
+        stalled = sorted(
+            (p.tp, p.fetch_stall_s(now))
+            for p in state.partitions
+            if p.fetch_stall_s(now) > self._max_fetch_stall_s
+        )
+        if stalled:
+            names = ", ".join(
+                f"{topic}[{partition}] ({s:.0f} s)" for (topic, partition), s in stalled
+            )
+            return Check(
+                "fetching",
+                False,
+                f"not fetched although messages wait and kingest did not pause them "
+                f"(limit {self._max_fetch_stall_s:g} s): {names}",
+            )
+        return Check(
+            "fetching", True, "every partition with messages to fetch is fetched or paused"
+        )

@@ -68,6 +68,21 @@ class PartitionState:
     committed: int | None
     #: time.monotonic() when the oldest unacknowledged message was consumed (None: none).
     unacked_since: float | None
+    #: Messages consumed and not yet known durable (counted in whole polls).
+    unacked_messages: int = 0
+    #: time.monotonic() of the partition's latest fetched messages, resume or assignment.
+    fetched_at: float | None = None
+    #: Messages the consumer could fetch (its cached high watermark minus its position),
+    #: as last checked while kingest had not paused the partition (0: none or unknown).
+    fetch_backlog: int = 0
+
+    def fetch_stall_s(self, now: float | None = None) -> float:
+        """Seconds the partition has gone unfetched with messages to fetch while kingest
+        had not paused it (0 when it is paused, has nothing to fetch or is fetched)."""
+        if self.paused or self.fetch_backlog <= 0 or self.fetched_at is None:
+            return 0.0
+        now = time.monotonic() if now is None else now
+        return max(0.0, now - self.fetched_at)
 
 
 @attrs.frozen(slots=True)
@@ -193,6 +208,7 @@ class PipelineMetrics:
             catalog.COMMITTED_OFFSET: self._observe_committed,
             catalog.CONSUMER_LAG: self._observe_lag,
             catalog.OLDEST_UNACKED_AGE: self._observe_unacked_age,
+            catalog.FETCH_STALL: self._observe_fetch_stall,
             catalog.PARTITIONS_ASSIGNED: self._observe_assigned,
             catalog.PARTITIONS_PAUSED: self._observe_paused,
             catalog.READY: self._observe_ready,
@@ -273,6 +289,11 @@ class PipelineMetrics:
         for p in self._source.state().partitions:
             age = 0.0 if p.unacked_since is None else max(0.0, now - p.unacked_since)
             yield Observation(age, _tp_attributes(p.tp))
+
+    def _observe_fetch_stall(self, _options: CallbackOptions) -> Iterable[Observation]:
+        now = time.monotonic()
+        for p in self._source.state().partitions:
+            yield Observation(p.fetch_stall_s(now), _tp_attributes(p.tp))
 
     def _committed(self) -> list[tuple[PartitionState, int | None, EndOffsets | None]]:
         """Per assigned partition: the newest committed offset known, and its end offsets."""

@@ -336,8 +336,15 @@ ROWS = (
             Panel(
                 "Oldest unacknowledged message per partition",
                 "Age of the oldest consumed message not yet durable in PostgreSQL (0 when "
-                "everything consumed is acknowledged).",
-                (q(f"kingest_partition_oldest_unacked_age_seconds{{{TOPIC}}}", TP_LEGEND),),
+                "everything consumed is acknowledged); and how long a partition with "
+                "messages to fetch, not paused by kingest, has gone unfetched.",
+                (
+                    q(f"kingest_partition_oldest_unacked_age_seconds{{{TOPIC}}}", TP_LEGEND),
+                    q(
+                        f"kingest_partition_fetch_stall_seconds{{{TOPIC}}} > 0",
+                        f"not fetched {TP_LEGEND}",
+                    ),
+                ),
                 unit="s",
                 width=8,
             ),

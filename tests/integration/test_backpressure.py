@@ -21,14 +21,21 @@ import pytest
 from psycopg import sql
 
 from kingest.config import load_settings
+from kingest.demo import committed_offsets
 from kingest.pipeline.memory import memory_budget
+from kingest.pipeline.pipeline import RunOutcome
 from kingest.producer import produce_records
 from kingest.store.migrate import apply_migrations
 from kingest.synth import SyntheticRecord, SyntheticStream
+from kingest.telemetry import catalog
 from tests.integration.support import (
+    InProcessKingest,
     KingestProcess,
+    all_committed,
+    assert_committed_are_stored,
     fact_tables,
     kingest_env,
+    stored_event_ids,
     total_stored_rows,
     wait_for,
 )
@@ -188,3 +195,86 @@ def test_500k_backlog_on_a_slow_database_stays_within_the_memory_bound(
     assert peak <= budget.total_bytes, (
         f"peak RSS {peak / 2**20:.1f} MiB over the bound {budget.total_mib:.1f} MiB"
     )
+
+
+#: The unacknowledged bound of the held-writes test, far below what the mailbox bound and
+#: the writers' queue let one partition take in (5,000 + 8 batches + 4 writers' worth).
+UNACKED_BOUND = 1_000
+UNACKED_POLL = 100
+UNACKED_EVENTS = 30_000
+
+
+def test_a_partition_whose_writes_are_held_is_paused_at_its_unacknowledged_bound(
+    kafka_bootstrap: str, database_url: str, topic_factory: Callable[[int], str]
+) -> None:
+    # A lock on a table every batch writes to holds every write: nothing becomes durable,
+    # so nothing is committed. Each partition must stop being consumed once what it has
+    # consumed and not seen durable reaches KINGEST_PARTITION_UNACKED_MESSAGES (one poll
+    # may overshoot), not only once its mailbox is full.
+    topic = topic_factory(2)
+    apply_migrations(database_url)
+    records = SyntheticStream(seed=43).take(UNACKED_EVENTS)
+    produced = produce_records(
+        kafka_bootstrap, topic, records, count=UNACKED_EVENTS, collect_ids=True
+    )
+    assert produced.delivered == UNACKED_EVENTS
+    group = "unacked-bound"
+    env = kingest_env(
+        kafka_bootstrap,
+        database_url,
+        topic,
+        group,
+        KINGEST_PARTITION_UNACKED_MESSAGES=str(UNACKED_BOUND),
+        KINGEST_PARTITION_QUEUE_MESSAGES="5000",
+        KINGEST_KAFKA_POLL_BATCH_SIZE=str(UNACKED_POLL),
+        KINGEST_BATCH_SIZE="200",
+        # Held writes give up a statement after 2 s and are retried: retries prove time
+        # passes with the writers stuck.
+        KINGEST_DATABASE_STATEMENT_TIMEOUT_MS="2000",
+    )
+    kingest = InProcessKingest(env)
+    pipeline = kingest.pipeline
+
+    def consumed_uncommitted() -> dict[int, int]:
+        """Per partition, messages consumed (counted by the loop) minus the committed
+        offset the broker holds (a fresh group starts at offset 0)."""
+        consumed = {
+            int(partition): count
+            for (_, partition, _), count in pipeline.stats.series(catalog.MESSAGES_CONSUMED).items()
+        }
+        committed = committed_offsets(kafka_bootstrap, group, topic, 2)
+        return {p: n - max(committed.get(p, -1), 0) for p, n in consumed.items()}
+
+    with psycopg.connect(database_url) as blocker, kingest:
+        blocker.execute("LOCK TABLE kingest.inferences IN ACCESS EXCLUSIVE MODE")
+        wait_for(
+            lambda: len(pipeline.state().partitions) == 2 and pipeline.state().paused_count == 2,
+            timeout=60,
+            what="both partitions paused",
+        )
+        retries = pipeline.stats.get("retries")
+        wait_for(
+            lambda: pipeline.stats.get("retries") >= retries + 4,
+            timeout=60,
+            what="the held writes retried while the partitions stay paused",
+        )
+        state = pipeline.state()
+        held = consumed_uncommitted()
+        assert state.paused_count == 2
+        assert all(n <= UNACKED_BOUND + UNACKED_POLL for n in held.values()), held
+        assert all(p.unacked_messages <= UNACKED_BOUND + UNACKED_POLL for p in state.partitions), (
+            state.partitions
+        )
+        assert sum(held.values()) < UNACKED_EVENTS
+        blocker.rollback()
+        wait_for(
+            lambda: all_committed(kafka_bootstrap, group, topic, produced.end_offsets, 2),
+            timeout=120,
+            what="every offset committed once the lock is released",
+        )
+        assert kingest.stop() is RunOutcome.DRAINED
+    assert_committed_are_stored(database_url, kafka_bootstrap, group, topic, 2)
+    stored = stored_event_ids(database_url)
+    assert set(stored) == produced.event_ids
+    assert max(stored.values()) == 1
+    print(f"\nheld per partition: {held}; unacked {[p.unacked_messages for p in state.partitions]}")

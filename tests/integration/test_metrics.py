@@ -25,7 +25,7 @@ from typing import Any
 import psycopg
 import pytest
 from click.testing import Result
-from confluent_kafka import Consumer, KafkaError, Message, Producer
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from typer.testing import CliRunner
@@ -33,7 +33,7 @@ from typer.testing import CliRunner
 from kingest.cli import app
 from kingest.config import load_settings
 from kingest.devstack import LocalPostgres, MockKafkaCluster, create_topic
-from kingest.pipeline.pipeline import RunOutcome
+from kingest.pipeline.pipeline import FETCH_CHECK_INTERVAL_S, RunOutcome
 from kingest.store.migrate import apply_migrations
 from kingest.synth import SyntheticStream
 from kingest.telemetry import catalog
@@ -484,6 +484,117 @@ def test_lag_readiness_and_a_stalled_loop_through_a_database_outage(
         assert run.kingest.stop() is RunOutcome.DRAINED
     assert per_partition_lag(lag_json(cli_env)) == dict.fromkeys(range(3), (120, 120, 0))
     assert dict(produced.end_offsets) == dict.fromkeys(range(partitions), 120)
+
+
+class DeafToResume(Consumer):  # type: ignore[misc]
+    """A real consumer that ignores kingest's resume of the partitions in ``deaf``: the
+    state librdkafka leaves a partition in when its pause flag outlives kingest's record.
+
+    Setting ``wake`` resumes them at the next poll, on the consumer loop's thread (a
+    resume from another thread can wait for minutes on the loop's callbacks)."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        super().__init__(config)
+        self.deaf: set[tuple[str, int]] = set()
+        self.wake = threading.Event()
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        heard = [p for p in partitions if (p.topic, p.partition) not in self.deaf]
+        if heard:
+            super().resume(heard)
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        if self.wake.is_set() and self.deaf:
+            deaf, self.deaf = self.deaf, set()
+            super().resume([TopicPartition(*tp) for tp in deaf])
+        messages: list[Message] = super().consume(num_messages, timeout)
+        return messages
+
+
+def test_readiness_and_a_gauge_name_a_partition_the_client_keeps_paused(
+    mock_cluster: MockKafkaCluster, database_url: str
+) -> None:
+    # kingest pauses partition 0 (its writes are held back by a lock, so it stays paused)
+    # and resumes it once the lock is gone, but the consumer keeps it paused: it has
+    # messages and is never fetched. Nothing of it is unacknowledged, so only the fetch
+    # check can see it.
+    bootstrap = mock_cluster.bootstrap_servers
+    topic = mock_topic(mock_cluster, 2)
+    apply_migrations(database_url)
+    records = SyntheticStream(seed=13).take(6_000)
+    produced = produce(bootstrap, topic, {0: [r.value for r in records[:5_000]], 1: []})
+    group = "fetch-stall"
+    stall_s = 3.0
+    env = kingest_env(
+        bootstrap,
+        database_url,
+        topic,
+        group,
+        KINGEST_HEALTH_MAX_FETCH_STALL_S=str(stall_s),
+        KINGEST_PARTITION_QUEUE_MESSAGES="100",
+        KINGEST_KAFKA_POLL_BATCH_SIZE="100",
+        KINGEST_BATCH_SIZE="100",
+    )
+    stuck = (topic, 0)
+    consumers: list[DeafToResume] = []
+
+    def deaf_consumer(config: dict[str, Any]) -> DeafToResume:
+        consumer = DeafToResume(config)
+        consumers.append(consumer)
+        return consumer
+
+    kingest = InProcessKingest(env)
+    pipeline = kingest.pipeline
+    pipeline._consumer_factory = deaf_consumer
+    server = TelemetryServer(pipeline, load_settings(env)).start()
+    url = server.url
+    with psycopg.connect(database_url) as blocker, kingest:
+        blocker.execute("LOCK TABLE kingest.inferences IN ACCESS EXCLUSIVE MODE")
+        wait_for(
+            lambda: pipeline.stats.get("pauses") > 0 and pipeline.state().paused_count == 1,
+            timeout=60,
+            what="kingest pausing partition 0",
+        )
+        (consumer,) = consumers
+        consumer.deaf = {stuck}
+        blocker.rollback()
+        wait_for(
+            lambda: pipeline.state().paused_count == 0,
+            timeout=60,
+            what="kingest resuming partition 0 (the consumer does not)",
+        )
+
+        def stall() -> dict[str, float]:
+            return values(
+                scrape(url),
+                catalog.FETCH_STALL.prometheus_name,
+                "messaging_destination_partition_id",
+            )
+
+        wait_for(lambda: get(f"{url}/readyz")[0] == 503, timeout=30, what="/readyz 503")
+        ready = get(f"{url}/readyz")[1]
+        assert ready["failed"] == ["fetching"], ready
+        assert f"{topic}[0]" in ready["checks"]["fetching"]["detail"]
+        assert f"{topic}[1]" not in ready["checks"]["fetching"]["detail"]
+        gauge = stall()
+        assert gauge["0"] > stall_s, gauge
+        assert gauge["1"] == 0, gauge
+        assert get(f"{url}/healthz")[0] == 200
+
+        consumer.wake.set()
+        wait_for(
+            lambda: all_committed(bootstrap, group, topic, produced.end_offsets, 2),
+            timeout=60,
+            what="partition 0 consumed and committed once resumed",
+        )
+        wait_for(
+            lambda: get(f"{url}/readyz")[0] == 200,
+            timeout=10 + FETCH_CHECK_INTERVAL_S,
+            what="/readyz 200 again",
+        )
+        assert stall()["0"] < stall_s
+        assert kingest.stop() is RunOutcome.DRAINED
+    server.stop()
 
 
 def test_kingest_lag_says_when_the_broker_is_unreachable() -> None:

@@ -31,7 +31,9 @@ from kingest.devstack import MockKafkaCluster, create_topic
 from kingest.pipeline.committer import OffsetCommitter
 from kingest.pipeline.messages import Ack, CommitterMessage, TopicPartitionKey
 from kingest.pipeline.pipeline import Pipeline, RunOutcome
+from kingest.producer import produce_records
 from kingest.store.migrate import apply_migrations
+from kingest.synth import SyntheticStream
 from tests.integration.faulty_stream import (
     PARTITIONS,
     FaultyStreamProducer,
@@ -40,7 +42,14 @@ from tests.integration.faulty_stream import (
     check_exactly_once,
     report,
 )
-from tests.integration.support import InProcessKingest, all_committed, kingest_env, wait_for
+from tests.integration.support import (
+    InProcessKingest,
+    all_committed,
+    assert_committed_are_stored,
+    kingest_env,
+    stored_event_ids,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -389,4 +398,85 @@ def test_a_lost_assignment_commits_nothing_and_is_recovered(
         lost=result.lost,
         duplicated=result.duplicated,
         callbacks=[f"{c.kind}:{len(c.partitions)}" for c in callbacks.calls],
+    )
+
+
+#: Events of the paused-partition test: enough that every partition is paused long before
+#: its share is consumed under the small bounds the test sets.
+PAUSED_EVENTS = 12_000
+
+
+def test_a_partition_paused_when_it_moves_is_consumed_when_it_comes_back(
+    strategy: tuple[str, Broker], database_url: str, record_property: RecordProperty
+) -> None:
+    # librdkafka keeps a partition's pause flag across a rebalance: a partition paused by
+    # backpressure, taken away and handed back to the same consumer is not fetched until
+    # someone resumes it. kingest forgets its own pause record when it releases the
+    # partition, so it must resume every partition it is assigned.
+    name, broker = strategy
+    topic = broker.make_topic()
+    apply_migrations(database_url)
+    group = f"paused-{name}"
+    env = kingest_env(
+        broker.bootstrap,
+        database_url,
+        topic,
+        group,
+        KINGEST_KAFKA_ASSIGNMENT_STRATEGY=name,
+        KINGEST_DRAIN_TIMEOUT_S="1",
+        # Writers blocked by the test's lock give up a statement after 2 s and retry, so
+        # a member can leave while the lock is held.
+        KINGEST_DATABASE_STATEMENT_TIMEOUT_MS="2000",
+        KINGEST_KAFKA_POLL_BATCH_SIZE="100",
+        KINGEST_BATCH_SIZE="100",
+        KINGEST_WRITER_QUEUE_BATCHES="1",
+        KINGEST_WRITERS="2",
+        KINGEST_PARTITION_QUEUE_MESSAGES="200",
+    )
+    all_tps = frozenset((topic, p) for p in range(PARTITIONS))
+    records = SyntheticStream(seed=91).take(PAUSED_EVENTS)
+    produced = produce_records(
+        broker.bootstrap, topic, records, count=PAUSED_EVENTS, collect_ids=True
+    )
+    assert produced.delivered == PAUSED_EVENTS
+    assert produced.event_ids is not None
+    a, b = InProcessKingest(env), InProcessKingest(env)
+    a_log = record_callbacks(a.pipeline)
+    with psycopg.connect(database_url) as blocker, a:
+        # Every batch holds an inference: with the table locked no write completes, the
+        # queues fill and backpressure pauses every partition.
+        blocker.execute("LOCK TABLE kingest.inferences IN ACCESS EXCLUSIVE MODE")
+        wait_for(
+            lambda: owned(a.pipeline) == all_tps and a.pipeline.state().paused_count == PARTITIONS,
+            timeout=60,
+            what="A owning and having paused every partition",
+        )
+        with b:
+            wait_for(lambda: bool(owned(b.pipeline)), timeout=90, what="B assigned")
+            moved = owned(b.pipeline)
+            assigns = len(a_log.of("assign"))
+            b.stop()  # leaves with its writes held back: its drain deadline passes
+        wait_for(
+            lambda: len(a_log.of("assign")) > assigns and owned(a.pipeline) == all_tps,
+            timeout=90,
+            what="A assigned every partition again after B left",
+        )
+        blocker.rollback()
+        # Bounded: a partition that stays paused in the consumer never gets there.
+        wait_for(
+            lambda: all_committed(broker.bootstrap, group, topic, produced.end_offsets, PARTITIONS),
+            timeout=90,
+            what=f"every offset committed (A: {a_log.summary()})",
+        )
+        assert a.stop() is RunOutcome.DRAINED
+    assert_committed_are_stored(database_url, broker.bootstrap, group, topic, PARTITIONS)
+    stored = stored_event_ids(database_url)
+    assert set(stored) == produced.event_ids
+    assert max(stored.values()) == 1
+    report(
+        record_property,
+        f"paused partition comes back {name}",
+        moved=sorted(p for _, p in moved),
+        events=len(stored),
+        a_callbacks=a_log.summary(),
     )

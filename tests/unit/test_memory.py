@@ -16,6 +16,7 @@ from kingest.pipeline.memory import (
     ROW_OVERHEAD,
     MemoryBudget,
     memory_budget,
+    partition_unacked_bounds,
 )
 
 MIB = 1024 * 1024
@@ -147,3 +148,40 @@ def test_a_byte_bound_on_batches_caps_them_for_large_messages() -> None:
     # row of 100 kB, so a batch holds at most 6 + 99 rows instead of 500 + 99.
     assert term(capped, "open batches") * 599 == term(count_only, "open batches") * 105
     assert capped.total_bytes < count_only.total_bytes
+
+
+def test_the_unacknowledged_bounds_default_to_what_the_pipeline_holds_for_a_partition() -> None:
+    # 0 (the default): a full mailbox and a poll, then the open batch, the writers' queue
+    # and two batches per writer, each a batch and a poll: never reached in steady state.
+    messages, nbytes = partition_unacked_bounds(settings(**SMALL))
+    assert messages == 2000 + 100 + (3 + 2 * 2 + 1) * (500 + 100)
+    assert nbytes == 1048576 + (3 + 2 * 2 + 1) * 8 * MIB
+    explicit = settings(
+        **SMALL,
+        KINGEST_PARTITION_UNACKED_MESSAGES="700",
+        KINGEST_PARTITION_UNACKED_BYTES="300000",
+    )
+    assert partition_unacked_bounds(explicit) == (700, 300000)
+
+
+def test_a_tighter_unacknowledged_bound_caps_the_mailboxes() -> None:
+    default = memory_budget(settings(**SMALL), partitions=4, message_bytes=1000)
+    assert term(default, "partition mailboxes") == (4 * 1049 + 100) * (
+        1000 + PYTHON_MESSAGE_OVERHEAD
+    )
+    by_count = memory_budget(
+        settings(**SMALL, KINGEST_PARTITION_UNACKED_MESSAGES="700"),
+        partitions=4,
+        message_bytes=1000,
+    )
+    assert term(by_count, "partition mailboxes") == (4 * 700 + 100) * (
+        1000 + PYTHON_MESSAGE_OVERHEAD
+    )
+    by_bytes = memory_budget(
+        settings(**SMALL, KINGEST_PARTITION_UNACKED_BYTES="300000"),
+        partitions=4,
+        message_bytes=1000,
+    )
+    assert term(by_bytes, "partition mailboxes") == (4 * 300 + 100) * (
+        1000 + PYTHON_MESSAGE_OVERHEAD
+    )

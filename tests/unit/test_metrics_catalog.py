@@ -204,6 +204,45 @@ def test_readiness_needs_the_group_the_database_and_progress() -> None:
     assert verdict(stuck.liveness()) == (True, [])
 
 
+def unfetched(tp: tuple[str, int], *, for_s: float, backlog: int, paused: bool) -> PartitionState:
+    return PartitionState(
+        tp,
+        0,
+        paused,
+        None,
+        None,
+        fetched_at=time.monotonic() - for_s,
+        fetch_backlog=backlog,
+    )
+
+
+def test_readiness_names_partitions_with_messages_that_are_not_fetched() -> None:
+    settings = load_settings({**VALID, "KINGEST_HEALTH_MAX_FETCH_STALL_S": "30"})
+    stalled = unfetched(("events", 3), for_s=45.0, backlog=10, paused=False)
+    state = PipelineState(
+        (
+            stalled,
+            unfetched(("events", 1), for_s=40.0, backlog=7, paused=False),
+            # paused by kingest, at its end, or fetched recently: all fine
+            unfetched(("events", 0), for_s=600.0, backlog=10, paused=True),
+            unfetched(("events", 2), for_s=600.0, backlog=0, paused=False),
+            unfetched(("events", 4), for_s=5.0, backlog=10, paused=False),
+        ),
+        phase="running",
+        joined=True,
+    )
+    checks = HealthChecks(States(state), settings, database=lambda: (True, "ok"))
+    report = checks.readiness()
+    assert verdict(report) == (False, ["fetching"])
+    detail = report.as_json()["checks"]["fetching"]["detail"]
+    assert "limit 30 s" in detail
+    assert detail.endswith(": events[1] (40 s), events[3] (45 s)")
+    assert verdict(checks.liveness()) == (True, [])
+    assert stalled.fetch_stall_s(time.monotonic()) >= 45.0
+    assert state.partitions[2].fetch_stall_s() == 0.0
+    assert state.partitions[3].fetch_stall_s() == 0.0
+
+
 def test_readme_embeds_the_current_metric_reference() -> None:
     readme = (Path(__file__).parents[2] / "README.md").read_text()
     start_marker = "<!-- metrics-reference:start -->\n"

@@ -1,0 +1,69 @@
+"""The consumer loop's assignment callback: every partition it is given is resumed.
+
+librdkafka keeps a partition's pause flag across a rebalance, and kingest forgets its own
+pause record of a partition it releases: a partition paused by backpressure and handed
+back would never be fetched again unless the assignment resumes it. The consumer here
+only records the calls (the integration tests in test_rebalance.py run a real broker).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import TopicPartition
+
+from actors import Actor, ActorSystem, Pool
+from kingest.config import load_settings
+from kingest.pipeline.committer import OffsetCommitter
+from kingest.pipeline.messages import WriteBatch
+from kingest.pipeline.pipeline import Pipeline
+from tests.unit.test_config import VALID
+
+
+class Discard(Actor[WriteBatch]):
+    def receive(self, message: WriteBatch) -> Any:
+        return None
+
+
+class RecordingConsumer:
+    """Records pause and resume calls as (call, [(topic, partition), ...])."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, list[tuple[str, int]]]] = []
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.calls.append(("pause", [(p.topic, p.partition) for p in partitions]))
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.calls.append(("resume", [(p.topic, p.partition) for p in partitions]))
+
+
+def test_every_assignment_resumes_the_partitions_it_gives() -> None:
+    pipeline = Pipeline(load_settings(VALID))
+    consumer: Any = RecordingConsumer()
+    both = [TopicPartition("events", 0), TopicPartition("events", 1)]
+    with ActorSystem("assign-test") as system:
+        pipeline._committer = system.spawn(OffsetCommitter())
+        pipeline._writers = system.spawn(Pool("writers", lambda i: Discard(f"w{i}"), 1, capacity=4))
+        pipeline._on_assign(consumer, both)
+        assert consumer.calls == [("resume", [("events", 0), ("events", 1)])]
+        # Backpressure paused partition 0; a rebalance takes both partitions away
+        # (kingest forgets its pause record) and gives them back.
+        pipeline._paused.add(("events", 0))
+        pipeline._on_revoke(consumer, both)
+        assert not pipeline._paused
+        consumer.calls.clear()
+        pipeline._on_assign(consumer, both)
+        assert consumer.calls == [("resume", [("events", 0), ("events", 1)])]
+        # Incremental: an empty assignment resumes nothing, an added partition is resumed
+        # and the partitions kept (and their pause state) are left alone.
+        pipeline._paused.add(("events", 1))
+        consumer.calls.clear()
+        pipeline._on_assign(consumer, [])
+        pipeline._on_assign(consumer, [TopicPartition("events", 2)])
+        assert consumer.calls == [("resume", [("events", 2)])]
+        state = {p.tp: p for p in pipeline.state().partitions}
+        assert sorted(state) == [("events", 0), ("events", 1), ("events", 2)]
+        assert [state[tp].paused for tp in sorted(state)] == [False, True, False]
+        assert all(p.fetched_at is not None for p in state.values())
+        pipeline._on_revoke(consumer, [*both, TopicPartition("events", 2)])
