@@ -53,7 +53,7 @@ from typing import Any
 from opentelemetry.trace import Link
 from psycopg_pool import ConnectionPool
 
-from actors import Actor, Supervisor
+from actors import Actor, ActorStopped, Supervisor
 from kingest.deadletter import DeadLetterPublisher, DeadLetterPublishError, PublishFailure
 from kingest.pipeline.messages import Ack, WriteBatch
 from kingest.pipeline.stats import PipelineStats
@@ -266,8 +266,18 @@ class WriterActor(Actor[WriteBatch]):
             tracing.end_message_spans(batches, abandoned=True)
             return None
         tracing.end_message_spans(batches, self._written_rejections)
-        for batch in batches:
-            self._ack(Ack(batch.tp, batch.generation, batch.first_offset))
+        try:
+            for batch in batches:
+                self._ack(Ack(batch.tp, batch.generation, batch.first_offset))
+        except ActorStopped:
+            # The committer stopped (the run ended at its drain deadline while this
+            # transaction was committing): nothing more is committed in this run, the
+            # offsets are redelivered and the idempotent write makes that harmless.
+            log.info(
+                "offset committer stopped; %d written batches left unacknowledged "
+                "(redelivered on the next start)",
+                len(batches),
+            )
         self._stats.last_written_at = time.monotonic()
         if self._metrics is not None:
             self._metrics.record_batches(batches)
