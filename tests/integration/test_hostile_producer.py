@@ -21,15 +21,16 @@ delivery report), checked against what PostgreSQL and the dead-letter topic hold
 * every partition's committed offset reaches its end offset (no offset stays stuck);
 * every record is stored exactly once (one fact row with its coordinates) or
   dead-lettered exactly once (one ``kingest.dead_letters`` row AND one dead-letter topic
-  message with its coordinates), never both, with its key, value and headers as
-  consumed (on the topic, the key and value of a message too large to republish whole
-  may be cut short); the only record that may be neither is a duplicate: its
+  message with its coordinates; the row alone, with its ``publish_error``, when the
+  topic refused the dead letter), never both, with its key, value and headers as
+  consumed; the only record that may be neither is a duplicate: its
   ``event_id`` names an event stored from another record;
 * a record with a header name that is not UTF-8 (confluent-kafka reads none of its
   headers then) is stored, or dead-lettered with no headers at all and an error
   message that says its Kafka headers were unreadable; no other dead letter says so.
 
-Generation is derandomized (the same records every run) and nothing is shrunk: a
+Generation is derandomized (the same draws every run; event times follow the clock)
+and nothing is shrunk: a
 failure names the records it is about (the record at a stuck committed offset, a lost
 or doubly stored one). Each distinct failure found is kept as an explicit example in
 :data:`REGRESSIONS`, which runs every time.
@@ -874,27 +875,6 @@ def consumed_headers(record: HostileRecord, topic: str) -> tuple[tuple[str, byte
 #: What the error message of a dead letter whose headers confluent-kafka could not read
 #: says (besides why it was dead-lettered).
 _UNREADABLE = "Kafka headers unreadable"
-#: A dead letter on the topic may hold a shortened key and value when the message with
-#: kingest's headers would not fit in message.max.bytes any more.
-_ROOM_FOR_KINGESTS_HEADERS = 8_192
-
-
-def _holds(held: Content, original: Content, *, may_cut: bool) -> bool:
-    """Whether a dead letter holds the original message: its headers unchanged, its key
-    and value too, or (``may_cut``, for a message too large to republish whole) a prefix
-    of them."""
-    if held == original:
-        return True
-    key, value, headers = original
-    size = len(key or b"") + len(value or b"") + sum(len(v or b"") for _, v in headers)
-    if not may_cut or size < MESSAGE_MAX_BYTES - _ROOM_FOR_KINGESTS_HEADERS:
-        return False
-    held_key, held_value, held_headers = held
-    return (
-        held_headers == headers
-        and (key or b"").startswith(held_key or b"")
-        and (value or b"").startswith(held_value or b"")
-    )
 
 
 def _short_content(content: Content) -> str:
@@ -1065,7 +1045,7 @@ def _check_outcome(
             original = (record.key, record.value, consumed_headers(record, sent_topic))
             for where in ("table",) if refused else ("table", "topic"):
                 held = outcome.contents.get((where, *coordinate), original)
-                if not _holds(held, original, may_cut=where == "topic"):
+                if held != original:
                     problems.append(
                         f"{coordinate}: the dead letter in the {where} store holds "
                         f"{_short_content(held)}, not {_short_content(original)}: {record!r}"
