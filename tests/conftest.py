@@ -18,13 +18,11 @@ import os
 import re
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
 from functools import cache
 from typing import Protocol
 
 import psycopg
 import pytest
-from psycopg import sql
 
 from kingest.config import redact_conninfo, safe_error_text
 from kingest.devstack import (
@@ -34,11 +32,11 @@ from kingest.devstack import (
     ServiceError,
     ServicePlan,
     create_topic,
-    database_url_for,
     plan_services,
     provide_kafka,
     provide_postgres,
 )
+from tests.integration.support import fresh_database
 
 
 class TopicFactory(Protocol):
@@ -81,25 +79,10 @@ def postgres_server_url(service_plan: ServicePlan) -> Iterator[str]:
         yield url
 
 
-@contextmanager
-def _fresh_database(server_url: str) -> Iterator[str]:
-    """A new, empty database on the server of ``server_url``, dropped afterwards."""
-    name = f"kt_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield database_url_for(server_url, name)
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
-
-
 @pytest.fixture
 def database_url(postgres_server_url: str) -> Iterator[str]:
     """URL of a new, empty database that exists only for this test."""
-    with _fresh_database(postgres_server_url) as url:
+    with fresh_database(postgres_server_url) as url:
         yield url
 
 
@@ -136,7 +119,7 @@ def any_database_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """URL of a new, empty database for this test, once on each supported server:
     ``pg18`` the session's PostgreSQL 18 (as ``database_url``), ``pg15`` the system one."""
     server = "postgres_server_url" if request.param == "pg18" else "system_postgres_url"
-    with _fresh_database(request.getfixturevalue(server)) as url:
+    with fresh_database(request.getfixturevalue(server)) as url:
         yield url
 
 

@@ -48,9 +48,10 @@ import random
 import threading
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from opentelemetry.trace import Link
+from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
 from actors import Actor, ActorStopped, Supervisor
@@ -81,6 +82,8 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 class AbandonedError(Exception):
@@ -368,6 +371,50 @@ class WriterActor(Actor[WriteBatch]):
         """Write in one transaction, retrying transient errors; return a permanent error,
         or a :class:`RetriesExhaustedError` once ``retry_budget`` attempts failed with a
         transient error that is not an outage (outages are retried forever)."""
+
+        def write(conn: Connection[Any]) -> tuple[WriteResult, float]:
+            started = time.perf_counter()
+            result = write_batch(
+                conn,
+                rows,
+                consumer_group=self._consumer_group,
+                store_dead_letters=self._dead_letter_table,
+                use_copy=self._use_copy,
+            )
+            return result, time.perf_counter() - started
+
+        outcome = self._retrying(
+            write,
+            traced=True,
+            retry_log="transient database error, retrying in %.2fs (attempt %d): %s",
+        )
+        if isinstance(outcome, Exception):
+            return outcome
+        result, elapsed = outcome
+        self._count_outcomes(result, rows)
+        if self._metrics is not None:
+            self._metrics.record_transaction(elapsed)
+        tracing.record_write_result(result)
+        self._written_rejections.extend(rows.rejections)
+        return None
+
+    def _retrying(
+        self,
+        operation: Callable[[Connection[Any]], _T],
+        *,
+        retry_log: str,
+        traced: bool = False,
+    ) -> _T | Exception:
+        """Run ``operation`` on a pooled connection until it succeeds, retrying transient
+        errors with backoff; return its result, a permanent error, or a
+        :class:`RetriesExhaustedError` once ``retry_budget`` attempts failed with a
+        transient error that is not an outage (outages are retried forever).
+
+        A lost prepared statement is retried at once (without them); a schema error
+        raises :class:`SchemaNotReadyError`, the drain deadline :class:`AbandonedError`.
+        ``traced``: the current span is a database write span; name the connection and
+        record each retry on it. ``retry_log`` formats the delay, attempt and error.
+        """
         self._backoff.reset()
         failures = 0
         while True:
@@ -377,16 +424,9 @@ class WriterActor(Actor[WriteBatch]):
             try:
                 with self._pool.connection() as conn:
                     self._prepared.apply(conn)
-                    tracing.record_connection(conn)
-                    started = time.perf_counter()
-                    result: WriteResult = write_batch(
-                        conn,
-                        rows,
-                        consumer_group=self._consumer_group,
-                        store_dead_letters=self._dead_letter_table,
-                        use_copy=self._use_copy,
-                    )
-                    elapsed = time.perf_counter() - started
+                    if traced:
+                        tracing.record_connection(conn)
+                    return operation(conn)
             except Exception as error:
                 if prepared and self._prepared.lost(error):
                     self._stats.count(catalog.RETRIES, {("write", _retry_reason(error)): 1})
@@ -401,22 +441,16 @@ class WriterActor(Actor[WriteBatch]):
                         return RetriesExhaustedError(error, failures)
                 delay = self._backoff.next_delay()
                 self._stats.count(catalog.RETRIES, {("write", _retry_reason(error)): 1})
-                tracing.record_retry(error, delay, self._backoff.attempts)
+                if traced:
+                    tracing.record_retry(error, delay, self._backoff.attempts)
                 log.warning(
-                    "transient database error, retrying in %.2fs (attempt %d): %s",
+                    retry_log,
                     delay,
                     self._backoff.attempts,
                     str(error).strip() or type(error).__name__,
                 )
                 if self._abandon.wait(delay):
                     raise AbandonedError from error
-                continue
-            self._count_outcomes(result, rows)
-            if self._metrics is not None:
-                self._metrics.record_transaction(elapsed)
-            tracing.record_write_result(result)
-            self._written_rejections.extend(rows.rejections)
-            return None
 
     def _count_outcomes(self, result: WriteResult, rows: RowBatch) -> None:
         """Count a committed write: events by type and outcome, dead letters by reason."""
@@ -494,44 +528,21 @@ class WriterActor(Actor[WriteBatch]):
                     "error_type": failure.reason,
                 },
             )
-        self._backoff.reset()
-        failed = 0
-        while True:
-            if self._abandon.is_set():
-                raise AbandonedError
-            prepared = self._prepared.enabled
-            try:
-                with self._pool.connection() as conn:
-                    self._prepared.apply(conn)
-                    store_unpublished_dead_letters(
-                        conn,
-                        [(f.rejection, f.detail) for f in failures],
-                        consumer_group=self._consumer_group,
-                    )
-                break
-            except Exception as error:
-                if prepared and self._prepared.lost(error):
-                    self._stats.count(catalog.RETRIES, {("write", _retry_reason(error)): 1})
-                    continue
-                if is_schema_error(error):
-                    raise SchemaNotReadyError(_schema_error_text(error)) from error
-                if not is_outage(error):
-                    failed += 1
-                    if classify_db_error(error) is ErrorKind.PERMANENT:
-                        raise
-                    if failed >= self._retry_budget:
-                        raise RetriesExhaustedError(error, failed) from error
-                delay = self._backoff.next_delay()
-                self._stats.count(catalog.RETRIES, {("write", _retry_reason(error)): 1})
-                log.warning(
-                    "transient database error keeping unpublished dead letters, retrying "
-                    "in %.2fs (attempt %d): %s",
-                    delay,
-                    self._backoff.attempts,
-                    str(error).strip() or type(error).__name__,
-                )
-                if self._abandon.wait(delay):
-                    raise AbandonedError from error
+
+        def keep(conn: Connection[Any]) -> None:
+            store_unpublished_dead_letters(
+                conn,
+                [(f.rejection, f.detail) for f in failures],
+                consumer_group=self._consumer_group,
+            )
+
+        error = self._retrying(
+            keep,
+            retry_log="transient database error keeping unpublished dead letters, retrying "
+            "in %.2fs (attempt %d): %s",
+        )
+        if error is not None:
+            raise error  # permanent, or RetriesExhaustedError (its cause the last error)
         reasons: dict[tuple[str, ...], int] = {}
         for failure in failures:
             reasons[(failure.reason,)] = reasons.get((failure.reason,), 0) + 1

@@ -63,6 +63,57 @@ def _library() -> Any:
     return lib
 
 
+def _message_arguments(
+    topic: str,
+    partition: int,
+    key: bytes | None,
+    value: bytes | None,
+    headers: Sequence[tuple[bytes, bytes | None]],
+    timestamp_ms: int | None,
+    *,
+    opaque: int | None = None,
+) -> tuple[Any, list[Any]]:
+    """``rd_kafka_produceva``'s arguments for one message (librdkafka copies it): the
+    ``rd_kafka_vu_t`` array, and what it points into, to keep referenced until the call
+    returns. A ``None`` value or header value is a null pointer (no value)."""
+    buffers: list[Any] = []
+    arguments: list[_VU] = []
+
+    def argument(vtype: int) -> _VU:
+        item = _VU()
+        item.vtype = vtype
+        arguments.append(item)
+        return item
+
+    def memory(data: bytes | None) -> int | None:
+        if data is None:
+            return None
+        buffer = ctypes.create_string_buffer(data, len(data))
+        buffers.append(buffer)
+        return ctypes.cast(buffer, ctypes.c_void_p).value
+
+    argument(_VTYPE_TOPIC).u.cstr = topic.encode()
+    argument(_VTYPE_PARTITION).u.i32 = partition
+    item = argument(_VTYPE_VALUE)
+    item.u.mem.ptr = memory(value)
+    item.u.mem.size = len(value or b"")
+    if key is not None:
+        item = argument(_VTYPE_KEY)
+        item.u.mem.ptr = memory(key)
+        item.u.mem.size = len(key)
+    argument(_VTYPE_MSGFLAGS).u.i = _MSG_F_COPY
+    if timestamp_ms is not None:
+        argument(_VTYPE_TIMESTAMP).u.i64 = timestamp_ms
+    for name, header_value in headers:
+        item = argument(_VTYPE_HEADER)
+        item.u.header.name = name
+        item.u.header.val = memory(header_value)
+        item.u.header.size = len(header_value or b"")
+    if opaque is not None:
+        argument(_VTYPE_OPAQUE).u.ptr = opaque
+    return (_VU * len(arguments))(*arguments), [arguments, buffers]
+
+
 def produce_raw(
     bootstrap: str,
     topic: str,
@@ -86,36 +137,11 @@ def produce_raw(
     handle = lib.rd_kafka_new(0, conf, error, 512)  # 0: RD_KAFKA_PRODUCER
     if not handle:
         raise RuntimeError(error.value.decode())
-    buffers: list[Any] = []
-    arguments: list[_VU] = []
-
-    def argument(vtype: int) -> _VU:
-        item = _VU()
-        item.vtype = vtype
-        arguments.append(item)
-        return item
-
-    def memory(data: bytes) -> int | None:
-        buffer = ctypes.create_string_buffer(data, len(data))
-        buffers.append(buffer)
-        return ctypes.cast(buffer, ctypes.c_void_p).value
-
     try:
-        argument(_VTYPE_TOPIC).u.cstr = topic.encode()
-        argument(_VTYPE_PARTITION).u.i32 = partition
-        item = argument(_VTYPE_VALUE)
-        item.u.mem.ptr = memory(value)
-        item.u.mem.size = len(value)
-        argument(_VTYPE_MSGFLAGS).u.i = _MSG_F_COPY
-        if timestamp_ms is not None:
-            argument(_VTYPE_TIMESTAMP).u.i64 = timestamp_ms
-        for name, header_value in headers:
-            item = argument(_VTYPE_HEADER)
-            item.u.header.name = name
-            item.u.header.val = memory(header_value)
-            item.u.header.size = len(header_value)
-        array = (_VU * len(arguments))(*arguments)
-        failure = lib.rd_kafka_produceva(handle, array, len(arguments))
+        array, _referenced = _message_arguments(
+            topic, partition, None, value, headers, timestamp_ms
+        )
+        failure = lib.rd_kafka_produceva(handle, array, len(array))
         if failure:
             reason = lib.rd_kafka_error_string(failure).decode()
             lib.rd_kafka_error_destroy(failure)
@@ -197,44 +223,13 @@ class RawProducer:
     ) -> None:
         """Queue one message (librdkafka copies it); raise RuntimeError with
         librdkafka's error name (e.g. ``MSG_SIZE_TOO_LARGE``) when it refuses it."""
-        buffers: list[Any] = []
-        arguments: list[_VU] = []
-
-        def argument(vtype: int) -> _VU:
-            item = _VU()
-            item.vtype = vtype
-            arguments.append(item)
-            return item
-
-        def memory(data: bytes | None) -> int | None:
-            if data is None:
-                return None
-            buffer = ctypes.create_string_buffer(data, len(data))
-            buffers.append(buffer)
-            return ctypes.cast(buffer, ctypes.c_void_p).value
-
-        argument(_VTYPE_TOPIC).u.cstr = topic.encode()
-        argument(_VTYPE_PARTITION).u.i32 = partition
-        item = argument(_VTYPE_VALUE)
-        item.u.mem.ptr = memory(value)
-        item.u.mem.size = len(value or b"")
-        if key is not None:
-            item = argument(_VTYPE_KEY)
-            item.u.mem.ptr = memory(key)
-            item.u.mem.size = len(key)
-        argument(_VTYPE_MSGFLAGS).u.i = _MSG_F_COPY
-        if timestamp_ms is not None:
-            argument(_VTYPE_TIMESTAMP).u.i64 = timestamp_ms
-        for name, header_value in headers:
-            item = argument(_VTYPE_HEADER)
-            item.u.header.name = name
-            item.u.header.val = memory(header_value)
-            item.u.header.size = len(header_value or b"")
         number = self._next
         self._next += 1
-        argument(_VTYPE_OPAQUE).u.ptr = number  # handed back in the delivery report
-        array = (_VU * len(arguments))(*arguments)
-        failure = self._lib.rd_kafka_produceva(self._handle, array, len(arguments))
+        # ``number`` is handed back in the delivery report.
+        array, _referenced = _message_arguments(
+            topic, partition, key, value, headers, timestamp_ms, opaque=number
+        )
+        failure = self._lib.rd_kafka_produceva(self._handle, array, len(array))
         if failure:
             code = self._lib.rd_kafka_error_code(failure)
             reason = self._lib.rd_kafka_error_string(failure).decode()

@@ -9,16 +9,19 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from kingest.config import load_settings
 from kingest.demo import committed_offsets
-from kingest.devstack import FAST_GROUP_SETTINGS
+from kingest.devstack import FAST_GROUP_SETTINGS, database_url_for
 from kingest.pipeline.pipeline import Pipeline, RunOutcome
 
 
@@ -43,6 +46,21 @@ def kingest_env(
     }
     env.update(overrides)
     return env
+
+
+@contextmanager
+def fresh_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the server of ``server_url``, dropped afterwards."""
+    name = f"kt_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    try:
+        yield database_url_for(server_url, name)
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+            )
 
 
 def wait_for(

@@ -25,7 +25,7 @@ from kingest.devstack import MockKafkaCluster, create_topic
 from kingest.pipeline.pipeline import RunOutcome
 from kingest.producer import produce_records
 from kingest.store.migrate import apply_migrations
-from kingest.synth import SyntheticStream
+from kingest.synth import SyntheticRecord, SyntheticStream
 from kingest.telemetry import catalog
 from kingest.telemetry.http import TelemetryServer
 from tests.integration.support import (
@@ -91,6 +91,32 @@ def end_offsets_after(*reports: dict[int, int]) -> dict[int, int]:
     return ends
 
 
+def produce_stream(
+    bootstrap: str, topic: str, poison: list[tuple[int, bytes]], *, seed: int, count: int
+) -> tuple[dict[int, int], list[SyntheticRecord], dict[int, int]]:
+    """Produce the ``poison`` ``(partition, value)`` pairs, then ``count`` synthetic
+    records; return the poison's offsets by partition, the records and the end offsets."""
+    offsets = produce(bootstrap, topic, poison)
+    records = SyntheticStream(seed=seed).take(count)
+    report = produce_records(bootstrap, topic, records, count=len(records))
+    ends = end_offsets_after(report.end_offsets, {p: o + 1 for p, o in offsets.items()})
+    return offsets, records, ends
+
+
+def drain(env: dict[str, str], group: str, topic: str, ends: dict[int, int]) -> InProcessKingest:
+    """Run kingest until every offset below ``ends`` is committed, then stop it."""
+    bootstrap = env["KINGEST_KAFKA_BOOTSTRAP_SERVERS"]
+    with InProcessKingest(env) as kingest:
+        wait_for(
+            lambda: all_committed(bootstrap, group, topic, ends, PARTITIONS),
+            timeout=90,
+            what="every offset committed",
+        )
+        assert kingest.pipeline.state().failure is None
+        assert kingest.stop() is RunOutcome.DRAINED
+    return kingest
+
+
 def failures_counted(kingest: InProcessKingest) -> dict[tuple[str, ...], int]:
     return kingest.pipeline.stats.series(catalog.DEAD_LETTER_PUBLISH_FAILURES)
 
@@ -109,10 +135,9 @@ def test_a_dead_letter_too_large_for_the_topic_is_kept_in_the_table(
     topic = topic_factory(PARTITIONS)
     create_topic(kafka_bootstrap, f"{topic}.dlq", 1)
     apply_migrations(database_url)
-    poison = produce(kafka_bootstrap, topic, [(0, OVERSIZED), (1, b"\xff\x00small")])
-    records = SyntheticStream(seed=21).take(600)
-    report = produce_records(kafka_bootstrap, topic, records, count=len(records))
-    ends = end_offsets_after(report.end_offsets, {p: o + 1 for p, o in poison.items()})
+    poison, records, ends = produce_stream(
+        kafka_bootstrap, topic, [(0, OVERSIZED), (1, b"\xff\x00small")], seed=21, count=600
+    )
     group = f"dlq-too-large-{store}"
     env = kingest_env(kafka_bootstrap, database_url, topic, group, KINGEST_DEAD_LETTER_STORE=store)
 
@@ -196,10 +221,9 @@ def test_delivery_errors_end_in_the_table_and_the_stream_goes_on(
     if injected is not None:
         private_mock_cluster.create_topic(f"{topic}.dlq", 1)
     apply_migrations(database_url)
-    poison = produce(bootstrap, topic, [(0, b"\xff\x00injected")])
-    records = SyntheticStream(seed=23).take(400)
-    report = produce_records(bootstrap, topic, records, count=len(records))
-    ends = end_offsets_after(report.end_offsets, {0: poison[0] + 1})
+    poison, records, ends = produce_stream(
+        bootstrap, topic, [(0, b"\xff\x00injected")], seed=23, count=400
+    )
     # From now on only kingest's dead-letter producer sends Produce requests.
     if injected is not None:
         private_mock_cluster.push_request_errors(PRODUCE_API, *([injected] * times))
@@ -218,14 +242,7 @@ def test_delivery_errors_end_in_the_table_and_the_stream_goes_on(
         KINGEST_RDKAFKA_TOPIC_METADATA_PROPAGATION_MAX_MS="500",
     )
 
-    with InProcessKingest(env) as kingest:
-        wait_for(
-            lambda: all_committed(bootstrap, group, topic, ends, PARTITIONS),
-            timeout=90,
-            what="every offset committed",
-        )
-        assert kingest.pipeline.state().failure is None
-        assert kingest.stop() is RunOutcome.DRAINED
+    kingest = drain(env, group, topic, ends)
 
     assert set(stored_event_ids(database_url)) == {r.event_id for r in records}
     assert_committed_are_durable(database_url, bootstrap, group, topic, set())
@@ -249,10 +266,9 @@ def test_a_dead_letter_topic_failing_for_a_while_gets_the_dead_letter_in_the_end
     private_mock_cluster.create_topic(topic, PARTITIONS)
     private_mock_cluster.create_topic(f"{topic}.dlq", 1)
     apply_migrations(database_url)
-    poison = produce(bootstrap, topic, [(0, b"\xff\x00briefly refused")])
-    records = SyntheticStream(seed=24).take(200)
-    report = produce_records(bootstrap, topic, records, count=len(records))
-    ends = end_offsets_after(report.end_offsets, {0: poison[0] + 1})
+    poison, records, ends = produce_stream(
+        bootstrap, topic, [(0, b"\xff\x00briefly refused")], seed=24, count=200
+    )
     private_mock_cluster.push_request_errors(PRODUCE_API, *([KafkaError.NOT_ENOUGH_REPLICAS] * 3))
     group = "dlq-briefly-refused"
     env = kingest_env(
@@ -265,13 +281,7 @@ def test_a_dead_letter_topic_failing_for_a_while_gets_the_dead_letter_in_the_end
         KINGEST_RDKAFKA_ALLOW_AUTO_CREATE_TOPICS="false",
     )
 
-    with InProcessKingest(env) as kingest:
-        wait_for(
-            lambda: all_committed(bootstrap, group, topic, ends, PARTITIONS),
-            timeout=90,
-            what="every offset committed",
-        )
-        assert kingest.stop() is RunOutcome.DRAINED
+    kingest = drain(env, group, topic, ends)
 
     [published] = read_dead_letters(bootstrap, f"{topic}.dlq", expected=1)
     assert (published.rejection.partition, published.rejection.offset) == (0, poison[0])

@@ -48,8 +48,7 @@ import math
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,13 +70,13 @@ from psycopg import sql
 
 from kingest.deadletter import SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC, decode_message
 from kingest.demo import committed_offsets
-from kingest.devstack import create_topic, database_url_for
+from kingest.devstack import create_topic
 from kingest.schema.codec import DecodeError, decode_event, encode_event
 from kingest.schema.v1.events_pb2 import Event
 from kingest.store.migrate import apply_migrations
 from kingest.synth import SyntheticStream
 from tests.integration.raw_headers import RawProducer
-from tests.integration.support import KingestProcess, fact_tables, kingest_env
+from tests.integration.support import KingestProcess, fact_tables, fresh_database, kingest_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -724,20 +723,6 @@ class LedgerProducer:
         for sent in self.sent:
             ends[sent.partition] = max(ends[sent.partition], sent.offset + 1)
         return ends
-
-
-@contextmanager
-def fresh_database(server_url: str) -> Iterator[str]:
-    name = f"kt_hostile_{uuid.uuid4().hex[:10]}"
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    try:
-        yield database_url_for(server_url, name)
-    finally:
-        with psycopg.connect(server_url, autocommit=True) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-            )
 
 
 Content = tuple[bytes | None, bytes | None, tuple[tuple[str, bytes | None], ...]]

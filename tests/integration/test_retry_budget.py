@@ -18,7 +18,7 @@ import pytest
 from kingest.pipeline.pipeline import RunOutcome
 from kingest.producer import produce_records
 from kingest.store.migrate import apply_migrations
-from kingest.synth import SyntheticStream
+from kingest.synth import SyntheticRecord, SyntheticStream
 from kingest.telemetry import catalog
 from tests.integration.support import (
     InProcessKingest,
@@ -92,6 +92,18 @@ def run_until_committed(
     return kingest
 
 
+def run_with_a_budget_of_two(
+    bootstrap: str, database_url: str, topic: str, group: str, records: list[SyntheticRecord]
+) -> InProcessKingest:
+    """Produce ``records`` and run kingest with a retry budget of 2 until every offset is
+    committed."""
+    report = produce_records(bootstrap, topic, records, count=len(records))
+    env = kingest_env(
+        bootstrap, database_url, topic, group, KINGEST_RETRY_BUDGET="2", **FAST_RETRIES
+    )
+    return run_until_committed(env, bootstrap, topic, report.end_offsets)
+
+
 def test_rows_a_trigger_always_rejects_dead_letter_after_the_retry_budget(
     kafka_bootstrap: str, database_url: str, topic_factory: Callable[[int], str]
 ) -> None:
@@ -133,17 +145,10 @@ def test_a_batch_that_times_out_is_split_until_its_halves_succeed(
     apply_migrations(database_url)
     cancel_statements_over(database_url, max_rows=40)
     records = SyntheticStream(seed=12).take(1_500)
-    report = produce_records(kafka_bootstrap, topic, records, count=len(records))
-    env = kingest_env(
-        kafka_bootstrap,
-        database_url,
-        topic,
-        "retry-budget-timeout",
-        KINGEST_RETRY_BUDGET="2",
-        **FAST_RETRIES,
-    )
 
-    kingest = run_until_committed(env, kafka_bootstrap, topic, report.end_offsets)
+    kingest = run_with_a_budget_of_two(
+        kafka_bootstrap, database_url, topic, "retry-budget-timeout", records
+    )
 
     assert stored_event_ids(database_url) == dict.fromkeys((r.event_id for r in records), 1)
     assert count_rows(database_url, "dead_letters") == 0, "a statement timeout dead-lettered"
@@ -183,17 +188,10 @@ def test_a_system_error_of_the_server_is_waited_out_and_dead_letters_nothing(
     records = SyntheticStream(seed=13).take(1_500)
     # Far more failures than the budget allows: only an outage may be waited out that long.
     fail_rows_with_io_errors(database_url, [r.event_id for r in records[50::300]], failures=40)
-    report = produce_records(kafka_bootstrap, topic, records, count=len(records))
-    env = kingest_env(
-        kafka_bootstrap,
-        database_url,
-        topic,
-        "retry-budget-io-error",
-        KINGEST_RETRY_BUDGET="2",
-        **FAST_RETRIES,
-    )
 
-    kingest = run_until_committed(env, kafka_bootstrap, topic, report.end_offsets)
+    kingest = run_with_a_budget_of_two(
+        kafka_bootstrap, database_url, topic, "retry-budget-io-error", records
+    )
 
     assert stored_event_ids(database_url) == dict.fromkeys((r.event_id for r in records), 1)
     assert count_rows(database_url, "dead_letters") == 0, "an I/O error dead-lettered"

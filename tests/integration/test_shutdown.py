@@ -83,7 +83,7 @@ def test_a_stuck_drain_ends_by_deadline_or_second_signal_and_loses_nothing(
     drain_timeout: str,
     expected_exit: int,
 ) -> None:
-    topic, end_offsets, event_ids = stream
+    topic = stream[0]
     group = f"stuck-{expected_exit}"
     env = kingest_env(
         kafka_bootstrap,
@@ -114,14 +114,24 @@ def test_a_stuck_drain_ends_by_deadline_or_second_signal_and_loses_nothing(
     assert_committed_are_stored(database_url, kafka_bootstrap, group, topic, PARTITIONS)
 
     # A restart with the database free again stores everything exactly once.
-    with KingestProcess(env, tmp_path / "restart.log") as kingest:
+    assert_a_restart_stores_everything_once(env, stream, tmp_path / "restart.log")
+
+
+def assert_a_restart_stores_everything_once(
+    env: dict[str, str], stream: tuple[str, dict[int, int], set[str]], log: Path
+) -> None:
+    """Run kingest again until every offset of ``stream`` is committed, stop it (exit 0),
+    and check that PostgreSQL holds each event of ``stream`` exactly once."""
+    bootstrap, group = env["KINGEST_KAFKA_BOOTSTRAP_SERVERS"], env["KINGEST_GROUP_ID"]
+    topic, end_offsets, event_ids = stream
+    with KingestProcess(env, log) as kingest:
         wait_for(
-            lambda: all_committed(kafka_bootstrap, group, topic, end_offsets, PARTITIONS),
+            lambda: all_committed(bootstrap, group, topic, end_offsets, PARTITIONS),
             timeout=120,
             what="every offset committed after the restart",
         )
         assert kingest.terminate_and_wait() == 0, kingest.log
-    stored = stored_event_ids(database_url)
+    stored = stored_event_ids(env["KINGEST_DATABASE_URL"])
     assert set(stored) == event_ids
     assert max(stored.values()) == 1
 
@@ -153,7 +163,7 @@ def test_a_partition_blocked_on_the_full_writer_queue_at_the_deadline_exits_3(
     # its partition actor is blocked handing it over (batches count as in flight from
     # just before that hand-over). At the drain deadline it is still blocked there: the
     # work is abandoned, which is exit 3, not a failure.
-    topic, end_offsets, event_ids = stream
+    topic = stream[0]
     group = "blocked-partition"
     env = kingest_env(
         kafka_bootstrap,
@@ -179,16 +189,7 @@ def test_a_partition_blocked_on_the_full_writer_queue_at_the_deadline_exits_3(
     assert "failed" not in kingest.log, kingest.log
     assert_committed_are_stored(database_url, kafka_bootstrap, group, topic, PARTITIONS)
 
-    with KingestProcess(env, tmp_path / "restart.log") as kingest:
-        wait_for(
-            lambda: all_committed(kafka_bootstrap, group, topic, end_offsets, PARTITIONS),
-            timeout=120,
-            what="every offset committed after the restart",
-        )
-        assert kingest.terminate_and_wait() == 0, kingest.log
-    stored = stored_event_ids(database_url)
-    assert set(stored) == event_ids
-    assert max(stored.values()) == 1
+    assert_a_restart_stores_everything_once(env, stream, tmp_path / "restart.log")
 
 
 @pytest.mark.parametrize("silent_peer", ["database", "kafka"])
