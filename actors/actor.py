@@ -138,16 +138,19 @@ class Actor(Generic[M]):
         block: bool = True,
         timeout: float | None = None,
         force: bool = False,
+        size: int | None = None,
     ) -> None:
-        """Queue `message`, waiting for room unless `block` is false (`force` as for
-        `Mailbox.put`). Raises `ActorStopped` when the actor is stopping or stopped,
-        `MailboxFull` when there is no room in time."""
+        """Queue `message`, waiting for room unless `block` is false (`force`, and `size`
+        when the caller has measured the message already, as for `Mailbox.put`). Raises
+        `ActorStopped` when the actor is stopping or stopped, `MailboxFull` when there is
+        no room in time."""
         try:
             self.__mailbox.put(
                 Envelope(message, _get_current_context(), None, _monotonic()),
                 block=block,
                 timeout=timeout,
                 force=force,
+                size=size,
             )
         except MailboxClosed:
             raise ActorStopped(f"actor {self.__name!r} is stopped") from None

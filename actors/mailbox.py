@@ -98,8 +98,12 @@ class Mailbox(Generic[T]):
         block: bool = True,
         timeout: float | None = None,
         force: bool = False,
+        size: int | None = None,
     ) -> None:
         """Append `item`, waiting for room unless `block` is false.
+
+        `size` is the item's size when the caller has measured it already (it then
+        stands for `sizeof(item)`, which is not called).
 
         `force=True` enqueues even when over the bounds: it never blocks and never
         drops. A poll loop that must not stall uses it for what it already received,
@@ -110,9 +114,11 @@ class Mailbox(Generic[T]):
         seconds elapsed.
         """
         sizeof = self._sizeof
-        size = 0
-        if sizeof is not None:
-            size = sizeof(item)
+        if sizeof is None:
+            size = 0
+        else:
+            if size is None:
+                size = sizeof(item)
             if size < 0:
                 raise ValueError(f"sizeof returned a negative size: {size}")
         with self._cond:

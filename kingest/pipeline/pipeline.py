@@ -360,13 +360,14 @@ class Pipeline:
                     extra={"topic": tp[0], "partition": tp[1], "offset": group[0].offset()},
                 )
                 continue
-            actor.tell(group, force=True)
+            size = records_size(group)
+            actor.tell(group, force=True, size=size)
             last = self._dispatched[tp] = group[-1].offset() or 0
             consumed[(tp[0], str(tp[1]), group_id)] = len(group)
             unacked = self._unacked.get(tp)
             if unacked is None:
                 unacked = self._unacked[tp] = _Unacknowledged()
-            unacked.add(last, now, len(group), records_size(group))
+            unacked.add(last, now, len(group), size)
             self._fetched_at[tp] = now
         if consumed:
             self.stats.count(catalog.MESSAGES_CONSUMED, consumed)
@@ -443,9 +444,6 @@ class Pipeline:
         if now < self._next_fetch_check:
             return
         self._next_fetch_check = now + FETCH_CHECK_INTERVAL_S
-        for gone in [tp for tp in self._fetched_at if tp not in self._partitions]:
-            del self._fetched_at[gone]
-            self._fetch_start.pop(gone, None)
         candidates = [
             TopicPartition(t, p) for t, p in self._partitions if (t, p) not in self._paused
         ]
@@ -599,7 +597,6 @@ class Pipeline:
         now = time.monotonic()
         for tp in tps:
             self._fetched_at[tp] = now
-            self._fetch_start.pop(tp, None)
         pipeline = self.settings.pipeline
         for tp in tps:
             actor = PartitionActor(
@@ -684,6 +681,8 @@ class Pipeline:
             self._dispatched.pop(actor.tp, None)
             self._confirmed.pop(actor.tp, None)
             self._unacked.pop(actor.tp, None)
+            self._fetched_at.pop(actor.tp, None)
+            self._fetch_start.pop(actor.tp, None)
         for generation, released in by_generation.items():
             self._committer.tell(Released(tuple(released), generation))
         return complete

@@ -97,6 +97,26 @@ def test_force_exceeds_both_bounds_without_blocking() -> None:
     assert mailbox.nbytes == 0
 
 
+def test_a_size_the_caller_measured_stands_for_sizeof() -> None:
+    measured: list[bytes] = []
+
+    def sizeof(item: bytes) -> int:
+        measured.append(item)
+        return len(item)
+
+    mailbox: Mailbox[bytes] = Mailbox(10, max_bytes=8, sizeof=sizeof)
+    mailbox.put(b"ab", size=6)
+    assert measured == []
+    assert mailbox.nbytes == 6
+    with pytest.raises(MailboxFull):
+        mailbox.put(b"c", block=False, size=3)
+    mailbox.put(b"c")  # measured by sizeof as before
+    assert measured == [b"c"]
+    assert mailbox.nbytes == 7
+    with pytest.raises(ValueError, match="negative"):
+        mailbox.put(b"d", size=-1)
+
+
 def test_oversize_item_is_accepted_only_into_an_empty_mailbox() -> None:
     mailbox: Mailbox[bytes] = Mailbox(10, max_bytes=10, sizeof=len)
     mailbox.put(b"x" * 100, block=False)
