@@ -153,20 +153,16 @@ class PublishFailure:
 class DeadLetterPublishError(RuntimeError):
     """Some dead letters were not confirmed by the broker; ``failures`` says why, each."""
 
-    def __init__(
-        self,
-        message: str,
-        unconfirmed: Sequence[Rejection],
-        reason: str = "unconfirmed",
-        failures: Sequence[PublishFailure] = (),
-    ) -> None:
+    def __init__(self, message: str, failures: Sequence[PublishFailure], reason: str) -> None:
         super().__init__(message)
-        self.unconfirmed = list(unconfirmed)
+        self.failures = list(failures)
         #: The Kafka error name of the last failed delivery (e.g. _MSG_TIMED_OUT).
         self.reason = reason
-        self.failures = list(failures) or [
-            PublishFailure(r, reason, f"{reason}: {message}", False) for r in unconfirmed
-        ]
+
+    @property
+    def unconfirmed(self) -> list[Rejection]:
+        """The dead letters not confirmed, in the order they were given."""
+        return [failure.rejection for failure in self.failures]
 
 
 @attrs.frozen
@@ -382,9 +378,8 @@ class DeadLetterPublisher:
             raise DeadLetterPublishError(
                 f"{len(failures)} of {len(rejections)} dead letters not confirmed by "
                 f"the broker: {reason}",
-                [failure.rejection for failure in failures],
+                failures,
                 reason=str(error.name()) if error is not None else "no_delivery_report",
-                failures=failures,
             )
 
     def _produce(self, topic: str, **kwargs: Any) -> None:

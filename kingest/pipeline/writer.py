@@ -317,15 +317,13 @@ class WriterActor(Actor[WriteBatch]):
         if error is None:
             return
         if rows.event_count <= 1:
-            exhausted = isinstance(error, RetriesExhaustedError)
+            if isinstance(error, RetriesExhaustedError):
+                error_class = RETRIES_EXHAUSTED
+                message = f"{first_line(error)} (still failing after {error.attempts} attempts)"
+            else:
+                error_class, message = type(error).__name__, first_line(error)
             rejected = rows.as_rejected(
-                error_class=RETRIES_EXHAUSTED if exhausted else type(error).__name__,
-                error_message=(
-                    f"{first_line(error)} (still failing after {error.attempts} attempts)"
-                    if isinstance(error, RetriesExhaustedError)
-                    else first_line(error)
-                ),
-                sqlstate=sqlstate_of(error),
+                error_class=error_class, error_message=message, sqlstate=sqlstate_of(error)
             )
             dead = next((r for r in rejected.rejections if r.error_stage == "write"), None)
             log.warning(
@@ -487,6 +485,7 @@ class WriterActor(Actor[WriteBatch]):
                 raise AbandonedError
             try:
                 publisher.publish(pending)
+                break
             except DeadLetterPublishError as error:
                 spent = time.monotonic() >= deadline
                 unpublished += [f for f in error.failures if f.permanent or spent]
@@ -503,8 +502,6 @@ class WriterActor(Actor[WriteBatch]):
                 )
                 if self._abandon.wait(delay):
                     raise AbandonedError from error
-                continue
-            break
         if unpublished:
             self._keep_unpublished(unpublished)
         self._stats.add(dead_letters_published=len(rejections) - len(unpublished))

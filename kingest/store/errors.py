@@ -49,33 +49,6 @@ class ErrorKind(enum.Enum):
     PERMANENT = "permanent"
 
 
-#: SQLSTATE classes (first two characters) whose errors go away on their own.
-_TRANSIENT_CLASSES: Final = frozenset(
-    {
-        "08",  # connection exception
-        "53",  # insufficient resources (disk full, out of memory, too many connections)
-        "57",  # operator intervention (admin shutdown, crash shutdown, query_canceled)
-        "58",  # system error (I/O error)
-    }
-)
-_TRANSIENT_STATES: Final = frozenset(
-    {
-        "40001",  # serialization_failure
-        "40P01",  # deadlock_detected
-        "55P03",  # lock_not_available (lock_timeout)
-    }
-)
-#: SQLSTATE classes whose errors are caused by the data or the SQL, never by timing.
-_PERMANENT_CLASSES: Final = frozenset(
-    {
-        "22",  # data exception (bad encoding, value out of range, invalid JSON...)
-        "23",  # integrity constraint violation (NOT NULL, CHECK, unique...)
-        "42",  # syntax error or access rule violation (see is_schema_error)
-        "54",  # program limit exceeded (e.g. a value too large for a btree index row)
-        "3F",  # invalid schema name (see is_schema_error)
-    }
-)
-_SCHEMA_CLASSES: Final = frozenset({"42", "3F"})
 #: SQLSTATE classes and codes of outages: the server or the way to it is unavailable.
 _OUTAGE_CLASSES: Final = frozenset(
     {
@@ -95,6 +68,27 @@ _OUTAGE_STATES: Final = frozenset(
         "25006",  # read_only_sql_transaction: a standby answers during a failover
     }
 )
+#: SQLSTATE classes (first two characters) whose errors go away on their own: outages,
+#: and operator intervention (57: query_canceled, and the shutdowns listed as outages).
+_TRANSIENT_CLASSES: Final = _OUTAGE_CLASSES | {"57"}
+_TRANSIENT_STATES: Final = frozenset(
+    {
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+        "55P03",  # lock_not_available (lock_timeout)
+    }
+)
+#: SQLSTATE classes whose errors are caused by the data or the SQL, never by timing.
+_PERMANENT_CLASSES: Final = frozenset(
+    {
+        "22",  # data exception (bad encoding, value out of range, invalid JSON...)
+        "23",  # integrity constraint violation (NOT NULL, CHECK, unique...)
+        "42",  # syntax error or access rule violation (see is_schema_error)
+        "54",  # program limit exceeded (e.g. a value too large for a btree index row)
+        "3F",  # invalid schema name (see is_schema_error)
+    }
+)
+_SCHEMA_CLASSES: Final = frozenset({"42", "3F"})
 
 
 def sqlstate_of(exc: BaseException) -> str | None:
