@@ -492,15 +492,18 @@ WRITE_PLAN: tuple[Statement, ...] = (
 )
 
 #: Dead letters: one row per rejected Kafka message; redelivery stores nothing new.
-INSERT_DEAD_LETTER = f"""
-INSERT INTO {SCHEMA}.dead_letters (
+_DEAD_LETTER_COLUMNS = """
     kafka_topic, kafka_partition, kafka_offset, message_key, message_value,
     header_keys, header_values, kafka_timestamp, error_stage, error_class, error_message,
-    sqlstate, event_id, event_type, correlation_id, consumer_group
-) VALUES (
+    sqlstate, event_id, event_type, correlation_id, consumer_group"""
+_DEAD_LETTER_VALUES = """
     %s, %s, %s, %b, %b, %s::text[], %b::bytea[],
     'epoch'::timestamptz + %s::int8 * '1 millisecond'::interval,
-    %s, %s, %s, %s, %s, %s, %s, %s
+    %s, %s, %s, %s, %s, %s, %s, %s"""
+
+INSERT_DEAD_LETTER = f"""
+INSERT INTO {SCHEMA}.dead_letters ({_DEAD_LETTER_COLUMNS}
+) VALUES ({_DEAD_LETTER_VALUES}
 )
 ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING"""
 
@@ -508,14 +511,8 @@ ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING"""
 #: :data:`INSERT_DEAD_LETTER`, then ``publish_error``). A row already stored for it (the
 #: table store too, or a redelivery) gets the error.
 INSERT_UNPUBLISHED_DEAD_LETTER = f"""
-INSERT INTO {SCHEMA}.dead_letters (
-    kafka_topic, kafka_partition, kafka_offset, message_key, message_value,
-    header_keys, header_values, kafka_timestamp, error_stage, error_class, error_message,
-    sqlstate, event_id, event_type, correlation_id, consumer_group, publish_error
-) VALUES (
-    %s, %s, %s, %b, %b, %s::text[], %b::bytea[],
-    'epoch'::timestamptz + %s::int8 * '1 millisecond'::interval,
-    %s, %s, %s, %s, %s, %s, %s, %s, %s
+INSERT INTO {SCHEMA}.dead_letters ({_DEAD_LETTER_COLUMNS}, publish_error
+) VALUES ({_DEAD_LETTER_VALUES}, %s
 )
 ON CONFLICT (kafka_topic, kafka_partition, kafka_offset)
 DO UPDATE SET publish_error = EXCLUDED.publish_error"""

@@ -216,9 +216,9 @@ class HealthChecks:
     def _fetching(self, state: PipelineState) -> Check:
         now = time.monotonic()
         stalled = sorted(
-            (p.tp, p.fetch_stall_s(now))
+            (p.tp, stall)
             for p in state.partitions
-            if p.fetch_stall_s(now) > self._max_fetch_stall_s
+            if (stall := p.fetch_stall_s(now)) > self._max_fetch_stall_s
         )
         if stalled:
             names = ", ".join(
