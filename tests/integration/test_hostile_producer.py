@@ -639,7 +639,11 @@ class LedgerProducer:
     """Produces records and keeps the ledger: each delivered record's coordinates.
 
     A record with a header name that is not UTF-8 goes through a second producer on
-    librdkafka's C API; the ledger has its coordinates from its own delivery report."""
+    librdkafka's C API; the ledger has its coordinates from its own delivery report.
+    The two never have records in flight at once: each is flushed before the other
+    sends. Tansu can serve a partition with a gap where a large batch of one producer
+    and a small batch of another were appended concurrently (the small one finishing
+    first), which would take the broker's loss for kingest's."""
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         self.topic = topic
@@ -648,6 +652,14 @@ class LedgerProducer:
         self._raw = RawProducer({k: str(v).lower() for k, v in config.items()})
         self.sent: list[Sent] = []
         self.failed: list[tuple[HostileRecord, str]] = []
+        self._raw_in_flight = False
+
+    def _switch_to(self, raw: bool) -> None:
+        """Flush the other producer before this one sends (see the class docstring)."""
+        if raw != self._raw_in_flight:
+            left = self._producer.flush(120) if raw else self._raw.flush(120)
+            assert left == 0, f"{left} records not delivered in 120 s"
+            self._raw_in_flight = raw
 
     def send(self, record: HostileRecord) -> None:
         def delivered(error: KafkaError | None, message: Message) -> None:
@@ -668,6 +680,7 @@ class LedgerProducer:
             (k, v.replace(TOPIC_PLACEHOLDER.encode(), self.topic.encode()) if v else v)
             for k, v in record.headers
         ]
+        self._switch_to(record.unreadable_headers)
         if record.unreadable_headers:
             while True:
                 try:
@@ -928,7 +941,14 @@ def run_pipeline(
             )
         outcome = read_outcome(url, bootstrap, topic, store, by_coordinate)
     committed = committed_offsets(bootstrap, group, topic, PARTITIONS)
-    fates = _check_outcome(outcome, by_coordinate, committed, store, topic)
+    fates = _check_outcome(
+        outcome,
+        by_coordinate,
+        committed,
+        store,
+        topic,
+        served=lambda coordinates: served_values(bootstrap, topic, coordinates),
+    )
     fates["generated"] = sum(r.hostile for r in records)
     fates["sent"] = sum(s.record.hostile for s in producer.sent)
     fates["unreadable headers"] = sum(
@@ -988,15 +1008,52 @@ def _log_summary(log: str, lines: int = 30) -> str:
     return "\n".join(own[-lines:])
 
 
+def served_values(
+    bootstrap: str, topic: str, coordinates: set[tuple[int, int]]
+) -> dict[tuple[int, int], bytes | None]:
+    """The value the broker serves at each coordinate, read by a consumer of its own
+    (absent: the broker serves no record at that offset)."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
+    )
+    found: dict[tuple[int, int], bytes | None] = {}
+    try:
+        for partition in sorted({p for p, _ in coordinates}):
+            offsets = sorted(o for p, o in coordinates if p == partition)
+            consumer.assign([TopicPartition(topic, partition, offsets[0])])
+            deadline = time.monotonic() + 30
+            position = offsets[0]
+            while position <= offsets[-1] and time.monotonic() < deadline:
+                for message in consumer.consume(100, 1.0):
+                    if message.error() is None:
+                        position = (message.offset() or 0) + 1
+                        if (partition, position - 1) in coordinates:
+                            found[partition, position - 1] = message.value()
+    finally:
+        consumer.close()
+    return found
+
+
 def _check_outcome(
     outcome: Outcome,
     sent: dict[tuple[int, int], HostileRecord],
     committed: dict[int, int],
     store: str,
     sent_topic: str,
+    served: Callable[[set[tuple[int, int]]], dict[tuple[int, int], bytes | None]],
 ) -> Counter[str]:
     """Check the property; how many hostile records were stored, dead-lettered and
-    dropped as duplicates (a failure raises)."""
+    dropped as duplicates (a failure raises).
+
+    A record found nowhere is looked up on the broker too (``served``), so that the
+    failure says whether kingest lost a record the broker serves, or the broker does
+    not serve the record its delivery report placed there.
+    """
+    nowhere: set[tuple[int, int]] = set()
     dead_letter = (int(store != "topic"), int(store != "table"))  # (table rows, messages)
     problems: list[str] = []
     fates: Counter[str] = Counter()
@@ -1050,10 +1107,23 @@ def _check_outcome(
             if elsewhere:
                 fates["duplicates"] += record.hostile
                 continue  # a duplicate of an event stored from another record
+        if rows == table == topic == 0:
+            nowhere.add(coordinate)
         problems.append(
             f"{coordinate}: {rows} rows, {table} dead_letters rows, {topic} dead-letter "
             f"topic messages: {record!r}"
         )
+    if nowhere:
+        on_broker = served(nowhere)
+        for coordinate in sorted(nowhere):
+            value = on_broker.get(coordinate, b"<none>")
+            verdict = (
+                "the broker serves it: kingest lost it"
+                if value == sent[coordinate].value
+                else "the broker does not serve this record there (it serves "
+                f"{(value or b'')[:24]!r}): the broker's loss, not kingest's"
+            )
+            problems.append(f"{coordinate}: {verdict}")
     assert not problems, f"{len(problems)} problems:\n" + "\n".join(problems[:20])
     return fates
 
