@@ -1,6 +1,6 @@
 """Shared fixtures: a real Kafka-protocol broker and a real PostgreSQL for the session.
 
-Where they come from is decided once, by :func:`kingest.devstack.plan_services`:
+Where they come from is decided once, by :func:`kingest.dev.services.plan_services`:
 ``KINGEST_TEST_KAFKA_BOOTSTRAP_SERVERS`` / ``KINGEST_TEST_DATABASE_URL`` point at external
 services; otherwise Docker containers when an engine answers, else the embedded services
 (Tansu and PostgreSQL from PyPI wheels). ``KINGEST_TEST_SERVICES=embedded|containers``
@@ -24,8 +24,8 @@ from typing import Protocol
 import psycopg
 import pytest
 
-from kingest.config import redact_conninfo, safe_error_text
-from kingest.devstack import (
+from kingest.config.settings import redact_conninfo, safe_error_text
+from kingest.dev.services import (
     TEST_POSTGRES_SETTINGS,
     LocalPostgres,
     MockKafkaCluster,

@@ -1,0 +1,24 @@
+"""The pipeline: Kafka messages in, idempotent PostgreSQL rows out, offsets committed.
+
+Contract (the invariants of docs/design.md): one ordered partition actor per assigned
+partition turns messages into write batches; a bounded pool of writer actors writes them,
+each in one transaction, bisecting to dead-letter only the rows that cannot be written;
+the offset committer commits a partition's offset only past a contiguous run of
+acknowledged batches, so nothing is committed before it is durable. :class:`Pipeline`
+runs the consumer loop that ties them together; :meth:`Pipeline.run` returns a
+:class:`RunOutcome`.
+
+* :mod:`kingest.pipeline.consumer`: the consumer loop (assignments, backpressure, commits);
+* :mod:`kingest.pipeline.partition`: the partition actor;
+* :mod:`kingest.pipeline.writer`: the writer actors;
+* :mod:`kingest.pipeline.committer` and :mod:`kingest.pipeline.offsets`: contiguous
+  acknowledgements;
+* :mod:`kingest.pipeline.memory`: the memory bound per assignment;
+* :mod:`kingest.pipeline.messages`: the messages the actors exchange.
+"""
+
+from __future__ import annotations
+
+from kingest.pipeline.consumer import Pipeline, RunOutcome
+
+__all__ = ["Pipeline", "RunOutcome"]

@@ -10,7 +10,7 @@ message costs depend on its payload, which the configuration cannot know: the bo
 the **mean payload** (key + value + headers, in bytes) as a parameter,
 ``message_bytes``; pass the largest mean your topics will carry. The per-message costs on
 top of the payload were measured on CPython 3.11 / confluent-kafka 2.16 / x86-64 with
-the synthetic stream (``kingest.synth``, 188-byte mean payload) and rounded up:
+the synthetic stream (``kingest.dev.synth``, 188-byte mean payload) and rounded up:
 
 * a message queued inside librdkafka: ~300 B beyond the payload (``rd_kafka_op_t`` with
   its embedded message, its malloc header; measured as RSS growth of a consumer that
@@ -34,7 +34,7 @@ from typing import Any, Final
 import attrs
 
 from kingest.config import Settings
-from kingest.pipeline.kafka import consumer_config
+from kingest.kafka import consumer_config
 
 __all__ = [
     "DEFAULT_MESSAGE_BYTES",

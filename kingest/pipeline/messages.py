@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING
 
 import attrs
 
-from kingest.store.rows import RowBatch
+from kingest.store import RowBatch
 
 if TYPE_CHECKING:
-    from kingest.telemetry.tracing import BatchTrace
+    from kingest.telemetry import BatchTrace
 
 #: A Kafka topic-partition, as a plain tuple: cheap to hash and compare on the hot path.
 TopicPartitionKey = tuple[str, int]

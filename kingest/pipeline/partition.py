@@ -25,12 +25,12 @@ import attrs
 
 from actors import Actor, ActorStopped, Pool, Supervisor
 from kingest.pipeline.messages import Register, TopicPartitionKey, WriteBatch
-from kingest.store.rows import KafkaRecord, RowBatch, UnreadableHeaders, unreadable_headers
+from kingest.store import KafkaRecord, RowBatch, UnreadableHeaders, unreadable_headers
 from kingest.telemetry import catalog, tracing
 
 if TYPE_CHECKING:
     from kingest.pipeline.committer import OffsetCommitter
-    from kingest.pipeline.stats import PipelineStats
+    from kingest.telemetry import PipelineStats
 
 __all__ = ["PartitionActor", "records_size"]
 

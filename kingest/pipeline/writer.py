@@ -55,21 +55,26 @@ from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
 from actors import Actor, ActorStopped, Supervisor
-from kingest.deadletter import DeadLetterPublisher, DeadLetterPublishError, PublishFailure
+from kingest.deadletters import (
+    DeadLetterPublisher,
+    DeadLetterPublishError,
+    PublishFailure,
+)
 from kingest.pipeline.messages import Ack, WriteBatch
-from kingest.pipeline.stats import PipelineStats
-from kingest.store.errors import (
+from kingest.store import (
     ErrorKind,
+    Rejection,
+    RowBatch,
+    WriteResult,
     classify_db_error,
     first_line,
     is_outage,
     is_schema_error,
     sqlstate_of,
+    store_unpublished_dead_letters,
+    write_batch,
 )
-from kingest.store.rows import Rejection, RowBatch
-from kingest.store.write import WriteResult, store_unpublished_dead_letters, write_batch
-from kingest.telemetry import catalog, tracing
-from kingest.telemetry.metrics import PipelineMetrics
+from kingest.telemetry import PipelineMetrics, PipelineStats, catalog, tracing
 
 __all__ = [
     "RETRIES_EXHAUSTED",

@@ -7,9 +7,16 @@ of kingest uses.
 
 from kingest.schema.codec import DecodeError, decode_event, encode_event, split_wire_format
 from kingest.schema.v1.events_pb2 import Event
-from kingest.schema.validate import ValidationError, event_type, validate_event
+from kingest.schema.validate import (
+    MAX_INDEXED_IDENTIFIER_BYTES,
+    ValidationError,
+    event_type,
+    validate_event,
+    validate_payload,
+)
 
 __all__ = [
+    "MAX_INDEXED_IDENTIFIER_BYTES",
     "DecodeError",
     "Event",
     "ValidationError",
@@ -18,4 +25,5 @@ __all__ = [
     "event_type",
     "split_wire_format",
     "validate_event",
+    "validate_payload",
 ]

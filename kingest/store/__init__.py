@@ -10,7 +10,14 @@
   ones (bisect the batch and dead-letter the offending rows).
 """
 
-from kingest.store.errors import ErrorKind, classify_db_error, is_schema_error, sqlstate_of
+from kingest.store.errors import (
+    ErrorKind,
+    classify_db_error,
+    first_line,
+    is_outage,
+    is_schema_error,
+    sqlstate_of,
+)
 from kingest.store.migrate import (
     Migration,
     MigrationError,
@@ -19,24 +26,61 @@ from kingest.store.migrate import (
     migrations_dir,
     pending_migrations,
 )
-from kingest.store.rows import KafkaRecord, Rejection, RowBatch, derive_event_id
-from kingest.store.write import WriteResult, write_batch
+from kingest.store.rows import (
+    REPLAY_DIGEST_HEADER,
+    REPLAY_OF_HEADER,
+    Headers,
+    KafkaRecord,
+    Rejection,
+    RowBatch,
+    UnreadableHeaders,
+    derive_event_id,
+    message_headers,
+    replay_digest,
+    storable_timestamp_ms,
+    unreadable_headers,
+    verified_replay_of,
+)
+from kingest.store.tables import FACT_TABLES, INSERT_DEAD_LETTER, SCHEMA, WRITE_PLAN
+from kingest.store.write import (
+    WriteResult,
+    dead_letter_params,
+    store_unpublished_dead_letters,
+    write_batch,
+)
 
 __all__ = [
+    "FACT_TABLES",
+    "INSERT_DEAD_LETTER",
+    "REPLAY_DIGEST_HEADER",
+    "REPLAY_OF_HEADER",
+    "SCHEMA",
+    "WRITE_PLAN",
     "ErrorKind",
+    "Headers",
     "KafkaRecord",
     "Migration",
     "MigrationError",
     "Rejection",
     "RowBatch",
+    "UnreadableHeaders",
     "WriteResult",
     "apply_migrations",
     "classify_db_error",
+    "dead_letter_params",
     "derive_event_id",
+    "first_line",
+    "is_outage",
     "is_schema_error",
     "load_migrations",
+    "message_headers",
     "migrations_dir",
     "pending_migrations",
+    "replay_digest",
     "sqlstate_of",
+    "storable_timestamp_ms",
+    "store_unpublished_dead_letters",
+    "unreadable_headers",
+    "verified_replay_of",
     "write_batch",
 ]

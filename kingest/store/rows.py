@@ -51,7 +51,13 @@ from typing import Any, Final, Protocol
 
 import attrs
 
-from kingest.schema.codec import DecodeError, decode_event
+from kingest.schema import (
+    MAX_INDEXED_IDENTIFIER_BYTES,
+    DecodeError,
+    ValidationError,
+    decode_event,
+    validate_payload,
+)
 from kingest.schema.v1.events_pb2 import (
     DataDriftDetected,
     DriftSeverity,
@@ -66,7 +72,6 @@ from kingest.schema.v1.events_pb2 import (
     TrainingRunFinished,
     TrainingRunStarted,
 )
-from kingest.schema.validate import MAX_INDEXED_IDENTIFIER_BYTES, ValidationError, validate_payload
 from kingest.store.tables import ENVELOPE, FACT_TABLES, TABLES_BY_EVENT_TYPE, FactTable
 
 __all__ = [

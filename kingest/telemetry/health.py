@@ -37,7 +37,7 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 
 from kingest.config import Settings, safe_error_text
-from kingest.store.errors import first_line
+from kingest.store import first_line
 from kingest.telemetry.metrics import PipelineState, StateSource
 
 __all__ = ["DEGRADED_FOR_S", "Check", "DatabaseProbe", "HealthChecks", "Report"]

@@ -4,15 +4,15 @@ Every instrument is created from its :mod:`kingest.telemetry.catalog` specificat
 :func:`create_instrument` (names, units, descriptions and histogram bounds are never
 typed twice). What is recorded where:
 
-* **counters** are read at collection time from :class:`~kingest.pipeline.stats.
+* **counters** are read at collection time from :class:`~kingest.telemetry.stats.
   PipelineStats` (observable counters): the pipeline bumps those once per poll or per
   batch, so counting costs nothing per message and there is one counter system;
 * **histograms** (batch size, write duration, end-to-end latency) are recorded by the
   writers once per transaction, with the catalog's explicit bucket bounds;
 * **gauges** are observed at collection time from a :class:`PipelineState` snapshot
   (mailbox and queue depths, committed offsets, age of the oldest unacknowledged
-  message), from the lag sampler's end offsets (:mod:`kingest.lag`), from the readiness
-  check, and from the process itself (CPU time, resident memory).
+  message), from the lag sampler's end offsets (:mod:`kingest.telemetry.lag`), from the
+  readiness check, and from the process itself (CPU time, resident memory).
 
 Each :class:`PipelineMetrics` has its own ``MeterProvider`` and its own Prometheus
 ``CollectorRegistry``, nothing global: several pipelines in one process (tests) never
@@ -34,10 +34,9 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from prometheus_client import CollectorRegistry, generate_latest
 
 from kingest import __version__
-from kingest.pipeline.messages import WriteBatch
-from kingest.pipeline.stats import PipelineStats
 from kingest.telemetry import catalog
 from kingest.telemetry.catalog import MetricSpec
+from kingest.telemetry.stats import PipelineStats
 
 __all__ = [
     "EndOffsets",
@@ -55,6 +54,16 @@ Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
 #: Attributes of the database write duration (OpenTelemetry database conventions).
 DB_ATTRIBUTES: Final = {"db.system.name": "postgresql", "db.operation.name": "INSERT"}
+
+
+class AcknowledgedBatch(Protocol):
+    """What the metrics read of a write batch the writers acknowledged."""
+
+    @property
+    def message_count(self) -> int: ...
+
+    @property
+    def timestamps_ms(self) -> tuple[int, ...]: ...
 
 
 @attrs.frozen(slots=True)
@@ -245,7 +254,7 @@ class PipelineMetrics:
         """One committed write transaction took ``seconds``."""
         self.db_write_duration.record(seconds, DB_ATTRIBUTES)
 
-    def record_batches(self, batches: Sequence[WriteBatch]) -> None:
+    def record_batches(self, batches: Sequence[AcknowledgedBatch]) -> None:
         """Write batches acknowledged together (one writer message, one transaction
         unless a rejected row made it bisect): their size, and the end-to-end latency
         of each batch's first and last message."""

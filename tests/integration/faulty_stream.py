@@ -19,10 +19,10 @@ from itertools import count as count_from
 import psycopg
 from confluent_kafka import KafkaError, Message, Producer
 
-from kingest.demo import committed_offsets, committed_total
+from kingest.dev.demo import committed_offsets, committed_total
+from kingest.dev.synth import SyntheticRecord, SyntheticStream
 from kingest.schema.codec import decode_event, encode_event
 from kingest.schema.v1.events_pb2 import Event, RunStatus
-from kingest.synth import SyntheticRecord, SyntheticStream
 from tests.integration.support import stored_event_ids, wait_for
 
 #: Partitions of every topic the fault and rebalance tests use.

@@ -19,10 +19,10 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from kingest.config import load_settings
-from kingest.demo import committed_offsets
-from kingest.devstack import FAST_GROUP_SETTINGS, database_url_for
-from kingest.pipeline.pipeline import Pipeline, RunOutcome
+from kingest.config.settings import load_settings
+from kingest.dev.demo import committed_offsets
+from kingest.dev.services import FAST_GROUP_SETTINGS, database_url_for
+from kingest.pipeline.consumer import Pipeline, RunOutcome
 
 
 def kingest_env(

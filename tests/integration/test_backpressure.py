@@ -20,13 +20,13 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from kingest.config import load_settings
-from kingest.demo import committed_offsets
+from kingest.config.settings import load_settings
+from kingest.dev.demo import committed_offsets
+from kingest.dev.producer import produce_records
+from kingest.dev.synth import SyntheticRecord, SyntheticStream
+from kingest.pipeline.consumer import RunOutcome
 from kingest.pipeline.memory import memory_budget
-from kingest.pipeline.pipeline import RunOutcome
-from kingest.producer import produce_records
 from kingest.store.migrate import apply_migrations
-from kingest.synth import SyntheticRecord, SyntheticStream
 from kingest.telemetry import catalog
 from tests.integration.support import (
     InProcessKingest,

@@ -24,11 +24,11 @@ from confluent_kafka import Producer
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from kingest.demo import committed_offsets, committed_total
-from kingest.devstack import LocalPostgres
-from kingest.producer import produce_records
+from kingest.dev.demo import committed_offsets, committed_total
+from kingest.dev.producer import produce_records
+from kingest.dev.services import LocalPostgres
+from kingest.dev.synth import SyntheticStream
 from kingest.store.migrate import apply_migrations
-from kingest.synth import SyntheticStream
 from tests.integration.support import (
     KingestProcess,
     assert_committed_are_stored,

@@ -7,14 +7,14 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from kingest.config import load_settings
-from kingest.deadletter import DeadLetter, decode_message
-from kingest.devstack import create_topic
-from kingest.pipeline.pipeline import RunOutcome
-from kingest.producer import produce_records
-from kingest.service import StartupError, check_kafka
+from kingest.config.settings import load_settings
+from kingest.deadletters.publisher import DeadLetter, decode_message
+from kingest.dev.producer import produce_records
+from kingest.dev.services import create_topic
+from kingest.dev.synth import SyntheticStream
+from kingest.pipeline.consumer import RunOutcome
+from kingest.runtime.service import StartupError, check_kafka
 from kingest.store.migrate import apply_migrations
-from kingest.synth import SyntheticStream
 from tests.integration.support import (
     InProcessKingest,
     all_committed,
@@ -93,7 +93,7 @@ def test_poison_goes_to_the_dead_letter_topic_with_its_context(
 
     assert set(stored_event_ids(database_url)) == {r.event_id for r in records}
     assert count_rows(database_url, "dead_letters") == (POISON if store == "both" else 0)
-    assert kingest.pipeline.stats.get("dead_letters_published") == POISON
+    assert kingest.telemetry.stats.get("dead_letters_published") == POISON
     letters = read_dead_letters(kafka_bootstrap, f"{topic}.dlq", POISON)
     assert len(letters) == POISON
     by_key = {letter.rejection.key: letter for letter in letters}

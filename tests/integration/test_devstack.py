@@ -1,4 +1,4 @@
-"""kingest.devstack against the real services it starts: Tansu, PostgreSQL, librdkafka's
+"""kingest.dev.services against the real services it starts: Tansu, PostgreSQL, librdkafka's
 mock cluster, and the choice between external, container and embedded services."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from kingest.devstack import (
+from kingest.dev.services import (
     ENV_DATABASE_URL,
     ENV_KAFKA_BOOTSTRAP_SERVERS,
     ENV_SERVICES,

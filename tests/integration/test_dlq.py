@@ -17,11 +17,12 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from google.protobuf.timestamp_pb2 import Timestamp
 from typer.testing import CliRunner, Result
 
-from kingest.cli import app
-from kingest.deadletter import DeadLetter, encode_headers
-from kingest.devstack import create_topic
-from kingest.dlq import ReplayPlan, replay
-from kingest.pipeline.pipeline import RunOutcome
+from kingest.cli.main import app
+from kingest.deadletters.publisher import DeadLetter, encode_headers
+from kingest.deadletters.stored import ReplayPlan, replay
+from kingest.dev.services import create_topic
+from kingest.dev.synth import SyntheticStream
+from kingest.pipeline.consumer import RunOutcome
 from kingest.schema.codec import encode_event
 from kingest.schema.v1.events_pb2 import Event, InferenceCompleted, InferenceStatus
 from kingest.store.migrate import apply_migrations, migrations_dir
@@ -34,7 +35,6 @@ from kingest.store.rows import (
     replay_digest,
 )
 from kingest.store.write import write_batch
-from kingest.synth import SyntheticStream
 from tests.integration.support import (
     InProcessKingest,
     all_committed,

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from kingest.config import load_settings
-from kingest.devstack import LocalPostgres, create_topic
-from kingest.pipeline.pipeline import RunOutcome, _open_pool
+from kingest.config.settings import load_settings
+from kingest.dev.services import LocalPostgres, create_topic
+from kingest.pipeline.consumer import RunOutcome, _open_pool
 from kingest.store.migrate import apply_migrations
 from tests.integration.faulty_stream import (
     PARTITIONS,
@@ -161,7 +161,7 @@ def test_postgresql_outage_is_waited_out_in_the_group(
         kafka_bootstrap, topic, seed=41, minimum=60_000, rate=2_000, poison_share=0.01
     )
     with InProcessKingest(env) as kingest:
-        stats = kingest.pipeline.stats
+        stats = kingest.telemetry.stats
         wait_for(
             lambda: committed(kafka_bootstrap, group, topic) >= 5_000,
             timeout=60,
@@ -196,7 +196,7 @@ def test_postgresql_outage_is_waited_out_in_the_group(
             timeout=90,
             what="every offset committed",
         )
-        assert kingest.pipeline.stats.get("rebalances") == rebalances_before, "left the group"
+        assert kingest.telemetry.stats.get("rebalances") == rebalances_before, "left the group"
         assert kingest.stop() is RunOutcome.DRAINED
     assert committed_during_outage < stream.delivered, "the outage came after the stream"
     result = check_exactly_once(url, stream)
@@ -256,7 +256,7 @@ def churn_broker(request: pytest.FixtureRequest) -> tuple[str, str, str]:
 
 def rebalances_seen(member: KingestProcess) -> int:
     """How many assignments the member has logged (every eager rebalance logs one)."""
-    return member.log.count("kingest.pipeline.pipeline: assigned ")
+    return member.log.count("kingest.pipeline.consumer: assigned ")
 
 
 def test_consumers_joining_and_leaving_under_load(

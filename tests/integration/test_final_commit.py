@@ -16,12 +16,12 @@ import uuid
 import pytest
 from confluent_kafka import KafkaError
 
-from kingest.demo import committed_offsets
-from kingest.devstack import MockKafkaCluster, create_topic
-from kingest.pipeline.pipeline import CLOSE_AFTER_DEADLINE_S, RunOutcome
-from kingest.producer import produce_records
+from kingest.dev.demo import committed_offsets
+from kingest.dev.producer import produce_records
+from kingest.dev.services import MockKafkaCluster, create_topic
+from kingest.dev.synth import SyntheticStream
+from kingest.pipeline.consumer import CLOSE_AFTER_DEADLINE_S, RunOutcome
 from kingest.store.migrate import apply_migrations
-from kingest.synth import SyntheticStream
 from tests.integration.support import InProcessKingest, kingest_env, stored_event_ids, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

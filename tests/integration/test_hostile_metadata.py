@@ -18,9 +18,8 @@ import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
-from kingest.deadletter import DeadLetter, decode_message, encode_headers
-from kingest.devstack import create_topic
-from kingest.dlq import (
+from kingest.deadletters.publisher import DeadLetter, decode_message, encode_headers
+from kingest.deadletters.stored import (
     DeadLetterFilter,
     ReplayPlan,
     StoredDeadLetter,
@@ -28,11 +27,12 @@ from kingest.dlq import (
     list_dead_letters,
     replay,
 )
-from kingest.pipeline.pipeline import RunOutcome
+from kingest.dev.services import create_topic
+from kingest.dev.synth import SyntheticRecord, SyntheticStream
+from kingest.pipeline.consumer import RunOutcome
 from kingest.schema.codec import decode_event, encode_event
 from kingest.store.migrate import apply_migrations
 from kingest.store.rows import Rejection, derive_event_id
-from kingest.synth import SyntheticRecord, SyntheticStream
 from kingest.telemetry import catalog
 from tests.integration.raw_headers import produce_raw
 from tests.integration.support import (
@@ -199,7 +199,7 @@ def test_hostile_timestamps_and_header_names_neither_stop_nor_lose_anything(
         )
         assert kingest.stop() is RunOutcome.DRAINED
         metrics = kingest.pipeline.metrics.render().decode()
-        unreadable = kingest.pipeline.stats.series(catalog.UNREADABLE_HEADERS)
+        unreadable = kingest.telemetry.stats.series(catalog.UNREADABLE_HEADERS)
 
     # Every message whose headers could not be read is counted and logged with its
     # coordinates, the valid events among them too (they leave no dead letter).

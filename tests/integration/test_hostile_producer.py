@@ -68,13 +68,18 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from psycopg import sql
 
-from kingest.deadletter import SOURCE_OFFSET, SOURCE_PARTITION, SOURCE_TOPIC, decode_message
-from kingest.demo import committed_offsets
-from kingest.devstack import create_topic
+from kingest.deadletters.publisher import (
+    SOURCE_OFFSET,
+    SOURCE_PARTITION,
+    SOURCE_TOPIC,
+    decode_message,
+)
+from kingest.dev.demo import committed_offsets
+from kingest.dev.services import create_topic
+from kingest.dev.synth import SyntheticStream
 from kingest.schema.codec import DecodeError, decode_event, encode_event
 from kingest.schema.v1.events_pb2 import Event
 from kingest.store.migrate import apply_migrations
-from kingest.synth import SyntheticStream
 from tests.integration.raw_headers import RawProducer
 from tests.integration.support import KingestProcess, fact_tables, fresh_database, kingest_env
 
@@ -570,7 +575,7 @@ REGRESSIONS: dict[str, tuple[HostileRecord, ...]] = {
         HostileRecord("garbage at the earliest Kafka timestamp", b"\xff", timestamp_ms=-(2**63)),
     ),
     # kingest exited 1: KafkaException MSG_SIZE_TOO_LARGE from Producer.produce in
-    # DeadLetterPublisher._produce (kingest/deadletter.py): the dead letter is the
+    # DeadLetterPublisher._produce (kingest/deadletters/publisher.py): the dead letter is the
     # message plus kingest's headers, over message.max.bytes.
     "dead_letter_over_message_max_bytes": (
         HostileRecord("garbage of the largest size the client sends", b"\xff" * 999_964),

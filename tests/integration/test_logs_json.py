@@ -19,11 +19,11 @@ import pytest
 from confluent_kafka import Producer
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
-from kingest.logs import JSON_FIELDS
+from kingest.dev.synth import SyntheticStream
 from kingest.schema.codec import encode_event
 from kingest.schema.v1.events_pb2 import Event, InferenceCompleted, InferenceStatus
 from kingest.store.migrate import apply_migrations
-from kingest.synth import SyntheticStream
+from kingest.telemetry.logs import JSON_FIELDS
 from tests.integration.support import (
     KingestProcess,
     all_committed,
@@ -165,7 +165,7 @@ def test_kingest_start_logs_json_lines_and_the_rejected_message_is_identified(
         assert ISO_UTC.match(entry["time"]), entry
         assert entry["level"] in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}, entry
     loggers = {entry["logger"] for entry in entries}
-    assert "kingest.pipeline.pipeline" in loggers, loggers
+    assert "kingest.pipeline.consumer" in loggers, loggers
     assert "kingest.librdkafka" in loggers, loggers
     assert any("CONFWARN" in e["message"] for e in entries if e["logger"] == "kingest.librdkafka")
 

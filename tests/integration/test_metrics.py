@@ -30,14 +30,14 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from typer.testing import CliRunner
 
-from kingest.cli import app
-from kingest.config import load_settings
-from kingest.devstack import LocalPostgres, MockKafkaCluster, create_topic
-from kingest.pipeline.pipeline import FETCH_CHECK_INTERVAL_S, RunOutcome
+from kingest.cli.main import app
+from kingest.config.settings import load_settings
+from kingest.dev.services import LocalPostgres, MockKafkaCluster, create_topic
+from kingest.dev.synth import SyntheticStream
+from kingest.pipeline.consumer import FETCH_CHECK_INTERVAL_S, RunOutcome
+from kingest.runtime.http import TelemetryServer
 from kingest.store.migrate import apply_migrations
-from kingest.synth import SyntheticStream
 from kingest.telemetry import catalog
-from kingest.telemetry.http import TelemetryServer
 from tests.integration.faulty_stream import invalid_event_value, undecodable_value
 from tests.integration.support import (
     InProcessKingest,
@@ -226,7 +226,7 @@ def test_metrics_count_a_known_stream_exactly(
         status, ready = get(f"{url}/readyz")
         assert status == 200, ready
         assert ready["status"] == "ok"
-        stats = kingest.pipeline.stats.snapshot()
+        stats = kingest.telemetry.stats.snapshot()
         print(f"/metrics after the stream:\n{len(samples)} samples; stats {stats}")
 
         # Every catalog metric is served under its Prometheus name with exactly its labels

@@ -12,11 +12,11 @@ import psycopg
 import pytest
 from confluent_kafka import KafkaError, Message, Producer
 
-from kingest.demo import committed_offsets
-from kingest.pipeline.pipeline import RunOutcome
+from kingest.dev.demo import committed_offsets
+from kingest.dev.synth import SyntheticStream
+from kingest.pipeline.consumer import RunOutcome
 from kingest.store.migrate import apply_migrations
 from kingest.store.rows import derive_event_id
-from kingest.synth import SyntheticStream
 from tests.integration.support import (
     InProcessKingest,
     all_committed,
@@ -133,7 +133,7 @@ def test_every_poison_case_ends_as_documented_and_nothing_blocks(
             what="every partition committed to its end (phase 2)",
         )
         assert kingest.stop() is RunOutcome.DRAINED
-    stats = kingest.pipeline.stats.snapshot()
+    stats = kingest.telemetry.stats.snapshot()
 
     # No partition blocked, and below each committed offset every message is stored as
     # a row or a dead letter (invariant 1), except the ignored duplicate: its event is

@@ -30,11 +30,11 @@ import psycopg
 import pytest
 from psycopg import pq
 
-from kingest.pipeline import pipeline as pipeline_module
-from kingest.pipeline.pipeline import RunOutcome
-from kingest.producer import produce_records
+from kingest.dev.producer import produce_records
+from kingest.dev.synth import SyntheticStream
+from kingest.pipeline import consumer as pipeline_module
+from kingest.pipeline.consumer import RunOutcome
 from kingest.store.migrate import apply_migrations
-from kingest.synth import SyntheticStream
 from kingest.telemetry import catalog
 from tests.integration.support import (
     InProcessKingest,
@@ -140,7 +140,7 @@ def test_statements_a_pooler_loses_between_transactions_turn_prepared_statements
 
     assert stored_event_ids(database_url) == dict.fromkeys(produced, 1)
     assert count_rows(database_url, "dead_letters") == 0, "a lost prepared statement dead-lettered"
-    stats = kingest.pipeline.stats
+    stats = kingest.telemetry.stats
     assert stats.get("transactions") >= 10, "too few transactions to reuse a statement"
     retries = stats.series(catalog.RETRIES)
     # One failure, then the writer's connection no longer prepares anything.
@@ -166,7 +166,7 @@ def test_statement_names_another_client_took_on_the_session_do_not_stop_the_serv
 
     assert stored_event_ids(database_url) == dict.fromkeys(produced, 1)
     assert count_rows(database_url, "dead_letters") == 0
-    retries = kingest.pipeline.stats.series(catalog.RETRIES)
+    retries = kingest.telemetry.stats.series(catalog.RETRIES)
     assert 1 <= retries.get(("write", "42"), 0) <= 2, retries  # at most once per connection
     [advice] = advice_logged(caplog)
     assert "42P05" in advice, advice
@@ -195,5 +195,5 @@ def test_without_prepared_statements_a_pooler_changes_nothing(
 
     assert stored_event_ids(database_url) == dict.fromkeys(produced, 1)
     assert count_rows(database_url, "dead_letters") == 0
-    assert kingest.pipeline.stats.series(catalog.RETRIES) == {}
+    assert kingest.telemetry.stats.series(catalog.RETRIES) == {}
     assert advice_logged(caplog) == []

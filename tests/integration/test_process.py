@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from kingest.demo import committed_total
-from kingest.producer import ProduceReport, produce_records
+from kingest.dev.demo import committed_total
+from kingest.dev.producer import ProduceReport, produce_records
+from kingest.dev.synth import SyntheticStream
 from kingest.store.migrate import apply_migrations
-from kingest.synth import SyntheticStream
 from tests.integration.support import (
     KingestProcess,
     all_committed,

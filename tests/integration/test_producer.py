@@ -14,9 +14,9 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
 
-from kingest.producer import produce_records
+from kingest.dev.producer import produce_records
+from kingest.dev.synth import SyntheticStream
 from kingest.schema.codec import decode_event
-from kingest.synth import SyntheticStream
 
 pytestmark = pytest.mark.integration
 

@@ -26,14 +26,14 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from kingest.demo import committed_total
-from kingest.devstack import MockKafkaCluster, create_topic
+from kingest.dev.demo import committed_total
+from kingest.dev.producer import produce_records
+from kingest.dev.services import MockKafkaCluster, create_topic
+from kingest.dev.synth import SyntheticStream
 from kingest.pipeline.committer import OffsetCommitter
+from kingest.pipeline.consumer import Pipeline, RunOutcome
 from kingest.pipeline.messages import Ack, CommitterMessage, TopicPartitionKey
-from kingest.pipeline.pipeline import Pipeline, RunOutcome
-from kingest.producer import produce_records
 from kingest.store.migrate import apply_migrations
-from kingest.synth import SyntheticStream
 from tests.integration.faulty_stream import (
     PARTITIONS,
     FaultyStreamProducer,
@@ -363,7 +363,7 @@ def test_a_lost_assignment_commits_nothing_and_is_recovered(
     kingest = InProcessKingest(env)
     callbacks = record_callbacks(kingest.pipeline)
     with kingest:
-        stats = kingest.pipeline.stats
+        stats = kingest.telemetry.stats
         wait_for(lambda: stats.get("messages_written") > 0, timeout=60, what="writes")
         lost_generation = max(generations(kingest.pipeline).values())
         mock_cluster.push_request_errors(HEARTBEAT_API, KafkaError.UNKNOWN_MEMBER_ID)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from kingest.demo import committed_total
+from kingest.dev.demo import committed_total
 from kingest.store.migrate import apply_migrations
 from tests.integration.support import (
     KingestProcess,

@@ -16,10 +16,9 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kingest.config import load_settings
-from kingest.demo import committed_total
-from kingest.store.migrate import apply_migrations
-from kingest.supervisor import (
+from kingest.config.settings import load_settings
+from kingest.dev.demo import committed_total
+from kingest.runtime.supervisor import (
     EXIT_FORCED,
     MAX_PROCESSES,
     SUPERVISOR_VARIABLES,
@@ -35,6 +34,7 @@ from kingest.supervisor import (
     process_index,
     start_problems,
 )
+from kingest.store.migrate import apply_migrations
 from tests.integration.support import (
     KingestProcess,
     all_committed,
@@ -231,7 +231,7 @@ def test_a_crashing_child_is_restarted_until_the_crash_loop_limit(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     supervisor = fake_supervisor(tmp_path, "drain:0", "exit:1")
-    with caplog.at_level("INFO", logger="kingest.supervisor"):
+    with caplog.at_level("INFO", logger="kingest.runtime.supervisor"):
         assert supervisor.run() == 1
     started = marks(tmp_path, 1, "started")
     assert len(started) == FAST.max_restarts + 1
@@ -290,7 +290,7 @@ def test_a_change_drains_every_child_and_starts_them_all_again(
     changes = ChangesWhen(both(tmp_path, "started"))
     supervisor = fake_supervisor(tmp_path, "drain:0", "drain:0", changes=changes)
     signal_self_when(lambda: all(len(marks(tmp_path, i, "started")) == 2 for i in (0, 1)))
-    with caplog.at_level("INFO", logger="kingest.supervisor"):
+    with caplog.at_level("INFO", logger="kingest.runtime.supervisor"):
         assert supervisor.run() == 0
     assert supervisor.reloads == 1
     for index in (0, 1):
@@ -322,7 +322,7 @@ def test_in_reload_mode_a_failed_child_waits_for_the_next_change(
     signal_self_when(
         lambda: len(marks(tmp_path, 1, "started")) == 2 and supervisor.children[1].proc is None
     )
-    with caplog.at_level("INFO", logger="kingest.supervisor"):
+    with caplog.at_level("INFO", logger="kingest.runtime.supervisor"):
         assert supervisor.run() == 0
     # Started at first, then only by the change: no backoff restarts in between.
     assert len(marks(tmp_path, 1, "started")) == 2

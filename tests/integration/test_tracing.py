@@ -18,13 +18,13 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from psycopg.conninfo import conninfo_to_dict
 
-from kingest.devstack import create_topic
-from kingest.pipeline.pipeline import RunOutcome
+from kingest.dev.services import create_topic
+from kingest.dev.synth import SyntheticStream
+from kingest.pipeline.consumer import RunOutcome
 from kingest.schema.codec import encode_event
 from kingest.schema.v1.events_pb2 import Event, InferenceCompleted, InferenceStatus
 from kingest.schema.validate import payload_of
 from kingest.store.migrate import apply_migrations
-from kingest.synth import SyntheticStream
 from kingest.telemetry.tracing import parse_traceparent
 from tests.integration.support import InProcessKingest, all_committed, kingest_env, wait_for
 from tests.tracing_support import recording
@@ -163,7 +163,7 @@ def test_a_traced_stream_end_to_end(
         blocker.execute("LOCK TABLE kingest.inferences IN ACCESS EXCLUSIVE MODE")
         with InProcessKingest(env) as kingest:
             wait_for(
-                lambda: kingest.pipeline.stats.get("retries") >= 2,
+                lambda: kingest.telemetry.stats.get("retries") >= 2,
                 timeout=60,
                 what="retried writes",
             )

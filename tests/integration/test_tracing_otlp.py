@@ -26,8 +26,8 @@ from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span
 
 from kingest import __version__
+from kingest.dev.synth import SyntheticStream
 from kingest.store.migrate import apply_migrations
-from kingest.synth import SyntheticStream
 from tests.integration.support import KingestProcess, all_committed, kingest_env, wait_for
 
 pytestmark = [pytest.mark.integration]

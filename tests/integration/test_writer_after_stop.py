@@ -17,11 +17,11 @@ from psycopg_pool import ConnectionPool
 
 from actors import ActorStopped
 from kingest.pipeline.messages import Ack, WriteBatch
-from kingest.pipeline.stats import PipelineStats
 from kingest.pipeline.writer import WriterActor
 from kingest.schema.v1.events_pb2 import MetricLogged
 from kingest.store.migrate import apply_migrations
 from kingest.store.rows import RowBatch
+from kingest.telemetry.stats import PipelineStats
 from tests.unit.test_rows import NOW, event, record
 
 

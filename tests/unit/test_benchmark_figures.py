@@ -1,12 +1,12 @@
-"""The bench's arithmetic and case planning (kingest/benchmark.py, kingest/cli_bench.py)."""
+"""The bench's arithmetic and case planning (kingest/dev/benchmark.py, kingest/cli/bench.py)."""
 
 from __future__ import annotations
 
 import pytest
 from rich.console import Console
 
-from kingest.benchmark import Options, cases, parse_sweep, percentile, summarize
-from kingest.cli_bench import render
+from kingest.cli.bench import render
+from kingest.dev.benchmark import Options, cases, parse_sweep, percentile, summarize
 
 
 def test_percentiles_are_values_that_occurred_by_nearest_rank() -> None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kingest.config import (
+from kingest.config.settings import (
     REDACTED,
     ConfigError,
     effective_settings,

@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 from dockerfile_parse import DockerfileParser
 
-from kingest.config import load_settings, settings_fields
-from kingest.devstack import free_port
+from kingest.config.settings import load_settings, settings_fields
+from kingest.dev.services import free_port
 from tests.unit.test_config import VALID
 
 ROOT = Path(__file__).parents[2]

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError
 
-from kingest.config import ConfigError, load_settings
-from kingest.deadletter import (
+from kingest.config.settings import ConfigError, load_settings
+from kingest.deadletters.publisher import (
     ATTEMPTS,
     CORRELATION_ID,
     ERROR_CLASS,

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from kingest.deadletter import DeadLetter
-from kingest.dlq import (
+from kingest.deadletters.publisher import DeadLetter
+from kingest.deadletters.stored import (
     DeadLetterFilter,
     DlqInputError,
     RateLimiter,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from kingest.early_stop import is_start_command
+from kingest.runtime.early_stop import is_start_command
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""The service's garbage-collector settings (why: kingest/service.py GC_THRESHOLDS)."""
+"""The service's garbage-collector settings (why: kingest/runtime/service.py GC_THRESHOLDS)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from kingest.service import GC_THRESHOLDS, tune_garbage_collector
+from kingest.runtime.service import GC_THRESHOLDS, tune_garbage_collector
 
 
 @pytest.fixture

@@ -25,9 +25,9 @@ import pytest
 import yaml
 
 import kingest
-from kingest.config import ConfigError, Settings, load_settings
+from kingest.config.settings import ConfigError, Settings, load_settings
 from kingest.pipeline.memory import memory_budget
-from kingest.supervisor import STOP_GRACE_S
+from kingest.runtime.supervisor import STOP_GRACE_S
 
 Manifest = dict[str, Any]
 

@@ -8,8 +8,8 @@ import time
 import pytest
 from confluent_kafka import Consumer
 
-from kingest.config import load_settings
-from kingest.pipeline.kafka import client_config, consumer_config
+from kingest.config.settings import load_settings
+from kingest.kafka.consumer import client_config, consumer_config
 
 ENV = {
     "KINGEST_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",

@@ -18,9 +18,9 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from actors import Actor, ActorSystem, correlation_scope
-from kingest.config import REDACTED, load_settings
-from kingest.logs import JSON_FIELDS, configure_logging, secret_values
-from kingest.pipeline.kafka import RDKAFKA_LOG
+from kingest.config.settings import REDACTED, load_settings
+from kingest.kafka.consumer import RDKAFKA_LOG
+from kingest.telemetry.logs import JSON_FIELDS, configure_logging, secret_values
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
 PASSWORD = 'pa55-w0rd"quoted\\slash'

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kingest.config import Settings, load_settings
-from kingest.pipeline.kafka import FETCH_QUEUE_BACKOFF_MS, PREFETCH_POLLS, consumer_config
+from kingest.config.settings import Settings, load_settings
+from kingest.kafka.consumer import FETCH_QUEUE_BACKOFF_MS, PREFETCH_POLLS, consumer_config
 from kingest.pipeline.memory import (
     ALLOCATOR_SLACK,
     BASELINE_BYTES,

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from kingest.dlq import StoredDeadLetter
+from kingest.deadletters.stored import StoredDeadLetter
 from kingest.pipeline.partition import _timestamp_ms
 from kingest.schema.codec import encode_event
 from kingest.schema.v1.events_pb2 import InferenceCompleted, InferenceStatus

@@ -15,8 +15,7 @@ from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kingest.config import ConfigError, load_settings
-from kingest.pipeline.stats import PipelineStats
+from kingest.config.settings import ConfigError, load_settings
 from kingest.telemetry import catalog
 from kingest.telemetry.catalog import MetricSpec
 from kingest.telemetry.health import HealthChecks
@@ -26,6 +25,7 @@ from kingest.telemetry.metrics import (
     create_instrument,
     reference_markdown,
 )
+from kingest.telemetry.stats import PipelineStats
 
 VALID = {
     "KINGEST_KAFKA_BOOTSTRAP_SERVERS": "broker:9092",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kingest.config import effective_settings, load_settings
+from kingest.config.settings import effective_settings, load_settings
 from tests.unit.test_config import VALID
 
 OPS = Path(__file__).parents[2] / "ops"

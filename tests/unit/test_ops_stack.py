@@ -20,10 +20,10 @@ import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
-from kingest.config import load_settings
-from kingest.supervisor import STOP_GRACE_S
+from kingest.config.otel import load_tracing_config
+from kingest.config.settings import load_settings
+from kingest.runtime.supervisor import STOP_GRACE_S
 from kingest.telemetry import catalog
-from kingest.telemetry.tracing import load_tracing_config
 from tests.unit.test_container import duration_s, healthcheck, http_port_default
 from tests.unit.test_k8s_manifests import EXIT_MARGIN_S
 from tests.unit.test_ops_files import read_env_file
@@ -584,7 +584,7 @@ def test_the_container_may_drain_before_it_is_killed() -> None:
     service = compose_services()[KINGEST]
     pipeline = load_settings(service_environment(KINGEST)).pipeline
     grace = duration_s(service["stop_grace_period"])
-    # kingest.supervisor waits STOP_GRACE_S past the drain deadline when
+    # kingest.runtime.supervisor waits STOP_GRACE_S past the drain deadline when
     # KINGEST_PROCESSES > 1; the grace covers that too.
     assert grace >= pipeline.drain_timeout_s + STOP_GRACE_S + EXIT_MARGIN_S
     assert service.get("stop_signal", "SIGTERM") == "SIGTERM"

@@ -7,10 +7,10 @@ import threading
 from typing import Any
 
 from actors import Actor, ActorSystem, Pool
+from kingest.dev.synth import SyntheticStream
 from kingest.pipeline.committer import OffsetCommitter
 from kingest.pipeline.messages import WriteBatch
 from kingest.pipeline.partition import PartitionActor
-from kingest.synth import SyntheticStream
 from tests.fakes import FakeRecord
 
 

@@ -13,10 +13,10 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from actors import Actor, ActorSystem, Pool
-from kingest.config import load_settings
+from kingest.config.settings import load_settings
 from kingest.pipeline.committer import OffsetCommitter
+from kingest.pipeline.consumer import Pipeline
 from kingest.pipeline.messages import WriteBatch
-from kingest.pipeline.pipeline import Pipeline
 from tests.unit.test_config import VALID
 
 

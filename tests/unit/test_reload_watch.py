@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from pathlib import Path
 
-from kingest.reload import default_paths, reload_problems, watch_changes
+from kingest.runtime.reload import default_paths, reload_problems, watch_changes
 
 
 def next_changes(changes: Generator[set[str], None, None], tries: int = 50) -> set[str]:

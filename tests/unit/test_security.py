@@ -26,8 +26,8 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from kingest.cli import app
-from kingest.config import (
+from kingest.cli.main import app
+from kingest.config.settings import (
     REDACTED,
     ConfigError,
     effective_settings,
@@ -36,11 +36,11 @@ from kingest.config import (
     redact_property,
     safe_error_text,
 )
-from kingest.logs import configure_logging, secret_values
-from kingest.service import StartupError, check_database
+from kingest.runtime.service import StartupError, check_database
 from kingest.store import tables
 from kingest.store.rows import RowBatch
 from kingest.store.tables import INSERT_DEAD_LETTER
+from kingest.telemetry.logs import configure_logging, secret_values
 from tests.fakes import FakeRecord
 from tests.poison_corpus import CORPUS_NOW, build_corpus
 

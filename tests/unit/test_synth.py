@@ -9,10 +9,10 @@ from itertools import pairwise
 
 import pytest
 
+from kingest.dev.synth import WIRE_FORMAT_SCHEMA_ID, SyntheticRecord, SyntheticStream
 from kingest.schema.codec import decode_event, split_wire_format
 from kingest.schema.v1.events_pb2 import Event, InferenceStatus, RunStatus
 from kingest.schema.validate import validate_event
-from kingest.synth import WIRE_FORMAT_SCHEMA_ID, SyntheticRecord, SyntheticStream
 
 BASE_TIME = 1_760_000_000.0
 SAMPLE = 20_000

@@ -6,15 +6,15 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from kingest.cli import app
-from kingest.config import ConfigError, load_settings
-from kingest.telemetry.tracing import (
+from kingest.cli.main import app
+from kingest.config.otel import (
     TracingConfigError,
     describe_tracing,
     load_tracing_config,
-    parse_traceparent,
     tracing_problems,
 )
+from kingest.config.settings import ConfigError, load_settings
+from kingest.telemetry.tracing import parse_traceparent
 
 REQUIRED = {
     "KINGEST_KAFKA_BOOTSTRAP_SERVERS": "kafka:9092",

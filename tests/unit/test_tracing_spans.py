@@ -16,12 +16,12 @@ from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode, TraceFlags
 
 from actors import Actor, ActorSystem, Pool, current_correlation_id
+from kingest.dev.synth import SyntheticStream
 from kingest.pipeline.committer import OffsetCommitter
 from kingest.pipeline.messages import Assigned, WriteBatch
 from kingest.pipeline.partition import PartitionActor
 from kingest.schema.codec import decode_event, encode_event
 from kingest.store.rows import RowBatch
-from kingest.synth import SyntheticStream
 from kingest.telemetry import tracing
 from kingest.telemetry.tracing import (
     CommitSpans,

@@ -25,18 +25,19 @@ import pytest
 from confluent_kafka import KafkaError
 from typer.testing import CliRunner
 
-from kingest import lag as lag_module
-from kingest import service
-from kingest.cli import app
-from kingest.config import load_settings, redact_conninfo
-from kingest.devstack import free_port
-from kingest.pipeline.pipeline import RunOutcome
-from kingest.pipeline.stats import PipelineStats
+from kingest import telemetry
+from kingest.cli.main import app
+from kingest.config.settings import load_settings, redact_conninfo
+from kingest.dev.services import free_port
+from kingest.pipeline.consumer import RunOutcome
 from kingest.pipeline.writer import AbandonedError, WriterActor, _schema_error_text
-from kingest.service import StartupError, check_database, check_kafka
+from kingest.runtime import service
+from kingest.runtime.service import StartupError, check_database, check_kafka
 from kingest.telemetry import catalog
+from kingest.telemetry import lag as lag_module
 from kingest.telemetry.health import DatabaseProbe, HealthChecks
 from kingest.telemetry.metrics import PartitionState, PipelineState
+from kingest.telemetry.stats import PipelineStats
 
 ROOT = Path(__file__).resolve().parents[2]
 DOC = ROOT / "docs" / "troubleshooting.md"
@@ -354,7 +355,7 @@ def test_kingest_lag_prints_the_total(monkeypatch: pytest.MonkeyPatch) -> None:
             for p, (committed, end) in ends.items()
         ]
 
-    monkeypatch.setattr(lag_module, "group_lag", group_lag)
+    monkeypatch.setattr(telemetry, "group_lag", group_lag)  # what `kingest lag` calls
     result = CliRunner().invoke(
         app, ["lag", "--group", "kingest", "--topic", "ml-events", "--bootstrap-servers", "b:1"]
     )

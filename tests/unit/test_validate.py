@@ -13,6 +13,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kingest.dev.synth import SyntheticStream
 from kingest.schema.codec import decode_event, encode_event
 from kingest.schema.v1.events_pb2 import (
     DataDriftDetected,
@@ -33,7 +34,6 @@ from kingest.schema.validate import (
     event_type,
     validate_event,
 )
-from kingest.synth import SyntheticStream
 
 NOW = 1_760_000_000.0
 DAY = 86_400

@@ -1,4 +1,4 @@
-"""librdkafka client configuration derived from :class:`kingest.config.Settings`."""
+"""librdkafka client configuration derived from :class:`kingest.config.settings.Settings`."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 
 Dead letters live in ``kingest.dead_letters`` (one row per source message, unique on
 its Kafka coordinates) and, when ``KINGEST_DEAD_LETTER_STORE`` includes ``topic``, on a
-dead-letter topic (:mod:`kingest.deadletter`). This module reads both, and replays
+dead-letter topic (:mod:`kingest.deadletters.publisher`). This module reads both, and replays
 them to one of two destinations:
 
 * ``source``: produce the original key, value and headers back to the source topic and
@@ -45,27 +45,25 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from google.protobuf import json_format
 from psycopg import sql
 
-from kingest.deadletter import DeadLetter, NotADeadLetterError, decode_message
-from kingest.schema.codec import DecodeError, decode_event
+from kingest.deadletters.publisher import DeadLetter, NotADeadLetterError, decode_message
+from kingest.schema import DecodeError, decode_event
 from kingest.schema.v1.events_pb2 import Event
-from kingest.store.errors import (
+from kingest.store import (
+    REPLAY_DIGEST_HEADER,
+    REPLAY_OF_HEADER,
     ErrorKind,
+    Rejection,
+    RowBatch,
     classify_db_error,
     first_line,
     is_schema_error,
-    sqlstate_of,
-)
-from kingest.store.rows import (
-    REPLAY_DIGEST_HEADER,
-    REPLAY_OF_HEADER,
-    Rejection,
-    RowBatch,
     message_headers,
     replay_digest,
+    sqlstate_of,
     storable_timestamp_ms,
     verified_replay_of,
+    write_batch,
 )
-from kingest.store.write import write_batch
 
 __all__ = [
     "STAGES",

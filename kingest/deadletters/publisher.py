@@ -42,7 +42,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from opentelemetry import propagate
 
 from kingest.config import dead_letter_topic
-from kingest.store.rows import Headers, Rejection, storable_timestamp_ms
+from kingest.store import Headers, Rejection, storable_timestamp_ms
 from kingest.telemetry import tracing
 
 __all__ = [

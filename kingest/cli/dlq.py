@@ -1,4 +1,4 @@
-"""``kingest dlq``: list, inspect and replay dead letters (the logic is in kingest.dlq).
+"""``kingest dlq``: list, inspect and replay dead letters (the logic: kingest.deadletters).
 
 Bad input (an unknown dead letter, a time that does not parse, an unknown stage) is one
 line on stderr and exit code 2; a database or broker failure is one line and exit 1;
@@ -6,7 +6,7 @@ never a traceback. ``list`` and ``inspect`` need only the database
 (``--database-url`` or ``KINGEST_DATABASE_URL``); ``replay`` reads the whole ``KINGEST_*``
 configuration, like ``kingest start``, since it talks to the same broker and database.
 
-Like ``kingest.cli``, the commands import their heavy dependencies (Kafka client,
+Like ``kingest.cli.main``, the commands import their heavy dependencies (Kafka client,
 Protobuf) when they run, so that ``kingest --help`` stays fast.
 """
 
@@ -36,10 +36,15 @@ from kingest.config import (
     redact_conninfo,
     safe_error_text,
 )
-from kingest.pipeline.kafka import client_config
+from kingest.kafka import client_config
 
 if TYPE_CHECKING:
-    from kingest.dlq import DeadLetterFilter, ReplayPlan, ReplaySummary, StoredDeadLetter
+    from kingest.deadletters import (
+        DeadLetterFilter,
+        ReplayPlan,
+        ReplaySummary,
+        StoredDeadLetter,
+    )
 
 __all__ = ["dlq_app"]
 
@@ -89,7 +94,7 @@ def _selection(
     topic: str | None,
     limit: int | None,
 ) -> DeadLetterFilter:
-    from kingest.dlq import DeadLetterFilter, parse_time  # noqa: PLC0415
+    from kingest.deadletters import DeadLetterFilter, parse_time  # noqa: PLC0415
 
     now = datetime.now(UTC)
     return DeadLetterFilter(
@@ -113,8 +118,8 @@ def _reported(database_url: str) -> Iterator[None]:
     """Turn the expected failures into one line and an exit code, never a traceback."""
     from confluent_kafka import KafkaException  # noqa: PLC0415
 
-    from kingest.dlq import DlqError, DlqInputError  # noqa: PLC0415
-    from kingest.store.errors import is_schema_error  # noqa: PLC0415
+    from kingest.deadletters import DlqError, DlqInputError  # noqa: PLC0415
+    from kingest.store import is_schema_error  # noqa: PLC0415
 
     try:
         yield
@@ -214,7 +219,7 @@ def list_command(
     ] = False,
 ) -> None:
     """List dead letters, newest first, with their reason and replay state."""
-    from kingest.dlq import list_dead_letters, summarize  # noqa: PLC0415
+    from kingest.deadletters import list_dead_letters, summarize  # noqa: PLC0415
 
     with _reported(database_url):
         selection = _selection(
@@ -255,7 +260,7 @@ def _header_text(value: bytes | None) -> str:
 
 
 def _inspect_lines(dead_letter: StoredDeadLetter, max_bytes: int) -> Iterator[str]:
-    from kingest.dlq import hexdump, judge_now  # noqa: PLC0415
+    from kingest.deadletters import hexdump, judge_now  # noqa: PLC0415
 
     r = dead_letter.rejection
     fields = dead_letter.as_json()
@@ -300,7 +305,7 @@ def inspect(
     The value is hex-dumped and, when it decodes as an Event, rendered as JSON; the
     verdict is what today's decode and validation make of it (nothing is written).
     """
-    from kingest.dlq import get_dead_letter, judge_now, parse_reference  # noqa: PLC0415
+    from kingest.deadletters import get_dead_letter, judge_now, parse_reference  # noqa: PLC0415
 
     with _reported(database_url):
         ref = parse_reference(reference)
@@ -343,7 +348,7 @@ def _settings() -> Settings:
 
 def _would_replay(dead_letter: StoredDeadLetter, destination: str) -> dict[str, Any]:
     """What a dry run says of one dead letter (for --to pipeline: today's verdict)."""
-    from kingest.dlq import judge_now  # noqa: PLC0415
+    from kingest.deadletters import judge_now  # noqa: PLC0415
 
     r = dead_letter.rejection
     item: dict[str, Any] = {
@@ -413,7 +418,7 @@ class _LazyProgress:
 
     def advance(self, count: int) -> None:
         if self._progress is None:
-            from kingest.progress import new_progress  # noqa: PLC0415
+            from kingest.telemetry import new_progress  # noqa: PLC0415
 
             self._progress = new_progress()
             self._progress.start()
@@ -472,7 +477,7 @@ def replay_command(
     A replayed event is stored once however often it is replayed; dead letters already
     replayed successfully are skipped unless --again.
     """
-    from kingest.dlq import ReplayPlan, count_to_replay, replay  # noqa: PLC0415
+    from kingest.deadletters import ReplayPlan, count_to_replay, replay  # noqa: PLC0415
 
     settings = _settings()
     database_url = settings.database.url

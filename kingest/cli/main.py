@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # First, before the imports that take most of a second: from here on a SIGTERM to
 # `kingest start` is a stop request, not the end of the process.
-from kingest import early_stop
+from kingest.runtime import early_stop
 
 early_stop.install()
 
@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.table import Table
 
 from kingest import __version__
-from kingest.cli_bench import bench
-from kingest.cli_dlq import dlq_app
+from kingest.cli.bench import bench
+from kingest.cli.dlq import dlq_app
 from kingest.config import (
     ConfigError,
     Settings,
@@ -30,7 +30,7 @@ from kingest.config import (
     reference_markdown,
     safe_error_text,
 )
-from kingest.logs import configure_logging, secret_values
+from kingest.telemetry import configure_logging, secret_values
 
 __all__ = ["app", "main"]
 
@@ -112,12 +112,12 @@ def start(
     ] = None,
 ) -> None:
     """Consume the configured topics into PostgreSQL until SIGTERM/SIGINT, then drain."""
-    from kingest import supervisor
+    from kingest.runtime import supervisor
 
     problems = supervisor.start_problems(processes, os.environ)
     watched: list[Path] = []
     if reload:
-        from kingest import reload as reloading
+        from kingest.runtime import reload as reloading
 
         watched = list(reload_dirs or reloading.default_paths())
         problems += reloading.reload_problems(watched)
@@ -135,8 +135,9 @@ def start(
     index = supervisor.process_index(os.environ)
     if index is not None:
         supervisor.tag_logs_with_process_index(index)
-    from kingest.service import run_service
-    from kingest.telemetry.tracing import configure_tracing, load_tracing_config
+    from kingest.config import load_tracing_config
+    from kingest.runtime import run_service
+    from kingest.telemetry import configure_tracing
 
     # Validated with the settings above. Spans still queued are exported before the
     # process exits, whatever its exit code (a second signal's immediate exit skips it).
@@ -161,7 +162,7 @@ def config(
         return
     settings = _settings_or_exit()
     values = effective_settings(settings)
-    from kingest.telemetry.tracing import describe_tracing, load_tracing_config
+    from kingest.config import describe_tracing, load_tracing_config
 
     values.update(describe_tracing(load_tracing_config(os.environ)))
     if as_json:
@@ -183,7 +184,7 @@ def migrate(
     """Apply the SQL migrations (idempotent; concurrent runs wait on an advisory lock)."""
     import psycopg
 
-    from kingest.store.migrate import MigrationError, apply_migrations
+    from kingest.store import MigrationError, apply_migrations
 
     configure_logging("INFO", "console")
     try:
@@ -219,10 +220,8 @@ def produce(
     ] = 0.1,
 ) -> None:
     """Produce a realistic synthetic stream of AI/ML pipeline events (all event kinds)."""
-    from kingest.devstack import create_topic
-    from kingest.producer import produce_records
-    from kingest.progress import produce_with_progress
-    from kingest.synth import SyntheticStream
+    from kingest.dev import SyntheticStream, create_topic, produce_records
+    from kingest.telemetry import produce_with_progress
 
     create_topic(bootstrap_servers, topic, partitions)
     stream = SyntheticStream(seed=seed, wire_format_share=wire_format_share)
@@ -257,7 +256,7 @@ def demo(
     """Run the real pipeline on embedded local services (a Kafka-protocol broker and
     PostgreSQL, both from PyPI): migrate, produce a demo stream, ingest it, show progress.
     Ctrl-C stops everything cleanly."""
-    from kingest.demo import run_demo
+    from kingest.dev import run_demo
 
     raise typer.Exit(
         run_demo(count=count, partitions=partitions, rate=rate, exit_when_done=exit_when_done)
@@ -284,7 +283,7 @@ def lag(
     """Committed offset, end offset and lag of every partition, for a consumer group
     (KINGEST_RDKAFKA_* properties apply, e.g. SASL/TLS)."""
     from kingest.config import rdkafka_properties
-    from kingest.lag import LagError, group_lag
+    from kingest.telemetry import LagError, group_lag
 
     config = rdkafka_properties(os.environ)
     config["bootstrap.servers"] = bootstrap_servers

@@ -714,8 +714,8 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     if settings is not None and not by_variable:
         by_variable.update(_cross_field_problems(settings))
     problems += [f"{variable}: {text}" for variable, text in by_variable.items()]
-    # The standard OTEL_* tracing variables (imported here: tracing uses this module).
-    from kingest.telemetry.tracing import tracing_problems  # noqa: PLC0415
+    # The standard OTEL_* tracing variables (imported here: otel uses this module).
+    from kingest.config.otel import tracing_problems  # noqa: PLC0415
 
     problems += tracing_problems(environ)
     if problems:

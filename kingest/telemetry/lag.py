@@ -175,7 +175,7 @@ def group_lag(
     Raises :class:`LagError` when the broker does not answer or a topic does not exist.
     """
     errors: list[KafkaError] = []
-    quiet = logging.Logger("kingest.lag.librdkafka")
+    quiet = logging.Logger("kingest.telemetry.lag.librdkafka")
     quiet.addHandler(logging.NullHandler())
     config = {
         **lag_client_config(client_config, group),

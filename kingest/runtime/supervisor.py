@@ -33,7 +33,7 @@ when any abandoned in-flight work at its drain deadline. A second signal is pass
 own) and the supervisor exits 130. On Linux a child also receives SIGTERM, and drains,
 when the supervisor dies without stopping it (``kill -9`` of the supervisor).
 
-Reloading (``kingest start --reload``, :mod:`kingest.reload`): given a source of
+Reloading (``kingest start --reload``, :mod:`kingest.runtime.reload`): given a source of
 changed files, the supervisor stops every child as above when files change and starts
 them all again at once. A child that exits on its own is then not restarted until the
 next change (a syntax error waits for its fix instead of crash-looping).
@@ -53,8 +53,8 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any, Final
 
-from kingest import early_stop
 from kingest.config import COMMAND_VARIABLES, Settings
+from kingest.runtime import early_stop
 
 __all__ = [
     "MAX_PROCESSES",
@@ -77,7 +77,7 @@ __all__ = [
     "tag_logs_with_process_index",
 ]
 
-log = logging.getLogger("kingest.supervisor")
+log = logging.getLogger("kingest.runtime.supervisor")
 
 PROCESSES_VARIABLE: Final = "KINGEST_PROCESSES"
 PROCESS_INDEX_VARIABLE: Final = "KINGEST_PROCESS_INDEX"
@@ -323,7 +323,7 @@ class Supervisor:
     def _install(self) -> None:
         for signum in (signal.SIGTERM, signal.SIGINT):
             self._previous[signum] = signal.signal(signum, self._on_signal)
-        # A stop requested while `kingest start` was starting (kingest.early_stop).
+        # A stop requested while `kingest start` was starting (kingest.runtime.early_stop).
         self._signals.extend(early_stop.take())
 
     def _uninstall(self) -> None:

@@ -53,7 +53,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from psycopg import sql
 
 from kingest import __version__
-from kingest.devstack import (
+from kingest.dev.services import (
     FAST_GROUP_SETTINGS,
     LocalKafka,
     LocalPostgres,
@@ -61,11 +61,16 @@ from kingest.devstack import (
     database_url_for,
     free_port,
 )
-from kingest.store.migrate import apply_migrations
-from kingest.store.rows import RowBatch
-from kingest.store.tables import FACT_TABLES, INSERT_DEAD_LETTER, SCHEMA, WRITE_PLAN
-from kingest.store.write import dead_letter_params
-from kingest.synth import SyntheticStream
+from kingest.dev.synth import SyntheticStream
+from kingest.store import (
+    FACT_TABLES,
+    INSERT_DEAD_LETTER,
+    SCHEMA,
+    WRITE_PLAN,
+    RowBatch,
+    apply_migrations,
+    dead_letter_params,
+)
 
 __all__ = [
     "BASELINE_POLL",
@@ -556,7 +561,11 @@ def run_baseline(
     slug = f"baseline_{run}"
     log = workdir / f"{slug}.log"
     measured = _Run.prepare(found, topic, case, slug=slug, label=f"baseline #{run + 1}", log=log)
-    command = [sys.executable, "-c", "from kingest.benchmark import baseline_main; baseline_main()"]
+    command = [
+        sys.executable,
+        "-c",
+        "from kingest.dev.benchmark import baseline_main; baseline_main()",
+    ]
     command += [found.bootstrap_servers, topic, measured.group, measured.url, str(options.events)]
     with log.open("wb") as err:
         process = subprocess.Popen(command, env=_clean_env(), stdout=subprocess.PIPE, stderr=err)
@@ -753,3 +762,7 @@ def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
 
 def _summary(runs: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]:
     return {key: summarize([run[key] for run in runs]) for key in runs[0]}
+
+
+if __name__ == "__main__":
+    baseline_main()

@@ -1,4 +1,4 @@
-"""``kingest bench``: the command around :mod:`kingest.benchmark` (progress, table, JSON)."""
+"""``kingest bench``: the command around :mod:`kingest.dev.benchmark` (progress, table, JSON)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kingest.benchmark import BenchError, Options, parse_sweep, run_bench
+from kingest.dev import BenchError, Options, parse_sweep, run_bench
 
 __all__ = ["bench", "render"]
 

@@ -1,6 +1,6 @@
 """``kingest start --reload``: restart the pipeline whenever its code changes (development).
 
-The pipeline runs as a supervised child process (:class:`kingest.supervisor.Supervisor`),
+The pipeline runs as a supervised child process (:class:`kingest.runtime.supervisor.Supervisor`),
 never in the watching process, so every restart is a fresh interpreter that imports the
 changed code. A change stops the children the way SIGTERM does — drain, commit, exit —
 and starts them again at once; offsets committed before the restart are where the new
@@ -24,11 +24,11 @@ from typing import Any, Final
 import actors
 import kingest
 from kingest.config import Settings
-from kingest.supervisor import run_supervisor
+from kingest.runtime.supervisor import run_supervisor
 
 __all__ = ["DEBOUNCE_MS", "default_paths", "reload_problems", "run_reloading", "watch_changes"]
 
-log = logging.getLogger("kingest.reload")
+log = logging.getLogger("kingest.runtime.reload")
 
 #: How long the watcher gathers a burst of changes (an editor's save, a `git checkout`)
 #: into one restart.

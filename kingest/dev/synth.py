@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Final
 
-from kingest.schema.codec import encode_event
+from kingest.schema import encode_event, event_type
 from kingest.schema.v1.events_pb2 import (
     DataDriftDetected,
     DriftSeverity,
@@ -53,7 +53,6 @@ from kingest.schema.v1.events_pb2 import (
     TrainingRunFinished,
     TrainingRunStarted,
 )
-from kingest.schema.validate import event_type
 
 __all__ = ["WIRE_FORMAT_SCHEMA_ID", "SyntheticRecord", "SyntheticStream"]
 

@@ -4,7 +4,7 @@ One stdlib ``ThreadingHTTPServer`` on a daemon thread, at ``KINGEST_HTTP_HOST`` 
 ``KINGEST_HTTP_PORT`` (port 0 picks a free port: :attr:`TelemetryServer.port` and the
 log line say which). ``/metrics`` is the Prometheus text format; ``/healthz`` and
 ``/readyz`` answer 200 or 503 with a JSON body naming every check and what it saw.
-The server also runs the lag sampler (:class:`kingest.lag.LagSampler`) whose figures the
+The server also runs the lag sampler (:class:`kingest.telemetry.lag.LagSampler`) whose figures the
 lag gauges report.
 """
 
@@ -19,12 +19,11 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST
 
 from kingest.config import Settings
-from kingest.lag import LagSampler
-from kingest.pipeline.kafka import client_config
-from kingest.telemetry.health import HealthChecks, Report
+from kingest.kafka import client_config
+from kingest.telemetry import HealthChecks, LagSampler, Report
 
 if TYPE_CHECKING:
-    from kingest.pipeline.pipeline import Pipeline
+    from kingest.pipeline import Pipeline
 
 __all__ = ["TelemetryServer"]
 

@@ -21,7 +21,7 @@ from typing import Any, Final, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from kingest.synth import SyntheticRecord
+from kingest.dev.synth import SyntheticRecord
 
 __all__ = ["DEFAULT_PRODUCER_CONFIG", "ProduceReport", "produce_records"]
 

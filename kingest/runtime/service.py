@@ -31,13 +31,12 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 from psycopg.conninfo import make_conninfo
 
-from kingest import early_stop
 from kingest.config import Settings, dead_letter_topic, redact_conninfo, safe_error_text
-from kingest.pipeline.kafka import client_config
-from kingest.pipeline.pipeline import Pipeline, RunOutcome
-from kingest.store.errors import first_line
-from kingest.store.migrate import MigrationError, pending_migrations
-from kingest.telemetry.http import TelemetryServer
+from kingest.kafka import client_config
+from kingest.pipeline import Pipeline, RunOutcome
+from kingest.runtime import early_stop
+from kingest.runtime.http import TelemetryServer
+from kingest.store import MigrationError, first_line, pending_migrations
 
 __all__ = ["EXIT_FORCED", "StartupError", "check_database", "check_kafka", "run_service"]
 
@@ -223,7 +222,7 @@ def run_service(settings: Settings, *, pipeline: Pipeline | None = None) -> int:
 
 
 def _run(settings: Settings, pipeline: Pipeline | None, signals: _StopOnSignals) -> int:
-    if signals.requested.is_set():  # before the handlers were in place (kingest.early_stop)
+    if signals.requested.is_set():  # before the handlers were in place (kingest.runtime.early_stop)
         log.info("kingest stopped: stop requested during start-up, nothing consumed")
         return int(RunOutcome.DRAINED)
     log.info(

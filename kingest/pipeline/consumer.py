@@ -33,16 +33,21 @@ from psycopg_pool import ConnectionPool
 from actors import ActorSystem, Failure, OneForOneSupervisor, Pool
 from actors.supervision import escalate_always
 from kingest.config import Settings
-from kingest.deadletter import DeadLetterPublisher
+from kingest.deadletters import DeadLetterPublisher
+from kingest.kafka import client_config, consumer_config
 from kingest.pipeline.committer import OffsetCommitter
-from kingest.pipeline.kafka import client_config, consumer_config
 from kingest.pipeline.memory import memory_budget, partition_unacked_bounds
 from kingest.pipeline.messages import Assigned, Released, TopicPartitionKey, WriteBatch
 from kingest.pipeline.partition import PartitionActor, records_size
-from kingest.pipeline.stats import PipelineStats
 from kingest.pipeline.writer import PreparedStatements, SchemaNotReadyError, WriterActor
-from kingest.telemetry import catalog, tracing
-from kingest.telemetry.metrics import PartitionState, PipelineMetrics, PipelineState
+from kingest.telemetry import (
+    PartitionState,
+    PipelineMetrics,
+    PipelineState,
+    PipelineStats,
+    catalog,
+    tracing,
+)
 
 __all__ = ["CLOSE_AFTER_DEADLINE_S", "Pipeline", "RunOutcome"]
 

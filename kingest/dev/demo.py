@@ -27,17 +27,17 @@ from psycopg import sql
 from rich.console import Console
 from rich.table import Table
 
-from kingest.devstack import (
+from kingest.dev.producer import ProduceReport, produce_records
+from kingest.dev.services import (
     FAST_GROUP_SETTINGS,
     LocalKafka,
     LocalPostgres,
     create_topic,
     free_port,
 )
-from kingest.producer import ProduceReport, produce_records
-from kingest.progress import new_progress
-from kingest.store.migrate import apply_migrations
-from kingest.synth import SyntheticStream
+from kingest.dev.synth import SyntheticStream
+from kingest.store import apply_migrations
+from kingest.telemetry import new_progress
 
 __all__ = ["committed_offsets", "committed_total", "run_demo"]
 

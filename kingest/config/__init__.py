@@ -1,0 +1,52 @@
+"""Settings: what kingest is told, checked once, before anything starts.
+
+Contract: :func:`load_settings` turns an environment (``KINGEST_*``, ``KINGEST_RDKAFKA_*``
+and the standard ``OTEL_*`` tracing variables) into one immutable :class:`Settings`, or
+raises :class:`ConfigError` listing every problem at once. Nothing else in kingest reads
+the environment for configuration. The redaction rules (what is secret in a conninfo or
+a librdkafka property) and the generated reference (``kingest config --reference``) live
+here too, beside the settings they describe.
+
+* :mod:`kingest.config.settings`: the settings classes, loading and cross-field checks,
+  redaction and the reference page;
+* :mod:`kingest.config.otel`: the ``OTEL_*`` tracing variables (:class:`TracingConfig`).
+"""
+
+from __future__ import annotations
+
+from kingest.config.otel import TracingConfig, describe_tracing, load_tracing_config, redact_url
+from kingest.config.settings import (
+    COMMAND_VARIABLES,
+    REDACTED,
+    ConfigError,
+    Settings,
+    conninfo_secrets,
+    dead_letter_topic,
+    effective_settings,
+    load_settings,
+    rdkafka_properties,
+    redact_conninfo,
+    redact_property,
+    reference_markdown,
+    safe_error_text,
+)
+
+__all__ = [
+    "COMMAND_VARIABLES",
+    "REDACTED",
+    "ConfigError",
+    "Settings",
+    "TracingConfig",
+    "conninfo_secrets",
+    "dead_letter_topic",
+    "describe_tracing",
+    "effective_settings",
+    "load_settings",
+    "load_tracing_config",
+    "rdkafka_properties",
+    "redact_conninfo",
+    "redact_property",
+    "redact_url",
+    "reference_markdown",
+    "safe_error_text",
+]
