@@ -23,7 +23,7 @@ test: lint type
 	$(BIN)/pytest --cov --cov-report=term --cov-fail-under=85
 
 unit: $(STAMP)
-	$(BIN)/pytest tests/unit
+	$(BIN)/pytest tests/unit tests/ops
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -5,7 +5,7 @@ Each :class:`PoisonCase` is one Kafka message (key, value, headers) and its
 :class:`Expected` outcome: a dead letter (with the stage and ``error_class`` it is
 stored with), a stored row, or a duplicate that is ignored because an earlier message
 with the same ``event_id`` is already stored (the first write wins). The unit test
-(tests/unit/test_poison_corpus_rows.py) runs every case through ``RowBatch``; the integration
+(tests/unit/store/test_rows_poison_corpus.py) runs every case through ``RowBatch``; the integration
 test (tests/integration/test_poison_corpus.py) interleaves the corpus with valid events
 across partitions and runs the real pipeline. docs/poison-messages.md is the table of
 the same cases, for people; ``markdown_table()`` renders it and a test keeps it current.

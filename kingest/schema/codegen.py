@@ -2,7 +2,7 @@
 
 The generated ``*_pb2.py`` / ``*_pb2.pyi`` modules are committed so that an installed
 kingest needs only the ``protobuf`` runtime, not a compiler. The price is that they can
-go stale after a ``.proto`` edit; ``tests/unit/test_codegen.py`` regenerates them into a
+go stale after a ``.proto`` edit; ``tests/unit/schema/test_codegen.py`` regenerates them into a
 temporary directory and fails on any byte difference. Developers fix that with::
 
     python -m kingest.schema.codegen

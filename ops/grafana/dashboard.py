@@ -5,7 +5,7 @@ are generated. After editing, run
 
     python ops/grafana/dashboard.py
 
-tests/unit/test_ops_stack.py fails while the committed JSON differs from what this
+tests/ops/test_ops_stack.py fails while the committed JSON differs from what this
 writes, and checks every expression against kingest/telemetry/catalog.py.
 """
 

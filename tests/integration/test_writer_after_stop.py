@@ -22,7 +22,7 @@ from kingest.schema.v1.events_pb2 import MetricLogged
 from kingest.store.migrate import apply_migrations
 from kingest.store.rows import RowBatch
 from kingest.telemetry.stats import PipelineStats
-from tests.unit.test_rows import NOW, event, record
+from tests.unit.store.test_rows import NOW, event, record
 
 
 def test_an_acknowledgement_the_stopped_committer_refuses_is_not_a_failure(

@@ -26,7 +26,7 @@ from dockerfile_parse import DockerfileParser
 
 from kingest.config.settings import load_settings, settings_fields
 from kingest.dev.services import free_port
-from tests.unit.test_config import VALID
+from tests.unit.config.test_settings import VALID
 
 ROOT = Path(__file__).parents[2]
 DOCKERFILE = ROOT / "ops" / "Dockerfile"
@@ -383,7 +383,7 @@ def test_the_context_holds_everything_the_wheel_is_built_from() -> None:
         "build/lib/x",
         "htmlcov/index.html",
         ".coverage",
-        "tests/unit/test_container.py",
+        "tests/ops/test_container.py",
         "docs/kubernetes.md",
         "ops/local.env",
         "ops/Dockerfile",

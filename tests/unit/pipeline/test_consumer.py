@@ -17,7 +17,7 @@ from kingest.config.settings import load_settings
 from kingest.pipeline.committer import OffsetCommitter
 from kingest.pipeline.consumer import Pipeline
 from kingest.pipeline.messages import WriteBatch
-from tests.unit.test_config import VALID
+from tests.unit.config.test_settings import VALID
 
 
 class Discard(Actor[WriteBatch]):

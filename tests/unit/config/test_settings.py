@@ -217,7 +217,7 @@ def test_reference_lists_every_variable() -> None:
 
 
 def test_readme_embeds_the_current_reference() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
     start = readme.index("<!-- config-reference:start -->\n") + len(
         "<!-- config-reference:start -->\n"
     )

@@ -179,7 +179,7 @@ def test_unconfirmed_dead_letters_are_reported_for_retry() -> None:
 
 
 def test_the_readme_documents_every_dead_letter_header() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
     for name, meaning in HEADERS.items():
         assert f"| `{name}` | {meaning} |" in readme, name
 

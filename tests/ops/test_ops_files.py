@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kingest.config.settings import effective_settings, load_settings
-from tests.unit.test_config import VALID
+from tests.unit.config.test_settings import VALID
 
 OPS = Path(__file__).parents[2] / "ops"
 

@@ -495,7 +495,7 @@ def test_indexed_identifier_is_bounded_in_utf8_bytes(kind: str, path: str) -> No
 
 def test_indexed_identifier_set_matches_the_indexed_columns() -> None:
     """Every text column in a btree index of sql/ is bounded (and nothing else is)."""
-    sql_dir = Path(__file__).resolve().parents[2] / "sql"
+    sql_dir = Path(__file__).resolve().parents[3] / "sql"
     indexed: set[str] = set()
     for path in sql_dir.glob("*.sql"):
         text = path.read_text()

@@ -24,9 +24,9 @@ from kingest.config.otel import load_tracing_config
 from kingest.config.settings import load_settings
 from kingest.runtime.supervisor import STOP_GRACE_S
 from kingest.telemetry import catalog
-from tests.unit.test_container import duration_s, healthcheck, http_port_default
-from tests.unit.test_k8s_manifests import EXIT_MARGIN_S
-from tests.unit.test_ops_files import read_env_file
+from tests.ops.test_container import duration_s, healthcheck, http_port_default
+from tests.ops.test_k8s_manifests import EXIT_MARGIN_S
+from tests.ops.test_ops_files import read_env_file
 
 OPS = Path(__file__).parents[2] / "ops"
 COMPOSE = OPS / "compose.yaml"
@@ -592,7 +592,7 @@ def test_the_container_may_drain_before_it_is_killed() -> None:
 
 def test_the_container_is_health_checked_on_its_http_port() -> None:
     service = compose_services()[KINGEST]
-    # The image's HEALTHCHECK (tests/unit/test_container.py runs it) applies unless the
+    # The image's HEALTHCHECK (tests/ops/test_container.py runs it) applies unless the
     # service replaces or disables it.
     assert "healthcheck" not in service
     assert healthcheck().argv

@@ -13,7 +13,7 @@ from tests.fakes import FakeRecord
 from tests.poison_corpus import CORPUS_NOW, Outcome, PoisonCase, build_corpus, markdown_table
 
 CORPUS = build_corpus()
-DOC = Path(__file__).resolve().parents[2] / "docs" / "poison-messages.md"
+DOC = Path(__file__).resolve().parents[3] / "docs" / "poison-messages.md"
 TOPIC = "poison"
 PARTITION = 0
 

@@ -28,7 +28,7 @@ from kingest.store.rows import (
 from kingest.store.tables import TABLES_BY_EVENT_TYPE
 from kingest.store.write import dead_letter_params
 from tests.fakes import FakeRecord
-from tests.unit.test_rows import NOW, event
+from tests.unit.store.test_rows import NOW, event
 
 NANOSECONDS = 1_796_531_500_597_133_601
 NOW_DT = datetime(2026, 11, 28, tzinfo=UTC)

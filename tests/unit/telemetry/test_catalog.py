@@ -244,7 +244,7 @@ def test_readiness_names_partitions_with_messages_that_are_not_fetched() -> None
 
 
 def test_readme_embeds_the_current_metric_reference() -> None:
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[3] / "README.md").read_text()
     start_marker = "<!-- metrics-reference:start -->\n"
     start = readme.index(start_marker) + len(start_marker)
     end = readme.index("<!-- metrics-reference:end -->")
