@@ -78,9 +78,9 @@ __all__ = [
     "Case",
     "Options",
     "baseline_main",
+    "median_min_max",
     "percentile",
     "run_bench",
-    "summarize",
 ]
 
 #: Server settings of the PostgreSQL the bench starts: commit timestamps for latency,
@@ -137,7 +137,7 @@ def percentile(values: Sequence[float], fraction: float) -> float:
     return ordered[rank - 1]
 
 
-def summarize(values: Sequence[float]) -> dict[str, float]:
+def median_min_max(values: Sequence[float]) -> dict[str, float]:
     """Median, min and max of a case's runs."""
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
@@ -216,7 +216,7 @@ def _tree_cpu(pids: Sequence[int]) -> float:
 
 
 @dataclass
-class Services:
+class BenchServices:
     bootstrap_servers: str
     server_url: str
     #: Processes whose CPU is the machine's rest of the bill (empty for given services).
@@ -236,7 +236,7 @@ class Services:
 
 
 @contextmanager
-def services(options: Options, workdir: Path) -> Iterator[Services]:
+def services(options: Options, workdir: Path) -> Iterator[BenchServices]:
     """The broker and PostgreSQL: the given ones, or embedded ones started here."""
     with (
         (
@@ -250,7 +250,7 @@ def services(options: Options, workdir: Path) -> Iterator[Services]:
             else _nothing()
         ) as postgres,
     ):
-        found = Services(
+        found = BenchServices(
             bootstrap_servers=options.bootstrap_servers or kafka.bootstrap_servers,
             server_url=options.database_url or postgres.url,
         )
@@ -361,7 +361,13 @@ def _wait_committed(
 
 
 def _kingest_env(
-    found: Services, topic: str, *, group: str, url: str, settings: Mapping[str, str], http: int
+    found: BenchServices,
+    topic: str,
+    *,
+    group: str,
+    url: str,
+    settings: Mapping[str, str],
+    http: int,
 ) -> dict[str, str]:
     env = _clean_env()
     env.update(
@@ -401,7 +407,7 @@ def _stop(process: subprocess.Popen[bytes], log: Path) -> None:
 class _Run:
     """One measured run: its group, log, fresh database, commit watch, CPU starting points."""
 
-    found: Services
+    found: BenchServices
     label: str
     group: str
     log: Path
@@ -412,7 +418,7 @@ class _Run:
 
     @classmethod
     def prepare(
-        cls, found: Services, topic: str, case: Case, *, slug: str, label: str, log: Path
+        cls, found: BenchServices, topic: str, case: Case, *, slug: str, label: str, log: Path
     ) -> _Run:
         group = f"bench-{slug}"
         url = _fresh_database(found.server_url, f"bench_{slug}"[:60])
@@ -446,7 +452,7 @@ class _Run:
 
 
 def run_kingest(
-    found: Services,
+    found: BenchServices,
     topic: str,
     case: Case,
     *,
@@ -549,7 +555,7 @@ def baseline_main() -> None:
 
 
 def run_baseline(
-    found: Services,
+    found: BenchServices,
     topic: str,
     case: Case,
     *,
@@ -636,7 +642,7 @@ def _produce_paced(
 
 
 def run_latency(
-    found: Services, options: Options, workdir: Path, progress: Progress
+    found: BenchServices, options: Options, workdir: Path, progress: Progress
 ) -> dict[str, float]:
     topic, group, log = "bench-latency", "bench-latency", workdir / "kingest-latency.log"
     create_topic(found.bootstrap_servers, topic, options.partitions)
@@ -683,7 +689,7 @@ def run_latency(
 # --- the whole bench -----------------------------------------------------------------------------
 
 
-def machine(found: Services) -> dict[str, Any]:
+def machine(found: BenchServices) -> dict[str, Any]:
     model = next(
         (
             line.split(":", 1)[1].strip()
@@ -761,7 +767,7 @@ def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
 
 
 def _summary(runs: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]:
-    return {key: summarize([run[key] for run in runs]) for key in runs[0]}
+    return {key: median_min_max([run[key] for run in runs]) for key in runs[0]}
 
 
 if __name__ == "__main__":

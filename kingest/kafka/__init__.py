@@ -10,5 +10,6 @@ lag sampler) shares.
 from __future__ import annotations
 
 from kingest.kafka.consumer import client_config, consumer_config
+from kingest.kafka.coordinates import TopicPartitionKey
 
-__all__ = ["client_config", "consumer_config"]
+__all__ = ["TopicPartitionKey", "client_config", "consumer_config"]

@@ -23,6 +23,7 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanContext
 
 from actors import Actor, Supervisor
+from kingest.kafka import TopicPartitionKey
 from kingest.pipeline.messages import (
     Ack,
     Assigned,
@@ -30,7 +31,6 @@ from kingest.pipeline.messages import (
     CommitterMessage,
     Register,
     Released,
-    TopicPartitionKey,
 )
 from kingest.pipeline.offsets import PartitionOffsets
 

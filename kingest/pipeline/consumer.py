@@ -34,10 +34,10 @@ from actors import ActorSystem, Failure, OneForOneSupervisor, Pool
 from actors.supervision import escalate_always
 from kingest.config import Settings
 from kingest.deadletters import DeadLetterPublisher
-from kingest.kafka import client_config, consumer_config
+from kingest.kafka import TopicPartitionKey, client_config, consumer_config
 from kingest.pipeline.committer import OffsetCommitter
 from kingest.pipeline.memory import memory_budget, partition_unacked_bounds
-from kingest.pipeline.messages import Assigned, Released, TopicPartitionKey, WriteBatch
+from kingest.pipeline.messages import Assigned, Released, WriteBatch
 from kingest.pipeline.partition import PartitionActor, records_size
 from kingest.pipeline.writer import PreparedStatements, SchemaNotReadyError, WriterActor
 from kingest.telemetry import (

@@ -10,13 +10,13 @@ from typing import TYPE_CHECKING
 
 import attrs
 
+from kingest.kafka import TopicPartitionKey
 from kingest.store import RowBatch
 
 if TYPE_CHECKING:
     from kingest.telemetry import BatchTrace
 
 #: A Kafka topic-partition, as a plain tuple: cheap to hash and compare on the hot path.
-TopicPartitionKey = tuple[str, int]
 
 
 @attrs.frozen(slots=True)

@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any
 import attrs
 
 from actors import Actor, ActorStopped, Pool, Supervisor
-from kingest.pipeline.messages import Register, TopicPartitionKey, WriteBatch
+from kingest.kafka import TopicPartitionKey
+from kingest.pipeline.messages import Register, WriteBatch
 from kingest.store import KafkaRecord, RowBatch, UnreadableHeaders, unreadable_headers
 from kingest.telemetry import catalog, tracing
 

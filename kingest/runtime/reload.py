@@ -1,6 +1,7 @@
 """``kingest start --reload``: restart the pipeline whenever its code changes (development).
 
-The pipeline runs as a supervised child process (:class:`kingest.runtime.supervisor.Supervisor`),
+The pipeline runs as a supervised child process
+(:class:`~kingest.runtime.supervisor.ProcessSupervisor`),
 never in the watching process, so every restart is a fresh interpreter that imports the
 changed code. A change stops the children the way SIGTERM does — drain, commit, exit —
 and starts them again at once; offsets committed before the restart are where the new

@@ -63,9 +63,9 @@ __all__ = [
     "STOP_GRACE_S",
     "SUPERVISOR_VARIABLES",
     "ChangeSource",
+    "ProcessSupervisor",
     "RestartHistory",
     "RestartPolicy",
-    "Supervisor",
     "aggregate_exit_codes",
     "child_environment",
     "child_http_port",
@@ -287,7 +287,7 @@ class _Child:
     stop_code: int | None = None
 
 
-class Supervisor:
+class ProcessSupervisor:
     """Runs one child per environment in ``environments``; see the module docstring."""
 
     def __init__(
@@ -553,7 +553,7 @@ def run_supervisor(
 ) -> int:
     """``kingest start --processes N`` (N > 1), or ``--reload`` given ``changes``: the
     supervisor's exit code."""
-    supervisor = Supervisor(
+    supervisor = ProcessSupervisor(
         [sys.executable, "-m", "kingest", "start"],
         [child_environment(environ, settings, index) for index in range(processes)],
         stop_timeout_s=settings.pipeline.drain_timeout_s + STOP_GRACE_S,

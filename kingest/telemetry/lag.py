@@ -26,13 +26,12 @@ from typing import Any
 import attrs
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from kingest.kafka import TopicPartitionKey
 from kingest.telemetry.metrics import EndOffsets, consumer_lag
 
 __all__ = ["LagError", "LagSampler", "PartitionLag", "group_lag", "lag_client_config"]
 
 log = logging.getLogger(__name__)
-
-TopicPartitionKey = tuple[str, int]
 
 
 class LagError(RuntimeError):

@@ -34,6 +34,7 @@ from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from prometheus_client import CollectorRegistry, generate_latest
 
 from kingest import __version__
+from kingest.kafka import TopicPartitionKey
 from kingest.telemetry import catalog
 from kingest.telemetry.catalog import MetricSpec
 from kingest.telemetry.stats import PipelineStats
@@ -49,7 +50,6 @@ __all__ = [
     "reference_markdown",
 ]
 
-TopicPartitionKey = tuple[str, int]
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
 #: Attributes of the database write duration (OpenTelemetry database conventions).

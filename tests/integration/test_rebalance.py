@@ -30,9 +30,10 @@ from kingest.dev.demo import committed_total
 from kingest.dev.producer import produce_records
 from kingest.dev.services import MockKafkaCluster, create_topic
 from kingest.dev.synth import SyntheticStream
+from kingest.kafka import TopicPartitionKey
 from kingest.pipeline.committer import OffsetCommitter
 from kingest.pipeline.consumer import Pipeline, RunOutcome
-from kingest.pipeline.messages import Ack, CommitterMessage, TopicPartitionKey
+from kingest.pipeline.messages import Ack, CommitterMessage
 from kingest.store.migrate import apply_migrations
 from tests.integration.faulty_stream import (
     PARTITIONS,

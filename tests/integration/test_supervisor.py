@@ -23,9 +23,9 @@ from kingest.runtime.supervisor import (
     MAX_PROCESSES,
     SUPERVISOR_VARIABLES,
     ChangeSource,
+    ProcessSupervisor,
     RestartHistory,
     RestartPolicy,
-    Supervisor,
     aggregate_exit_codes,
     child_environment,
     child_http_port,
@@ -173,7 +173,7 @@ def fake_supervisor(
     *modes: str,
     stop_timeout_s: float = 10,
     changes: ChangeSource | None = None,
-) -> Supervisor:
+) -> ProcessSupervisor:
     environments = [
         {
             **os.environ,
@@ -183,7 +183,7 @@ def fake_supervisor(
         }
         for i, mode in enumerate(modes)
     ]
-    return Supervisor(
+    return ProcessSupervisor(
         [sys.executable, "-c", FAKE_CHILD],
         environments,
         stop_timeout_s=stop_timeout_s,

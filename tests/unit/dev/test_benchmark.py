@@ -6,7 +6,7 @@ import pytest
 from rich.console import Console
 
 from kingest.cli.bench import render
-from kingest.dev.benchmark import Options, cases, parse_sweep, percentile, summarize
+from kingest.dev.benchmark import Options, cases, median_min_max, parse_sweep, percentile
 
 
 def test_percentiles_are_values_that_occurred_by_nearest_rank() -> None:
@@ -20,8 +20,8 @@ def test_percentiles_are_values_that_occurred_by_nearest_rank() -> None:
 
 
 def test_summary_is_median_min_and_max() -> None:
-    assert summarize([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
-    assert summarize([1.0, 4.0])["median"] == 2.5
+    assert median_min_max([3.0, 1.0, 2.0]) == {"median": 2.0, "min": 1.0, "max": 3.0}
+    assert median_min_max([1.0, 4.0])["median"] == 2.5
 
 
 def test_sweeps_add_one_case_per_value_after_the_default() -> None:
@@ -58,7 +58,7 @@ def test_the_table_shows_medians_ranges_ratio_and_latency() -> None:
             "broker_cpu_us_per_event": 1.5,
             "postgres_cpu_us_per_event": 9.0,
         }
-        summary = {key: summarize([value]) for key, value in figures.items()}
+        summary = {key: median_min_max([value]) for key, value in figures.items()}
         return {"runs": [figures], "summary": summary, "ratio_to_baseline": rate / 20_000}
 
     results = {
