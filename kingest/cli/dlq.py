@@ -46,9 +46,10 @@ if TYPE_CHECKING:
         StoredDeadLetter,
     )
 
+from kingest.runtime import EXIT_FAILED
+
 __all__ = ["dlq_app"]
 
-EXIT_FAILED: Final = 1
 EXIT_BAD_INPUT: Final = 2
 
 dlq_app = typer.Typer(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # First, before the imports that take most of a second: from here on a SIGTERM to
 # `kingest start` is a stop request, not the end of the process.
-from kingest.runtime import early_stop
+from kingest.runtime import EXIT_BAD_CONFIG, early_stop
 
 early_stop.install()
 
@@ -34,7 +34,6 @@ from kingest.telemetry import configure_logging, secret_values
 
 __all__ = ["app", "main"]
 
-EXIT_BAD_CONFIG = 2
 
 app = typer.Typer(
     name="kingest",

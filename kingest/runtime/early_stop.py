@@ -19,10 +19,11 @@ import threading
 from collections.abc import Sequence
 from types import FrameType
 
+from kingest.runtime.exit_codes import EXIT_FORCED
+
 __all__ = ["EXIT_FORCED", "install", "is_start_command", "take"]
 
 #: The exit code of a second signal, as everywhere in ``kingest start``.
-EXIT_FORCED = 130
 
 _received: list[int] = []
 

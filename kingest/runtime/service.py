@@ -35,14 +35,13 @@ from kingest.config import Settings, dead_letter_topic, redact_conninfo, safe_er
 from kingest.kafka import client_config
 from kingest.pipeline import Pipeline, RunOutcome
 from kingest.runtime import early_stop
+from kingest.runtime.exit_codes import EXIT_FORCED
 from kingest.runtime.http import TelemetryServer
 from kingest.store import MigrationError, first_line, pending_migrations
 
 __all__ = ["EXIT_FORCED", "StartupError", "check_database", "check_kafka", "run_service"]
 
 log = logging.getLogger(__name__)
-
-EXIT_FORCED = early_stop.EXIT_FORCED
 
 
 class StartupError(RuntimeError):

@@ -55,6 +55,7 @@ from typing import Any, Final
 
 from kingest.config import COMMAND_VARIABLES, Settings
 from kingest.runtime import early_stop
+from kingest.runtime.exit_codes import EXIT_BAD_CONFIG, EXIT_FAILED, EXIT_FORCED
 
 __all__ = [
     "MAX_PROCESSES",
@@ -94,10 +95,7 @@ KILL_WAIT_S: Final = 5.0
 POLL_S: Final = 0.1
 
 EXIT_DRAINED: Final = 0
-EXIT_FAILED: Final = 1
-EXIT_BAD_CONFIG: Final = 2
 EXIT_DRAIN_TIMEOUT: Final = 3
-EXIT_FORCED: Final = 130
 
 _RESOURCE_KEY: Final = "kingest.process.index"
 

@@ -40,7 +40,7 @@ from kingest.config import Settings, safe_error_text
 from kingest.store import first_line
 from kingest.telemetry.metrics import PipelineState, StateSource
 
-__all__ = ["DEGRADED_FOR_S", "Check", "DatabaseProbe", "HealthChecks", "Report"]
+__all__ = ["DEGRADED_FOR_S", "DatabaseProbe", "HealthChecks", "ReadinessCheck", "Report"]
 
 #: How long a database probe's answer is reused, and its connect timeout (libpq's least).
 PROBE_CACHE_S = 2.0
@@ -50,7 +50,7 @@ DEGRADED_FOR_S = 900.0
 
 
 @attrs.frozen
-class Check:
+class ReadinessCheck:
     name: str
     ok: bool
     detail: str
@@ -62,7 +62,7 @@ class Check:
 class Report:
     """The checks of one endpoint; the response is 200 when every check passed."""
 
-    checks: tuple[Check, ...]
+    checks: tuple[ReadinessCheck, ...]
 
     @property
     def ok(self) -> bool:
@@ -146,7 +146,7 @@ class HealthChecks:
             (
                 *live,
                 self._partitions(state),
-                Check("database", ok, detail),
+                ReadinessCheck("database", ok, detail),
                 self._progress(state),
                 self._fetching(state),
                 *((fallback,) if fallback is not None else ()),
@@ -156,44 +156,44 @@ class HealthChecks:
     def ready(self) -> bool:
         return self.readiness().ok
 
-    def _loop(self, state: PipelineState) -> Check:
+    def _loop(self, state: PipelineState) -> ReadinessCheck:
         if state.phase == "starting":
-            return Check("consumer_loop", True, "starting")
+            return ReadinessCheck("consumer_loop", True, "starting")
         if state.phase == "stopped":
-            return Check("consumer_loop", False, "stopped")
+            return ReadinessCheck("consumer_loop", False, "stopped")
         idle = state.loop_idle_s
         if idle > self._stall_s:
-            return Check(
+            return ReadinessCheck(
                 "consumer_loop",
                 False,
                 f"{state.phase}: no poll for {idle:.1f} s (limit {self._stall_s:g} s)",
             )
-        return Check("consumer_loop", True, f"{state.phase}: last poll {idle:.1f} s ago")
+        return ReadinessCheck("consumer_loop", True, f"{state.phase}: last poll {idle:.1f} s ago")
 
     @staticmethod
-    def _actors(state: PipelineState) -> Check:
+    def _actors(state: PipelineState) -> ReadinessCheck:
         if state.failure is not None:
-            return Check("actors", False, state.failure)
+            return ReadinessCheck("actors", False, state.failure)
         if state.dead_actors:
-            return Check("actors", False, f"not running: {', '.join(state.dead_actors)}")
-        return Check("actors", True, "all running")
+            return ReadinessCheck("actors", False, f"not running: {', '.join(state.dead_actors)}")
+        return ReadinessCheck("actors", True, "all running")
 
     @staticmethod
-    def _partitions(state: PipelineState) -> Check:
+    def _partitions(state: PipelineState) -> ReadinessCheck:
         if not state.joined:
-            return Check("partitions", False, "waiting for the group to assign partitions")
+            return ReadinessCheck("partitions", False, "waiting for the group to assign partitions")
         count = len(state.partitions)
-        return Check("partitions", True, f"{count} assigned, {state.paused_count} paused")
+        return ReadinessCheck("partitions", True, f"{count} assigned, {state.paused_count} paused")
 
     @staticmethod
-    def _dead_letter_topic(state: PipelineState) -> Check | None:
+    def _dead_letter_topic(state: PipelineState) -> ReadinessCheck | None:
         if state.dead_letter_fallback is None:
             return None
         at, last = state.dead_letter_fallback
         age = time.monotonic() - at
         if age > DEGRADED_FOR_S:
             return None
-        return Check(
+        return ReadinessCheck(
             "dead_letter_topic",
             True,
             f"degraded: {state.dead_letter_fallbacks} dead letters not taken by the "
@@ -202,18 +202,18 @@ class HealthChecks:
             degraded=True,
         )
 
-    def _progress(self, state: PipelineState) -> Check:
+    def _progress(self, state: PipelineState) -> ReadinessCheck:
         age = state.oldest_unacked_age_s()
         if age > self._max_unacked_s:
-            return Check(
+            return ReadinessCheck(
                 "progress",
                 False,
                 f"oldest unacknowledged message consumed {age:.1f} s ago "
                 f"(limit {self._max_unacked_s:g} s)",
             )
-        return Check("progress", True, f"oldest unacknowledged message {age:.1f} s old")
+        return ReadinessCheck("progress", True, f"oldest unacknowledged message {age:.1f} s old")
 
-    def _fetching(self, state: PipelineState) -> Check:
+    def _fetching(self, state: PipelineState) -> ReadinessCheck:
         now = time.monotonic()
         stalled = sorted(
             (p.tp, stall)
@@ -224,12 +224,12 @@ class HealthChecks:
             names = ", ".join(
                 f"{topic}[{partition}] ({s:.0f} s)" for (topic, partition), s in stalled
             )
-            return Check(
+            return ReadinessCheck(
                 "fetching",
                 False,
                 f"not fetched although messages wait and kingest did not pause them "
                 f"(limit {self._max_fetch_stall_s:g} s): {names}",
             )
-        return Check(
+        return ReadinessCheck(
             "fetching", True, "every partition with messages to fetch is fetched or paused"
         )

@@ -46,8 +46,8 @@ __all__ = [
     "PipelineState",
     "consumer_lag",
     "create_instrument",
+    "metrics_reference_markdown",
     "process_rss_bytes",
-    "reference_markdown",
 ]
 
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
@@ -340,7 +340,7 @@ def _observe_memory(_options: CallbackOptions) -> Iterable[Observation]:
     yield Observation(process_rss_bytes())
 
 
-def reference_markdown() -> str:
+def metrics_reference_markdown() -> str:
     """The metric catalog as a Markdown table (the README's metric reference)."""
     lines = ["| metric | type | labels | meaning |", "| --- | --- | --- | --- |"]
     for spec in catalog.ALL:

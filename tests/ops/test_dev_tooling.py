@@ -37,7 +37,11 @@ def test_tox_has_the_whole_matrix() -> None:
     config = tox()
     envs = {name.strip() for name in config["tox"]["env_list"].split(",")}
     assert {"py311", "py312", "py313", "lint", "type", "coverage", "wheel"} <= envs
-    assert commands(config["testenv:lint"]) == ["ruff check .", "ruff format --check ."]
+    assert commands(config["testenv:lint"]) == [
+        "ruff check .",
+        "ruff format --check .",
+        "lint-imports",
+    ]
     assert commands(config["testenv:type"]) == ["mypy"]
     assert f"--cov-fail-under={COVERAGE_FLOOR}" in config["testenv:coverage"]["commands"]
     assert "KINGEST_TEST_INSTALLED_BIN" in config["testenv:wheel"]["set_env"]

@@ -23,7 +23,7 @@ from kingest.telemetry.metrics import (
     PartitionState,
     PipelineState,
     create_instrument,
-    reference_markdown,
+    metrics_reference_markdown,
 )
 from kingest.telemetry.stats import PipelineStats
 
@@ -79,7 +79,7 @@ def test_every_catalog_metric_is_served_under_its_prometheus_name_and_labels() -
 
 
 def test_the_reference_table_lists_every_metric_once() -> None:
-    table = reference_markdown()
+    table = metrics_reference_markdown()
     for spec in catalog.ALL:
         assert table.count(f"| `{spec.prometheus_name}` |") == 1
     assert len(table.splitlines()) == 2 + len(catalog.ALL)
@@ -248,8 +248,8 @@ def test_readme_embeds_the_current_metric_reference() -> None:
     start_marker = "<!-- metrics-reference:start -->\n"
     start = readme.index(start_marker) + len(start_marker)
     end = readme.index("<!-- metrics-reference:end -->")
-    assert readme[start:end] == reference_markdown(), (
-        "paste kingest.telemetry.metrics.reference_markdown() into the README"
+    assert readme[start:end] == metrics_reference_markdown(), (
+        "paste kingest.telemetry.metrics.metrics_reference_markdown() into the README"
     )
 
 
