@@ -1,5 +1,5 @@
 """``python -m kingest`` runs the command line."""
 
-from kingest.cli.main import main
+from kingest.cli import main
 
 main()

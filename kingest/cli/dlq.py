@@ -6,7 +6,7 @@ never a traceback. ``list`` and ``inspect`` need only the database
 (``--database-url`` or ``KINGEST_DATABASE_URL``); ``replay`` reads the whole ``KINGEST_*``
 configuration, like ``kingest start``, since it talks to the same broker and database.
 
-Like ``kingest.cli.main``, the commands import their heavy dependencies (Kafka client,
+Like ``kingest.cli.commands``, the commands import their heavy dependencies (Kafka client,
 Protobuf) when they run, so that ``kingest --help`` stays fast.
 """
 

@@ -3,7 +3,7 @@ signal handlers are in place, is recorded instead of killing the process.
 
 Importing the command line and configuring logging and tracing take most of a second;
 SIGTERM's default action there would end the process by the signal (a crash, to an
-orchestrator) instead of exit 0. :func:`install` runs first thing in :mod:`kingest.cli.main`
+orchestrator) instead of exit 0. :func:`install` runs first thing in :mod:`kingest.cli.commands`
 when the process is ``kingest start``; the service (:mod:`kingest.runtime.service`) or the
 supervisor takes the recorded signals over with :func:`take` when it installs its
 own handlers. Standard library only, and nothing heavy: it costs nothing before it is in

@@ -13,7 +13,7 @@ import psutil
 import pytest
 from typer.testing import CliRunner
 
-from kingest.cli.main import app
+from kingest.cli.commands import app
 from kingest.store.migrate import load_migrations
 from tests.integration.support import wait_for
 

@@ -19,7 +19,7 @@ import pytest
 from confluent_kafka import KafkaError, Producer
 from typer.testing import CliRunner
 
-from kingest.cli.main import app
+from kingest.cli.commands import app
 from kingest.dev.demo import committed_offsets
 from kingest.dev.producer import produce_records
 from kingest.dev.services import MockKafkaCluster, create_topic

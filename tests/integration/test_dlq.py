@@ -17,7 +17,7 @@ from confluent_kafka import Consumer, Message, Producer, TopicPartition
 from google.protobuf.timestamp_pb2 import Timestamp
 from typer.testing import CliRunner, Result
 
-from kingest.cli.main import app
+from kingest.cli.commands import app
 from kingest.deadletters.publisher import DeadLetter, encode_headers
 from kingest.deadletters.stored import ReplayPlan, replay
 from kingest.dev.services import create_topic

@@ -30,7 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 from typer.testing import CliRunner
 
-from kingest.cli.main import app
+from kingest.cli.commands import app
 from kingest.config.settings import load_settings
 from kingest.dev.services import LocalPostgres, MockKafkaCluster, create_topic
 from kingest.dev.synth import SyntheticStream

@@ -270,7 +270,7 @@ def test_sigterm_while_kingest_imports_its_dependencies_exits_0(
 ) -> None:
     # Importing the command line, configuring logging and tracing take most of a second
     # before the service's handlers are in place. The kernel shows when the process is
-    # in there: confluent-kafka's extension is mapped into it while kingest.cli.main's imports
+    # in there: confluent-kafka's extension is mapped into it while kingest.cli.commands's imports
     # run. A SIGTERM from then on is a stop request: exit 0, nothing consumed.
     topic, _, _ = stream
     group = f"stopped-while-importing-{len(args)}"

@@ -26,7 +26,7 @@ import psycopg
 import pytest
 from typer.testing import CliRunner
 
-from kingest.cli.main import app
+from kingest.cli.commands import app
 from kingest.config.settings import (
     REDACTED,
     ConfigError,

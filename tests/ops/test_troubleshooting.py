@@ -26,7 +26,7 @@ from confluent_kafka import KafkaError
 from typer.testing import CliRunner
 
 from kingest import telemetry
-from kingest.cli.main import app
+from kingest.cli.commands import app
 from kingest.config.settings import load_settings, redact_conninfo
 from kingest.dev.services import free_port
 from kingest.pipeline.consumer import RunOutcome

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from kingest.cli.main import app
+from kingest.cli.commands import app
 from kingest.config.otel import (
     TracingConfigError,
     describe_tracing,
