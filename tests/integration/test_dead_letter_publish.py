@@ -20,14 +20,11 @@ from confluent_kafka import KafkaError, Producer
 from typer.testing import CliRunner
 
 from kingest.cli.main import app
-from kingest.dev import (
-    MockKafkaCluster,
-    SyntheticRecord,
-    SyntheticStream,
-    committed_offsets,
-    create_topic,
-    produce_records,
-)
+from kingest.dev.demo import committed_offsets
+from kingest.dev.mock_cluster import MockKafkaCluster
+from kingest.dev.producer import produce_records
+from kingest.dev.synth import SyntheticRecord, SyntheticStream
+from kingest.dev.topics import create_topic
 from kingest.pipeline.consumer import RunOutcome
 from kingest.runtime.http import TelemetryServer
 from kingest.store.migrate import apply_migrations
