@@ -25,7 +25,7 @@ import psycopg
 import pytest
 
 from kingest.config.settings import redact_conninfo, safe_error_text
-from kingest.dev.services import (
+from kingest.dev import (
     TEST_POSTGRES_SETTINGS,
     LocalPostgres,
     MockKafkaCluster,

@@ -5,28 +5,71 @@ Contract: nothing in the service depends on this package; it serves ``kingest de
 Tansu broker and an embedded PostgreSQL (or ones you point at), librdkafka's mock
 cluster, and the helpers to create topics and wait for them.
 
-* :mod:`kingest.dev.services`: the broker and PostgreSQL services;
+* :mod:`kingest.dev.lifecycle`: what the local services share (:class:`ServiceError`,
+  ``with``-block lifecycle, the exit guard that stops leftovers, :func:`free_port`);
+* :mod:`kingest.dev.tansu`: the Tansu broker as a subprocess (:class:`LocalKafka`);
+* :mod:`kingest.dev.postgres`: the embedded PostgreSQL 18 (:class:`LocalPostgres`);
+* :mod:`kingest.dev.mock_cluster`: librdkafka's in-process mock cluster
+  (:class:`MockKafkaCluster`), where Tansu is wrong;
+* :mod:`kingest.dev.topics`: creating a topic and waiting for its leaders
+  (:func:`create_topic`);
+* :mod:`kingest.dev.services`: where the test suite's services come from (external,
+  containers or embedded: :func:`plan_services`, :func:`provide_services`);
 * :mod:`kingest.dev.synth`: a reproducible synthetic stream of AI/ML events;
 * :mod:`kingest.dev.producer`: producing a stream to Kafka;
 * :mod:`kingest.dev.demo`: ``kingest demo``;
-* :mod:`kingest.dev.benchmark`: ``kingest bench`` (kingest against a baseline loop).
+* :mod:`kingest.dev.benchmark`: ``kingest bench`` (kingest against a baseline loop),
+  with :mod:`kingest.dev.bench_figures` (what a run measures and how runs are summed
+  up) and :mod:`kingest.dev.baseline` (the baseline loop, run in its own process).
 """
 
 from __future__ import annotations
 
 from kingest.dev.benchmark import BenchError, Options, parse_sweep, run_bench
-from kingest.dev.demo import run_demo
-from kingest.dev.producer import produce_records
-from kingest.dev.services import create_topic
-from kingest.dev.synth import SyntheticStream
+from kingest.dev.demo import committed_offsets, committed_total, run_demo
+from kingest.dev.lifecycle import ServiceError, free_port
+from kingest.dev.mock_cluster import MockKafkaCluster
+from kingest.dev.postgres import LocalPostgres, database_url_for
+from kingest.dev.producer import ProduceReport, produce_records
+from kingest.dev.services import (
+    FAST_GROUP_SETTINGS,
+    TEST_POSTGRES_SETTINGS,
+    ServicePlan,
+    Services,
+    plan_services,
+    provide_kafka,
+    provide_postgres,
+    provide_services,
+)
+from kingest.dev.synth import SyntheticRecord, SyntheticStream
+from kingest.dev.tansu import LocalKafka
+from kingest.dev.topics import create_topic
 
 __all__ = [
+    "FAST_GROUP_SETTINGS",
+    "TEST_POSTGRES_SETTINGS",
     "BenchError",
+    "LocalKafka",
+    "LocalPostgres",
+    "MockKafkaCluster",
     "Options",
+    "ProduceReport",
+    "ServiceError",
+    "ServicePlan",
+    "Services",
+    "SyntheticRecord",
     "SyntheticStream",
+    "committed_offsets",
+    "committed_total",
     "create_topic",
+    "database_url_for",
+    "free_port",
     "parse_sweep",
+    "plan_services",
     "produce_records",
+    "provide_kafka",
+    "provide_postgres",
+    "provide_services",
     "run_bench",
     "run_demo",
 ]

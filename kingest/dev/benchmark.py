@@ -12,37 +12,34 @@ every offset is committed, and reads:
 * when the bench started the services itself, the CPU the broker and PostgreSQL spent
   meanwhile, per event: on a shared machine that is the rest of the bill.
 
-The baseline (:func:`baseline_main`) is a plain loop over the same topic into a fresh
-database: consume 5000, map them with kingest's own decoding (so that the ratio
-measures the pipeline and the write path, not the decoder), kingest's own
-``INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING`` statements (one per fact
-table; those of training runs and deployments also keep their state tables, as kingest
-does) with psycopg's list adaptation, commit, synchronous Kafka commit.
+The baseline (:mod:`kingest.dev.baseline`) is a plain loop over the same topic into a
+fresh database, run the same way in its own process; every case's events/s is also
+given as a ratio to it.
 
 The latency case produces at a steady rate while kingest runs and measures, for every
 event, the time from its Kafka timestamp (set by the producer) to the commit of the
 transaction that stored it (``pg_xact_commit_timestamp``, which needs
 ``track_commit_timestamp = on``).
+
+This module holds the options, the cases and the three kinds of measured run; the
+services, databases and topics they stand on are in :mod:`kingest.dev.bench_services`,
+and the figures and their summaries in :mod:`kingest.dev.bench_figures`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 import platform
 import re
-import resource
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Final
@@ -53,44 +50,41 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from psycopg import sql
 
 from kingest import __version__
-from kingest.dev.services import (
-    FAST_GROUP_SETTINGS,
-    LocalKafka,
-    LocalPostgres,
-    create_topic,
-    database_url_for,
-    free_port,
+from kingest.dev.bench_figures import (
+    peak_rss,
+    percentile,
+    process_tree,
+    run_figures,
+    summarize_runs,
+    tree_cpu_seconds,
 )
+from kingest.dev.bench_services import (
+    POSTGRES_SETTINGS,
+    STORE_TABLES,
+    BenchServices,
+    clean_env,
+    drop_database,
+    fresh_database,
+    produce_events,
+    provide_bench_services,
+    stored_events,
+)
+from kingest.dev.lifecycle import free_port
+from kingest.dev.services import FAST_GROUP_SETTINGS
 from kingest.dev.synth import SyntheticStream
-from kingest.store import (
-    FACT_TABLES,
-    INSERT_DEAD_LETTER,
-    SCHEMA,
-    WRITE_PLAN,
-    RowBatch,
-    apply_migrations,
-    dead_letter_params,
-)
+from kingest.dev.topics import create_topic
+from kingest.store import SCHEMA
 
 __all__ = [
-    "BASELINE_POLL",
     "BenchError",
     "Case",
     "Options",
-    "baseline_main",
-    "median_min_max",
-    "percentile",
+    "Progress",
+    "cases",
+    "parse_sweep",
     "run_bench",
 ]
 
-#: Server settings of the PostgreSQL the bench starts: commit timestamps for latency,
-#: buffers and WAL sized for a 1M-event run. fsync and synchronous_commit stay on.
-POSTGRES_SETTINGS: Final = {
-    "track_commit_timestamp": "on",
-    "shared_buffers": "512MB",
-    "max_wal_size": "4GB",
-}
-BASELINE_POLL: Final = 5000
 _SUMMARY = re.compile(r"stopped: (\d+) messages consumed, (\d+) written.*?([\d.]+)s from first")
 _RUN_TIMEOUT_S: Final = 900.0
 
@@ -110,6 +104,9 @@ class Case:
 
 @dataclass(frozen=True)
 class Options:
+    """What ``kingest bench`` measures, how often, and against which services (None:
+    start embedded ones)."""
+
     events: int = 1_000_000
     partitions: int = 8
     runs: int = 3
@@ -125,21 +122,7 @@ class Options:
     workdir: Path | None = None
 
 
-# --- figures -----------------------------------------------------------------------------
-
-
-def percentile(values: Sequence[float], fraction: float) -> float:
-    """The ``fraction`` quantile of ``values`` (nearest rank: a value that occurred)."""
-    if not values:
-        raise ValueError("no values")
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), math.ceil(fraction * len(ordered))))
-    return ordered[rank - 1]
-
-
-def median_min_max(values: Sequence[float]) -> dict[str, float]:
-    """Median, min and max of a case's runs."""
-    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+# --- cases ------------------------------------------------------------------------------
 
 
 def parse_sweep(text: str) -> tuple[str, list[str]]:
@@ -166,154 +149,7 @@ def cases(options: Options) -> list[Case]:
     return found
 
 
-# --- processes -----------------------------------------------------------------------------
-
-
-def _process_tree(pid: int) -> list[int]:
-    """``pid`` and its descendants (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    tree, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        tree.append(current)
-        todo.extend(children.get(current, ()))
-    return tree
-
-
-def process_cpu_seconds(pid: int, *, reaped_children: bool = False) -> float:
-    """utime + stime of a local process from /proc (0 when it is gone); with
-    ``reaped_children``, of the children it has waited for instead (cutime + cstime:
-    PostgreSQL's ended backends)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    first = 13 if reaped_children else 11
-    return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
-
-
-def _peak_rss(pid: int) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
-def _tree_cpu(pids: Sequence[int]) -> float:
-    return sum(map(process_cpu_seconds, pids))
-
-
-# --- services ------------------------------------------------------------------------------
-
-
-@dataclass
-class BenchServices:
-    bootstrap_servers: str
-    server_url: str
-    #: Processes whose CPU is the machine's rest of the bill (empty for given services).
-    broker_pids: list[int] = field(default_factory=list)
-    postgres_pid: int | None = None
-    commit_timestamps: bool = True
-
-    def postgres_cpu(self) -> float:
-        """CPU of the server's live processes and of the backends that have ended."""
-        if self.postgres_pid is None:
-            return 0.0
-        live = _tree_cpu(_process_tree(self.postgres_pid))
-        return live + process_cpu_seconds(self.postgres_pid, reaped_children=True)
-
-    def broker_cpu(self) -> float:
-        return _tree_cpu(self.broker_pids)
-
-
-@contextmanager
-def services(options: Options, workdir: Path) -> Iterator[BenchServices]:
-    """The broker and PostgreSQL: the given ones, or embedded ones started here."""
-    with (
-        (
-            LocalKafka(log_path=workdir / "broker.log")
-            if options.bootstrap_servers is None
-            else _nothing()
-        ) as kafka,
-        (
-            LocalPostgres(workdir / "pg", settings=POSTGRES_SETTINGS)
-            if options.database_url is None
-            else _nothing()
-        ) as postgres,
-    ):
-        found = BenchServices(
-            bootstrap_servers=options.bootstrap_servers or kafka.bootstrap_servers,
-            server_url=options.database_url or postgres.url,
-        )
-        if options.bootstrap_servers is None and kafka.pid is not None:
-            found.broker_pids = [kafka.pid]
-        if options.database_url is None:
-            found.postgres_pid = postgres.pid
-        with psycopg.connect(found.server_url) as conn:
-            row = conn.execute("SHOW track_commit_timestamp").fetchone()
-            found.commit_timestamps = row is not None and row[0] == "on"
-        yield found
-
-
-@contextmanager
-def _nothing() -> Iterator[Any]:
-    yield None
-
-
-def _fresh_database(server_url: str, name: str) -> str:
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(sql.Identifier(name)))
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-    url = database_url_for(server_url, name)
-    apply_migrations(url)
-    return url
-
-
-def _drop_database(server_url: str, url: str) -> None:
-    """A measured run's database goes once checked: 1M events take about 1 GB."""
-    name = psycopg.conninfo.conninfo_to_dict(url)["dbname"]
-    with psycopg.connect(server_url, autocommit=True) as conn:
-        conn.execute(sql.SQL("DROP DATABASE {} WITH (FORCE)").format(sql.Identifier(str(name))))
-
-
-def _produce(bootstrap: str, topic: str, events: int, seed: int) -> None:
-    subprocess.run(
-        [
-            *(sys.executable, "-m", "kingest", "produce", "--count", str(events)),
-            *("--topic", topic, "--bootstrap-servers", bootstrap, "--seed", str(seed)),
-        ],
-        env=_clean_env(),
-        check=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
-def _clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("KINGEST_")}
-
-
-_STORE_TABLES: Final = (*(table.name for table in FACT_TABLES), "dead_letters")
-
-
-def stored_events(url: str) -> int:
-    """Rows in every fact table plus dead letters: one per message, exactly once."""
-    total = 0
-    with psycopg.connect(url) as conn:
-        for name in _STORE_TABLES:
-            query = sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(SCHEMA, name))
-            row = conn.execute(query).fetchone()
-            total += row[0] if row else 0
-    return total
+# --- waiting for commits ------------------------------------------------------------------
 
 
 class _CommitWatch:
@@ -334,6 +170,7 @@ class _CommitWatch:
         self._consumer.close()
 
 
+#: Reports progress: a label, the events done, the events expected.
 Progress = Callable[[str, int, int], None]
 
 
@@ -369,7 +206,7 @@ def _kingest_env(
     settings: Mapping[str, str],
     http: int,
 ) -> dict[str, str]:
-    env = _clean_env()
+    env = clean_env()
     env.update(
         KINGEST_KAFKA_BOOTSTRAP_SERVERS=found.bootstrap_servers,
         KINGEST_TOPICS=topic,
@@ -421,7 +258,7 @@ class _Run:
         cls, found: BenchServices, topic: str, case: Case, *, slug: str, label: str, log: Path
     ) -> _Run:
         group = f"bench-{slug}"
-        url = _fresh_database(found.server_url, f"bench_{slug}"[:60])
+        url = fresh_database(found.server_url, f"bench_{slug}"[:60])
         watch = _CommitWatch(found.bootstrap_servers, group, topic, case.partitions)
         return cls(found, label, group, log, url, watch, found.broker_cpu(), found.postgres_cpu())
 
@@ -448,7 +285,7 @@ class _Run:
         stored = stored_events(self.url)
         if stored != events:
             raise BenchError(f"{self.label}: {stored} rows for {events} events; see {self.log}")
-        _drop_database(self.found.server_url, self.url)
+        drop_database(self.found.server_url, self.url)
 
 
 def run_kingest(
@@ -471,8 +308,8 @@ def run_kingest(
     process = _start_kingest(env, options.processes, log)
     try:
         measured.wait(options.events, process, progress)
-        tree = _process_tree(process.pid)
-        cpu, rss = _tree_cpu(tree), max(map(_peak_rss, tree))
+        tree = process_tree(process.pid)
+        cpu, rss = tree_cpu_seconds(tree), max(map(peak_rss, tree))
         broker, postgres = measured.services_cpu()
         _stop(process, log)
     finally:
@@ -483,75 +320,10 @@ def run_kingest(
         raise BenchError(f"{case.name}: kingest logged no summary line; see {log}")
     written, busy = sum(s[1] for s in summaries), max(s[2] for s in summaries)
     measured.check_and_drop(options.events)
-    return _figures(written, busy, cpu=cpu, rss=rss, broker=broker, postgres=postgres)
+    return run_figures(written, busy, cpu=cpu, rss=rss, broker=broker, postgres=postgres)
 
 
-def _figures(
-    events: float, busy: float, *, cpu: float, rss: int, broker: float, postgres: float
-) -> dict[str, float]:
-    return {
-        "events_per_s": events / busy,
-        "seconds": busy,
-        "cpu_us_per_event": cpu / events * 1e6,
-        "peak_rss_mib": rss / 2**20,
-        "broker_cpu_us_per_event": broker / events * 1e6,
-        "postgres_cpu_us_per_event": postgres / events * 1e6,
-    }
-
-
-# --- the baseline loop -------------------------------------------------------------------------
-
-
-def baseline_loop(bootstrap: str, topic: str, group: str, url: str, events: int) -> dict[str, Any]:
-    """The plain loop; returns its events, seconds (first message to last commit)."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": group,
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-            **FAST_GROUP_SETTINGS,
-        }
-    )
-    consumer.subscribe([topic])
-    done, first = 0, None
-    with psycopg.connect(url) as conn:
-        while done < events:
-            messages = [m for m in consumer.consume(BASELINE_POLL, 1.0) if m.error() is None]
-            if not messages:
-                continue
-            first = first or time.monotonic()
-            rows = RowBatch()
-            rows.add_records(messages)
-            with conn.cursor() as cursor:
-                # kingest's own statements, parameters adapted by psycopg from the lists.
-                counts = rows.counts_by_type
-                for statement in WRITE_PLAN:
-                    if any(table.event_type in counts for table in statement.fact_tables):
-                        params = [c for t in statement.fact_tables for c in rows.columns(t)]
-                        cursor.execute(statement.sql, params)
-                if rows.rejection_count:
-                    cursor.executemany(
-                        INSERT_DEAD_LETTER, [dead_letter_params(r, group) for r in rows.rejections]
-                    )
-            conn.commit()
-            consumer.commit(asynchronous=False)
-            done += len(messages)
-    seconds = time.monotonic() - (first or time.monotonic())
-    consumer.close()
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return {
-        "events": done,
-        "seconds": seconds,
-        "cpu_seconds": usage.ru_utime + usage.ru_stime,
-        "peak_rss": usage.ru_maxrss * 1024,
-    }
-
-
-def baseline_main() -> None:
-    """Entry point of the baseline's own process (argv: bootstrap topic group url events)."""
-    bootstrap, topic, group, url, events = sys.argv[1:6]
-    print(json.dumps(baseline_loop(bootstrap, topic, group, url, int(events))), flush=True)
+# --- the baseline ------------------------------------------------------------------------
 
 
 def run_baseline(
@@ -570,11 +342,11 @@ def run_baseline(
     command = [
         sys.executable,
         "-c",
-        "from kingest.dev.benchmark import baseline_main; baseline_main()",
+        "from kingest.dev.baseline import baseline_main; baseline_main()",
     ]
     command += [found.bootstrap_servers, topic, measured.group, measured.url, str(options.events)]
     with log.open("wb") as err:
-        process = subprocess.Popen(command, env=_clean_env(), stdout=subprocess.PIPE, stderr=err)
+        process = subprocess.Popen(command, env=clean_env(), stdout=subprocess.PIPE, stderr=err)
         try:
             measured.wait(options.events, process, progress)
             broker, postgres = measured.services_cpu()
@@ -586,7 +358,7 @@ def run_baseline(
         raise BenchError(f"baseline exited {process.returncode}; see {log}")
     result = json.loads(out)
     measured.check_and_drop(options.events)
-    return _figures(
+    return run_figures(
         result["events"],
         result["seconds"],
         cpu=result["cpu_seconds"],
@@ -646,7 +418,7 @@ def run_latency(
 ) -> dict[str, float]:
     topic, group, log = "bench-latency", "bench-latency", workdir / "kingest-latency.log"
     create_topic(found.bootstrap_servers, topic, options.partitions)
-    url = _fresh_database(found.server_url, "bench_latency")
+    url = fresh_database(found.server_url, "bench_latency")
     port = free_port("127.0.0.1")
     env = _kingest_env(found, topic, group=group, url=url, settings=options.settings, http=port)
     process = _start_kingest(env, 1, log)
@@ -666,7 +438,7 @@ def run_latency(
             process.kill()
     latencies = []
     with psycopg.connect(url) as conn:
-        for name in _STORE_TABLES:
+        for name in STORE_TABLES:
             query = sql.SQL(
                 "SELECT kafka_partition, kafka_offset,"
                 " extract(epoch FROM pg_xact_commit_timestamp(xmin)) FROM {}"
@@ -719,7 +491,7 @@ def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
     """Every case (and the baseline, and the latency case); the JSON-ready results."""
     workdir = options.workdir or Path(tempfile.mkdtemp(prefix="kingest-bench-"))
     results: dict[str, Any] = {"options": asdict(options) | {"workdir": str(workdir)}}
-    with services(options, workdir) as found:
+    with provide_bench_services(options.bootstrap_servers, options.database_url, workdir) as found:
         results["machine"] = machine(found)
         topics: dict[int, str] = {}
         measured: dict[str, Any] = {}
@@ -729,14 +501,14 @@ def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
                 topic = topics[case.partitions] = f"bench-{case.partitions}p"
                 create_topic(found.bootstrap_servers, topic, case.partitions)
                 progress(f"producing {options.events:,} events", 0, options.events)
-                _produce(found.bootstrap_servers, topic, options.events, seed=1)
+                produce_events(found.bootstrap_servers, topic, options.events, seed=1)
             runs = [
                 run_kingest(
                     found, topic, case, run=run, options=options, workdir=workdir, progress=progress
                 )
                 for run in range(options.runs)
             ]
-            measured[case.name] = {"runs": runs, "summary": _summary(runs)}
+            measured[case.name] = {"runs": runs, "summary": summarize_runs(runs)}
             if options.baseline and case.name == "default":
                 runs = [
                     run_baseline(
@@ -750,7 +522,7 @@ def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
                     )
                     for run in range(options.runs)
                 ]
-                measured["baseline"] = {"runs": runs, "summary": _summary(runs)}
+                measured["baseline"] = {"runs": runs, "summary": summarize_runs(runs)}
         results["cases"] = measured
         if "baseline" in measured:
             base = measured["baseline"]["summary"]["events_per_s"]["median"]
@@ -764,11 +536,3 @@ def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
             else:
                 results["latency"] = {"skipped": "track_commit_timestamp is off on this server"}
     return results
-
-
-def _summary(runs: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]:
-    return {key: median_min_max([run[key] for run in runs]) for key in runs[0]}
-
-
-if __name__ == "__main__":
-    baseline_main()

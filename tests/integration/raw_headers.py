@@ -2,7 +2,7 @@
 and ``kcat -H`` can: the Python Producer cannot (it takes header names as ``str``:
 ``bytes`` names are sent as their ``repr``, and a lone surrogate crashes it), so this
 goes through librdkafka's C API (``rd_kafka_produceva``), on the library bundled with
-confluent-kafka, as :mod:`kingest.dev.services` does for the mock cluster."""
+confluent-kafka, as :mod:`kingest.dev.mock_cluster` does for the mock cluster."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import ctypes
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kingest.dev.services import _librdkafka
+from kingest.dev.mock_cluster import _librdkafka
 
 _VTYPE_TOPIC = 1
 _VTYPE_PARTITION = 3

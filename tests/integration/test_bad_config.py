@@ -24,10 +24,13 @@ from confluent_kafka import Producer
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from kingest.dev.demo import committed_offsets, committed_total
-from kingest.dev.producer import produce_records
-from kingest.dev.services import LocalPostgres
-from kingest.dev.synth import SyntheticStream
+from kingest.dev import (
+    LocalPostgres,
+    SyntheticStream,
+    committed_offsets,
+    committed_total,
+    produce_records,
+)
 from kingest.store.migrate import apply_migrations
 from tests.integration.support import (
     KingestProcess,

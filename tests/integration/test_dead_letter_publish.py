@@ -21,9 +21,10 @@ from typer.testing import CliRunner
 
 from kingest.cli.commands import app
 from kingest.dev.demo import committed_offsets
+from kingest.dev.mock_cluster import MockKafkaCluster
 from kingest.dev.producer import produce_records
-from kingest.dev.services import MockKafkaCluster, create_topic
 from kingest.dev.synth import SyntheticRecord, SyntheticStream
+from kingest.dev.topics import create_topic
 from kingest.pipeline.consumer import RunOutcome
 from kingest.runtime.http import TelemetryServer
 from kingest.store.migrate import apply_migrations

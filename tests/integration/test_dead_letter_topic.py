@@ -9,9 +9,7 @@ from confluent_kafka import Consumer, Producer
 
 from kingest.config.settings import load_settings
 from kingest.deadletters.publisher import DeadLetter, decode_message
-from kingest.dev.producer import produce_records
-from kingest.dev.services import create_topic
-from kingest.dev.synth import SyntheticStream
+from kingest.dev import SyntheticStream, create_topic, produce_records
 from kingest.pipeline.consumer import RunOutcome
 from kingest.runtime.service import StartupError, check_kafka
 from kingest.store.migrate import apply_migrations

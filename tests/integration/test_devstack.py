@@ -1,5 +1,6 @@
-"""kingest.dev.services against the real services it starts: Tansu, PostgreSQL, librdkafka's
-mock cluster, and the choice between external, container and embedded services."""
+"""kingest.dev's local services against the real services they start: Tansu, PostgreSQL,
+librdkafka's mock cluster, and the choice between external, container and embedded
+services."""
 
 from __future__ import annotations
 
@@ -17,10 +18,7 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from kingest.dev.services import (
-    ENV_DATABASE_URL,
-    ENV_KAFKA_BOOTSTRAP_SERVERS,
-    ENV_SERVICES,
+from kingest.dev import (
     FAST_GROUP_SETTINGS,
     LocalKafka,
     LocalPostgres,
@@ -28,9 +26,14 @@ from kingest.dev.services import (
     ServiceError,
     Services,
     create_topic,
-    docker_available,
     plan_services,
     provide_services,
+)
+from kingest.dev.services import (
+    ENV_DATABASE_URL,
+    ENV_KAFKA_BOOTSTRAP_SERVERS,
+    ENV_SERVICES,
+    docker_available,
 )
 
 pytestmark = pytest.mark.integration

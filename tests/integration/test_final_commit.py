@@ -16,10 +16,13 @@ import uuid
 import pytest
 from confluent_kafka import KafkaError
 
-from kingest.dev.demo import committed_offsets
-from kingest.dev.producer import produce_records
-from kingest.dev.services import MockKafkaCluster, create_topic
-from kingest.dev.synth import SyntheticStream
+from kingest.dev import (
+    MockKafkaCluster,
+    SyntheticStream,
+    committed_offsets,
+    create_topic,
+    produce_records,
+)
 from kingest.pipeline.consumer import CLOSE_AFTER_DEADLINE_S, RunOutcome
 from kingest.store.migrate import apply_migrations
 from tests.integration.support import InProcessKingest, kingest_env, stored_event_ids, wait_for

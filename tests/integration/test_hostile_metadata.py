@@ -27,8 +27,7 @@ from kingest.deadletters.stored import (
     list_dead_letters,
     replay,
 )
-from kingest.dev.services import create_topic
-from kingest.dev.synth import SyntheticRecord, SyntheticStream
+from kingest.dev import SyntheticRecord, SyntheticStream, create_topic
 from kingest.pipeline.consumer import RunOutcome
 from kingest.schema.codec import decode_event, encode_event
 from kingest.store.migrate import apply_migrations

@@ -74,9 +74,7 @@ from kingest.deadletters.publisher import (
     SOURCE_TOPIC,
     decode_message,
 )
-from kingest.dev.demo import committed_offsets
-from kingest.dev.services import create_topic
-from kingest.dev.synth import SyntheticStream
+from kingest.dev import SyntheticStream, committed_offsets, create_topic
 from kingest.schema.codec import DecodeError, decode_event, encode_event
 from kingest.schema.v1.events_pb2 import Event
 from kingest.store.migrate import apply_migrations

@@ -32,8 +32,7 @@ from typer.testing import CliRunner
 
 from kingest.cli.commands import app
 from kingest.config.settings import load_settings
-from kingest.dev.services import LocalPostgres, MockKafkaCluster, create_topic
-from kingest.dev.synth import SyntheticStream
+from kingest.dev import LocalPostgres, MockKafkaCluster, SyntheticStream, create_topic
 from kingest.pipeline.consumer import FETCH_CHECK_INTERVAL_S, RunOutcome
 from kingest.runtime.http import TelemetryServer
 from kingest.store.migrate import apply_migrations

@@ -26,10 +26,13 @@ import psycopg
 import pytest
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
-from kingest.dev.demo import committed_total
-from kingest.dev.producer import produce_records
-from kingest.dev.services import MockKafkaCluster, create_topic
-from kingest.dev.synth import SyntheticStream
+from kingest.dev import (
+    MockKafkaCluster,
+    SyntheticStream,
+    committed_total,
+    create_topic,
+    produce_records,
+)
 from kingest.kafka import TopicPartitionKey
 from kingest.pipeline.committer import OffsetCommitter
 from kingest.pipeline.consumer import Pipeline, RunOutcome

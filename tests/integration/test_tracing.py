@@ -18,8 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from psycopg.conninfo import conninfo_to_dict
 
-from kingest.dev.services import create_topic
-from kingest.dev.synth import SyntheticStream
+from kingest.dev import SyntheticStream, create_topic
 from kingest.pipeline.consumer import RunOutcome
 from kingest.schema.codec import encode_event
 from kingest.schema.v1.events_pb2 import Event, InferenceCompleted, InferenceStatus

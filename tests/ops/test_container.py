@@ -25,7 +25,7 @@ import pytest
 from dockerfile_parse import DockerfileParser
 
 from kingest.config.settings import load_settings, settings_fields
-from kingest.dev.services import free_port
+from kingest.dev import free_port
 from tests.unit.config.test_settings import VALID
 
 ROOT = Path(__file__).parents[2]

@@ -1,4 +1,5 @@
-"""The bench's arithmetic and case planning (kingest/dev/benchmark.py, kingest/cli/bench.py)."""
+"""The bench's arithmetic and case planning (kingest/dev/benchmark.py,
+kingest/dev/bench_figures.py, kingest/cli/bench.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,9 @@ import pytest
 from rich.console import Console
 
 from kingest.cli.bench import render
-from kingest.dev.benchmark import Options, cases, median_min_max, parse_sweep, percentile
+from kingest.dev import Options, parse_sweep
+from kingest.dev.bench_figures import median_min_max, percentile
+from kingest.dev.benchmark import cases
 
 
 def test_percentiles_are_values_that_occurred_by_nearest_rank() -> None:
