@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from kingest.config.settings import load_settings
+from kingest.config.loading import load_settings
 from kingest.deadletters.publisher import DeadLetter, decode_message
 from kingest.dev.producer import produce_records
 from kingest.dev.services import create_topic
