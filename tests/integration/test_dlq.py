@@ -19,7 +19,7 @@ from typer.testing import CliRunner, Result
 
 from kingest.cli.main import app
 from kingest.deadletters.publisher import DeadLetter, encode_headers
-from kingest.deadletters.stored import ReplayPlan, replay
+from kingest.deadletters.replay import ReplayPlan, replay
 from kingest.dev.services import create_topic
 from kingest.dev.synth import SyntheticStream
 from kingest.pipeline.consumer import RunOutcome
