@@ -24,7 +24,7 @@ from typing import Protocol
 import psycopg
 import pytest
 
-from kingest.config.settings import redact_conninfo, safe_error_text
+from kingest.config.redaction import redact_conninfo, safe_error_text
 from kingest.dev import (
     TEST_POSTGRES_SETTINGS,
     LocalPostgres,

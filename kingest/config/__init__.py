@@ -7,29 +7,30 @@ the environment for configuration. The redaction rules (what is secret in a conn
 a librdkafka property) and the generated reference (``kingest config --reference``) live
 here too, beside the settings they describe.
 
-* :mod:`kingest.config.settings`: the settings classes, loading and cross-field checks,
-  redaction and the reference page;
+* :mod:`kingest.config.settings`: the settings classes, one field per variable with its
+  description and value check (the single declaration everything below reads);
+* :mod:`kingest.config.loading`: from the environment to :class:`Settings`, every
+  problem at once, and the ``KINGEST_RDKAFKA_*`` pass-through;
+* :mod:`kingest.config.redaction`: secret conninfo parameters and librdkafka properties,
+  hidden for display and scrubbed out of error text;
+* :mod:`kingest.config.reference`: the Markdown reference of every variable;
 * :mod:`kingest.config.otel`: the ``OTEL_*`` tracing variables (:class:`TracingConfig`).
 """
 
 from __future__ import annotations
 
+from kingest.config.loading import COMMAND_VARIABLES, load_settings, rdkafka_properties
 from kingest.config.otel import TracingConfig, describe_tracing, load_tracing_config, redact_url
-from kingest.config.settings import (
-    COMMAND_VARIABLES,
+from kingest.config.redaction import (
     REDACTED,
-    ConfigError,
-    Settings,
     conninfo_secrets,
-    dead_letter_topic,
     effective_settings,
-    load_settings,
-    rdkafka_properties,
     redact_conninfo,
     redact_property,
-    reference_markdown,
     safe_error_text,
 )
+from kingest.config.reference import reference_markdown
+from kingest.config.settings import ConfigError, Settings, dead_letter_topic
 
 __all__ = [
     "COMMAND_VARIABLES",

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from kingest.config.settings import REDACTED
+from kingest.config.redaction import REDACTED
 
 __all__ = [
     "EXPORTERS",

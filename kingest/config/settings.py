@@ -1,44 +1,28 @@
-"""Configuration from ``KINGEST_*`` environment variables.
+"""The settings: every ``KINGEST_*`` variable as a typed, checked, documented field.
 
-Every setting is a field of an attrs class carrying its environment variable name and a
-one-line description in its metadata, so the loader, ``kingest config`` and the README's
-reference table all come from one place. Loading happens in two passes so that *every*
-problem is reported at once:
+Each setting is a field of a frozen attrs class whose metadata carries its environment
+variable, a one-line description, whether its value is a secret and a check of its value
+(:func:`_setting`). That one declaration is what the loader reads
+(:mod:`kingest.config.loading`), what ``kingest config`` prints with secrets hidden
+(:mod:`kingest.config.redaction`) and what the README's reference table is generated from
+(:mod:`kingest.config.reference`), so a new setting is added in one place only and cannot
+be forgotten by any of them. :func:`settings_fields` walks the classes in the order of
+that table.
 
-1. cattrs structures the raw strings into typed values (type errors, missing variables);
-2. :func:`check_settings` checks ranges and cross-field rules on the typed result.
-
-Either pass raises :class:`ConfigError` listing each problem with the variable it came
-from. Any librdkafka property passes through without code changes as
-``KINGEST_RDKAFKA_<PROPERTY>``: the rest of the name is lower-cased and each single
-underscore becomes a dot (``KINGEST_RDKAFKA_SASL_MECHANISMS`` -> ``sasl.mechanisms``); a
-double underscore stands for a literal underscore.
+A check takes the typed value and returns why it is wrong, or ``None``: checks of single
+values live here beside their fields; rules that relate several settings are the
+loader's, run once every value is valid on its own. :class:`ConfigError` is what loading
+raises, with every problem at once.
 """
 
 from __future__ import annotations
 
-import difflib
-import math
 import re
 from collections.abc import Callable, Iterator, Mapping
-from functools import cache
-from typing import Any, Literal, get_args
-from urllib.parse import unquote, urlsplit
+from typing import Any, Literal
 
 import attrs
-import cattrs
-from cattrs.errors import ClassValidationError
-from psycopg import pq
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
-
-ENV_PREFIX = "KINGEST_"
-RDKAFKA_PREFIX = "KINGEST_RDKAFKA_"
-#: Variables under this prefix belong to the test suite, not to the service.
-TEST_PREFIX = "KINGEST_TEST_"
-#: Variables of the command line (``kingest start --processes``) and of the processes
-#: it supervises, read there rather than by :class:`Settings`.
-COMMAND_VARIABLES = frozenset({"KINGEST_PROCESSES", "KINGEST_PROCESS_INDEX"})
-REDACTED = "**redacted**"
+from psycopg.conninfo import conninfo_to_dict
 
 Profile = Literal["dev", "staging", "prod"]
 LogFormat = Literal["console", "json"]
@@ -46,16 +30,6 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 AssignmentStrategy = Literal["roundrobin", "range", "cooperative-sticky"]
 OffsetReset = Literal["earliest", "latest", "error"]
 DeadLetterStore = Literal["table", "topic", "both"]
-
-# librdkafka properties whose values are secrets (matched on the property name).
-_SECRET_PROPERTY = re.compile(r"(password|secret|jaas|token|\.pem$|private)", re.IGNORECASE)
-# libpq parameters whose values are secrets, whatever the libpq linked: the password,
-# the passphrase of the TLS key, the OAuth client secret and the SCRAM keys (which
-# libpq marks as debug options, not as secrets, but which log in like a password).
-_SECRET_CONNINFO_PARAMETERS = frozenset(
-    {"password", "sslpassword", "oauth_client_secret", "scram_client_key", "scram_server_key"}
-)
-
 
 Check = Callable[[Any], str | None]
 
@@ -125,36 +99,8 @@ def _check_conninfo(value: str) -> str | None:
     return None if params else "must not be empty"
 
 
-def _pass_through_problem(prop: str, value: str) -> str | None:
-    """Why ``KINGEST_RDKAFKA_*`` may not set ``prop`` to ``value``, if it may not: the
-    consumer properties kingest sets and checks itself stay under their own variables."""
-    if prop in _COMMIT_PROPERTIES:
-        return (
-            f"{prop} cannot be passed through: kingest commits offsets itself, once what is "
-            "below them is stored"
-        )
-    variable = _SETTING_PROPERTIES.get(prop)
-    if variable is not None:
-        return f"{prop} cannot be passed through: set {variable} instead"
-    if prop == "isolation.level" and value.strip() != "read_committed":
-        return "must be read_committed: messages of aborted transactions must not be stored"
-    return None
-
-
 _HOST_PORT = re.compile(r"[^\s:/,]+:\d{1,5}")
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
-#: librdkafka properties kingest sets from its own (checked) variables.
-_SETTING_PROPERTIES = {
-    "bootstrap.servers": "KINGEST_KAFKA_BOOTSTRAP_SERVERS",
-    "metadata.broker.list": "KINGEST_KAFKA_BOOTSTRAP_SERVERS",  # librdkafka's alias
-    "group.id": "KINGEST_GROUP_ID",
-    "partition.assignment.strategy": "KINGEST_KAFKA_ASSIGNMENT_STRATEGY",
-    "auto.offset.reset": "KINGEST_KAFKA_AUTO_OFFSET_RESET",
-    "session.timeout.ms": "KINGEST_KAFKA_SESSION_TIMEOUT_MS",
-    "heartbeat.interval.ms": "KINGEST_KAFKA_HEARTBEAT_INTERVAL_MS",
-    "max.poll.interval.ms": "KINGEST_KAFKA_MAX_POLL_INTERVAL_MS",
-}
-_COMMIT_PROPERTIES = ("enable.auto.commit", "enable.auto.offset.store")
 
 
 @attrs.frozen
@@ -511,9 +457,6 @@ class ConfigError(Exception):
         super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
 
 
-# --------------------------------------------------------------------------- loading
-
-
 def _env_fields(
     cls: type, path: tuple[str, ...] = ()
 ) -> Iterator[tuple[tuple[str, ...], attrs.Attribute[Any]]]:
@@ -532,343 +475,6 @@ def settings_fields() -> list[tuple[tuple[str, ...], attrs.Attribute[Any]]]:
     return list(_env_fields(Settings))
 
 
-def rdkafka_properties(environ: Mapping[str, str]) -> dict[str, str]:
-    """The librdkafka properties passed through by ``KINGEST_RDKAFKA_*`` variables (for a
-    command that needs the Kafka settings alone, not the whole validated Settings)."""
-    return {
-        rdkafka_property_name(name): value
-        for name, value in environ.items()
-        if name.startswith(RDKAFKA_PREFIX) and len(name) > len(RDKAFKA_PREFIX)
-    }
-
-
-def rdkafka_property_name(variable: str) -> str:
-    """``KINGEST_RDKAFKA_SSL_CA_LOCATION`` -> ``ssl.ca.location``."""
-    raw = variable[len(RDKAFKA_PREFIX) :].lower()
-    return ".".join(part.replace("\0", "_") for part in raw.replace("__", "\0").split("_"))
-
-
-def _split_list(value: Any, _: type) -> tuple[str, ...]:
-    if isinstance(value, (list, tuple)):
-        return tuple(str(v) for v in value)
-    return tuple(item.strip() for item in str(value).split(",") if item.strip())
-
-
-def _make_converter() -> cattrs.Converter:
-    converter = cattrs.Converter(detailed_validation=True, forbid_extra_keys=True)
-    converter.register_structure_hook_func(lambda t: t == tuple[str, ...], _split_list)
-
-    def strict_int(value: Any, _: type) -> int:
-        if isinstance(value, bool):
-            raise ValueError("expected an integer")
-        if isinstance(value, int):
-            return value
-        text = str(value).strip().replace("_", "")
-        if not re.fullmatch(r"[+-]?\d+", text):
-            raise ValueError(f"expected an integer, got {value!r}")
-        return int(text)
-
-    def strict_float(value: Any, _: type) -> float:
-        try:
-            result = float(str(value).strip())
-        except ValueError:
-            raise ValueError(f"expected a number, got {value!r}") from None
-        if not math.isfinite(result):
-            raise ValueError(f"expected a finite number, got {value!r}")
-        return result
-
-    def strict_bool(value: Any, _: type) -> bool:
-        if isinstance(value, bool):
-            return value
-        text = str(value).strip().lower()
-        if text in _TRUE:
-            return True
-        if text in _FALSE:
-            return False
-        raise ValueError(f"expected true or false, got {value!r}")
-
-    converter.register_structure_hook(bool, strict_bool)
-    converter.register_structure_hook(int, strict_int)
-    converter.register_structure_hook(float, strict_float)
-    return converter
-
-
-_TRUE = frozenset({"true", "1", "yes", "on"})
-_FALSE = frozenset({"false", "0", "no", "off"})
-_CONVERTER = _make_converter()
-
-
-def _raw_from_environ(environ: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
-    """Nest the ``KINGEST_*`` strings by setting path; report unknown variables."""
-    raw: dict[str, Any] = {}
-    known: dict[str, tuple[str, ...]] = {}
-    for path, field in _env_fields(Settings):
-        env = field.metadata["env"]
-        if env.endswith("*"):
-            continue
-        known[env] = path
-    problems: list[str] = []
-    properties: dict[str, str] = {}
-    for name, value in environ.items():
-        if (
-            not name.startswith(ENV_PREFIX)
-            or name.startswith(TEST_PREFIX)
-            or name in COMMAND_VARIABLES
-        ):
-            continue
-        if name.startswith(RDKAFKA_PREFIX):
-            if len(name) == len(RDKAFKA_PREFIX):
-                problems.append(f"{name}: a librdkafka property name must follow the prefix")
-            else:
-                prop = rdkafka_property_name(name)
-                problem = _pass_through_problem(prop, value)
-                if problem:
-                    problems.append(f"{name}: {problem}")
-                properties[prop] = value
-            continue
-        field_path = known.get(name)
-        if field_path is None:
-            hint = difflib.get_close_matches(name, known, n=1)
-            suggestion = f" (did you mean {hint[0]}?)" if hint else ""
-            problems.append(f"{name}: unknown variable{suggestion}")
-            continue
-        if value.strip() == "":
-            continue  # an empty variable means "use the default"
-        node = raw
-        for part in field_path[:-1]:
-            node = node.setdefault(part, {})
-        node[field_path[-1]] = value
-    raw.setdefault("kafka", {})["properties"] = properties
-    raw.setdefault("database", {})
-    return raw, problems
-
-
-def _variable_for(path: str) -> str:
-    """Map a cattrs error path like ``$.kafka.group_id`` to its environment variable."""
-    parts = tuple(p for p in path.removeprefix("$").split(".") if p)
-    for field_path, field in _env_fields(Settings):
-        if field_path == parts[: len(field_path)]:
-            return str(field.metadata["env"])
-    return path
-
-
-def _format_structure_error(error: BaseException, type_: Any) -> str:
-    if isinstance(error, KeyError):
-        return "required field missing"
-    message = str(error)
-    choices = get_args(type_)
-    if choices and " not in literal " in message:
-        return f"must be one of {', '.join(map(str, choices))}"
-    if isinstance(error, ValueError) and message:
-        return message
-    return f"invalid value, expected {getattr(type_, '__name__', type_)}"
-
-
-def _describe_structure_error(error: ClassValidationError) -> dict[str, str]:
-    problems: dict[str, str] = {}
-    for message in cattrs.transform_error(error, format_exception=_format_structure_error):
-        text, _, path = message.rpartition(" @ ")
-        variable = _variable_for(path)
-        problems.setdefault(
-            variable, "required, not set" if text == "required field missing" else text
-        )
-    return problems
-
-
-def _leaf_values(raw: Mapping[str, Any]) -> Iterator[tuple[attrs.Attribute[Any], Any]]:
-    for path, field in _env_fields(Settings):
-        node: Any = raw
-        for part in path:
-            node = node.get(part) if isinstance(node, Mapping) else None
-        if node is not None:
-            yield field, node
-
-
-def _field_problems(raw: Mapping[str, Any], skip: set[str]) -> dict[str, str]:
-    """Run each field's own check on every value that converts (all problems at once)."""
-    problems: dict[str, str] = {}
-    for field, value in _leaf_values(raw):
-        env, check = field.metadata["env"], field.metadata["check"]
-        if check is None or env in skip or field.type is None:
-            continue
-        try:
-            typed = _CONVERTER.structure(value, field.type)
-        except Exception:  # noqa: S112 - the structuring pass reports it
-            continue
-        problem = check(typed)
-        if problem:
-            problems[env] = problem
-    return problems
-
-
-def load_settings(environ: Mapping[str, str]) -> Settings:
-    """Build and check :class:`Settings` from an environment; raise :class:`ConfigError`."""
-    raw, problems = _raw_from_environ(environ)
-    by_variable: dict[str, str] = {}
-    settings: Settings | None = None
-    try:
-        settings = _CONVERTER.structure(raw, Settings)
-    except ClassValidationError as error:
-        by_variable.update(_describe_structure_error(error))
-    by_variable.update(_field_problems(raw, skip=set(by_variable)))
-    if settings is not None and not by_variable:
-        by_variable.update(_cross_field_problems(settings))
-    problems += [f"{variable}: {text}" for variable, text in by_variable.items()]
-    # The standard OTEL_* tracing variables (imported here: otel uses this module).
-    from kingest.config.otel import tracing_problems  # noqa: PLC0415
-
-    problems += tracing_problems(environ)
-    if problems:
-        raise ConfigError(problems)
-    assert settings is not None
-    return settings
-
-
 def dead_letter_topic(template: str, source_topic: str) -> str:
     """The dead-letter topic of ``source_topic``: ``"{topic}.dlq"`` -> ``"events.dlq"``."""
     return template.replace("{topic}", source_topic)
-
-
-def _cross_field_problems(settings: Settings) -> dict[str, str]:
-    """Rules that relate several settings; run once every value is valid on its own."""
-    kafka, pipeline = settings.kafka, settings.pipeline
-    problems: dict[str, str] = {}
-    if kafka.heartbeat_interval_ms * 3 > kafka.session_timeout_ms:
-        problems["KINGEST_KAFKA_HEARTBEAT_INTERVAL_MS"] = (
-            "must be at most a third of KINGEST_KAFKA_SESSION_TIMEOUT_MS"
-        )
-    if kafka.max_poll_interval_ms < max(kafka.session_timeout_ms, pipeline.drain_timeout_s * 1000):
-        problems["KINGEST_KAFKA_MAX_POLL_INTERVAL_MS"] = (
-            "must be at least KINGEST_KAFKA_SESSION_TIMEOUT_MS and KINGEST_DRAIN_TIMEOUT_S"
-        )
-    if pipeline.retry_max_s < pipeline.retry_initial_s:
-        problems["KINGEST_RETRY_MAX_S"] = "must be at least KINGEST_RETRY_INITIAL_S"
-    dead_letters = settings.dead_letters
-    if dead_letters.to_topic:
-        looping = [
-            t for t in kafka.topics if dead_letter_topic(dead_letters.topic, t) in kafka.topics
-        ]
-        if looping:
-            problems["KINGEST_DEAD_LETTER_TOPIC"] = (
-                f"the dead-letter topic of {', '.join(looping)} is a consumed topic"
-            )
-    return problems
-
-
-# --------------------------------------------------------------------------- redaction
-
-
-@cache
-def secret_conninfo_parameters() -> frozenset[str]:
-    """The libpq parameters whose values are secrets: ours, and those the linked libpq
-    itself marks as secrets (``PQconndefaults`` display character ``*``)."""
-    try:
-        marked = {
-            option.keyword.decode()
-            for option in pq.Conninfo.get_defaults()
-            if option.dispchar == b"*"
-        }
-    except Exception:  # a libpq without PQconndefaults: ours are the known ones
-        marked = set()
-    return _SECRET_CONNINFO_PARAMETERS | marked
-
-
-def conninfo_secrets(conninfo: str) -> list[str]:
-    """Every secret value of a connection string, as libpq reads it and, in a URL, as
-    written there (percent-encoded), longest first; raises when it does not parse."""
-    names = secret_conninfo_parameters()
-    secrets = {
-        str(value) for name, value in conninfo_to_dict(conninfo).items() if name in names and value
-    }
-    if conninfo.startswith(("postgresql://", "postgres://")):
-        try:
-            url = urlsplit(conninfo)
-            written = [url.password or ""]
-        except ValueError:  # libpq took it, urllib does not: the read values remain
-            url, written = None, []
-        if url is not None:
-            for item in url.query.split("&"):
-                name, _, value = item.partition("=")
-                if unquote(name) in names:
-                    written.append(value)
-        secrets.update(value for value in written if value)
-    return sorted(secrets, key=len, reverse=True)
-
-
-def redact_conninfo(url: str) -> str:
-    """The connection string with every secret parameter (password, sslpassword...)
-    replaced; never raises."""
-    try:
-        params = conninfo_to_dict(url)
-    except Exception:
-        return REDACTED
-    for name in secret_conninfo_parameters().intersection(params):
-        params[name] = REDACTED
-    return make_conninfo("", **params)
-
-
-def safe_error_text(error: BaseException, conninfo: str) -> str:
-    """The first line of ``error`` (raised while using ``conninfo``), safe to print.
-
-    libpq quotes the connection string, or the token it could not parse, in some parse
-    errors (``invalid percent-encoded token: "pa%zzss"``), password included. When the
-    string does not parse, only a generic description is returned; otherwise every
-    secret parameter's value (:func:`conninfo_secrets`) is blanked wherever it appears.
-    """
-    try:
-        secrets = conninfo_secrets(conninfo)
-    except Exception:
-        return "not a valid libpq URL or key=value connection string"
-    lines = str(error).strip().splitlines()
-    text = lines[0] if lines else type(error).__name__
-    for secret in secrets:
-        text = text.replace(secret, REDACTED)
-    return text
-
-
-def redact_property(name: str, value: str) -> str:
-    """The value of a librdkafka property, hidden when its name marks it as a secret."""
-    return REDACTED if _SECRET_PROPERTY.search(name) else value
-
-
-def effective_settings(settings: Settings) -> dict[str, Any]:
-    """The configuration as ``{variable: value}`` with every secret redacted."""
-    result: dict[str, Any] = {}
-    for path, field in _env_fields(Settings):
-        value: Any = settings
-        for part in path:
-            value = getattr(value, part)
-        env = field.metadata["env"]
-        if env == "KINGEST_RDKAFKA_*":
-            for name, prop in sorted(value.items()):
-                result[f"KINGEST_RDKAFKA_{name.replace('_', '__').replace('.', '_').upper()}"] = (
-                    redact_property(name, prop)
-                )
-            continue
-        if env == "KINGEST_DATABASE_URL":
-            value = redact_conninfo(value)
-        elif isinstance(value, tuple):
-            value = ",".join(value)
-        result[env] = value
-    result["KINGEST_LOG_LEVEL"] = settings.log_level
-    result["KINGEST_LOG_FORMAT"] = settings.log_format
-    return result
-
-
-def reference_markdown() -> str:
-    """The configuration reference as a Markdown table (embedded in the README)."""
-    lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
-    for _, field in _env_fields(Settings):
-        default = field.default
-        if default is attrs.NOTHING:
-            shown = "required"
-        elif isinstance(default, attrs.Factory):  # type: ignore[arg-type]
-            shown = ""
-        elif default is None:
-            shown = "by profile"
-        elif isinstance(default, bool):
-            shown = f"`{str(default).lower()}`"
-        else:
-            shown = f"`{default}`"
-        lines.append(f"| `{field.metadata['env']}` | {shown} | {field.metadata['doc']} |")
-    return "\n".join(lines) + "\n"

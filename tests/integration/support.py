@@ -19,7 +19,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from kingest.config.settings import load_settings
+from kingest.config.loading import load_settings
 from kingest.dev import FAST_GROUP_SETTINGS, committed_offsets, database_url_for
 from kingest.pipeline.consumer import Pipeline, RunOutcome
 

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from kingest.config.settings import load_settings
+from kingest.config.loading import load_settings
 from kingest.dev.demo import committed_offsets
 from kingest.dev.producer import produce_records
 from kingest.dev.synth import SyntheticRecord, SyntheticStream

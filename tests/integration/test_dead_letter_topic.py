@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from kingest.config.settings import load_settings
+from kingest.config.loading import load_settings
 from kingest.deadletters.publisher import DeadLetter, decode_message
 from kingest.dev import SyntheticStream, create_topic, produce_records
 from kingest.pipeline.consumer import RunOutcome

@@ -19,7 +19,7 @@ from typer.testing import CliRunner, Result
 
 from kingest.cli.commands import app
 from kingest.deadletters.publisher import DeadLetter, encode_headers
-from kingest.deadletters.stored import ReplayPlan, replay
+from kingest.deadletters.replay import ReplayPlan, replay
 from kingest.dev import SyntheticStream, create_topic
 from kingest.pipeline.consumer import RunOutcome
 from kingest.schema.codec import encode_event

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from kingest.config.settings import load_settings
+from kingest.config.loading import load_settings
 from kingest.dev import LocalPostgres, create_topic
 from kingest.pipeline.consumer import RunOutcome, _open_pool
 from kingest.store.migrate import apply_migrations

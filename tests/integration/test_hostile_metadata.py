@@ -19,13 +19,12 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from prometheus_client.parser import text_string_to_metric_families
 
 from kingest.deadletters.publisher import DeadLetter, decode_message, encode_headers
+from kingest.deadletters.replay import ReplayPlan, replay
 from kingest.deadletters.stored import (
     DeadLetterFilter,
-    ReplayPlan,
     StoredDeadLetter,
-    _with_table_state,
     list_dead_letters,
-    replay,
+    with_table_state,
 )
 from kingest.dev import SyntheticRecord, SyntheticStream, create_topic
 from kingest.pipeline.consumer import RunOutcome
@@ -255,7 +254,7 @@ def test_hostile_timestamps_and_header_names_neither_stop_nor_lose_anything(
         # multi-message produce requests), storing the absurd timestamps as NULL.
         page = [StoredDeadLetter.from_topic(letter) for letter, _ in letters]
         with psycopg.connect(database_url, autocommit=True) as conn:
-            known = _with_table_state(conn, page, record=True)
+            known = with_table_state(conn, page, record=True)
         assert sorted(d.rejection.offset for d in known if d.id is not None) == sorted(sent.poison)
         assert_dead_letter_rows(database_url, sent)
 

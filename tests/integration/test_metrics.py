@@ -31,7 +31,7 @@ from prometheus_client.samples import Sample
 from typer.testing import CliRunner
 
 from kingest.cli.commands import app
-from kingest.config.settings import load_settings
+from kingest.config.loading import load_settings
 from kingest.dev import LocalPostgres, MockKafkaCluster, SyntheticStream, create_topic
 from kingest.pipeline.consumer import FETCH_CHECK_INTERVAL_S, RunOutcome
 from kingest.runtime.http import TelemetryServer

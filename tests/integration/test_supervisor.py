@@ -16,7 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kingest.config.settings import load_settings
+from kingest.config.loading import load_settings
 from kingest.dev.demo import committed_total
 from kingest.runtime.supervisor import (
     EXIT_FORCED,

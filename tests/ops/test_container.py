@@ -24,7 +24,8 @@ from typing import Any
 import pytest
 from dockerfile_parse import DockerfileParser
 
-from kingest.config.settings import load_settings, settings_fields
+from kingest.config.loading import load_settings
+from kingest.config.settings import settings_fields
 from kingest.dev import free_port
 from tests.unit.config.test_settings import VALID
 

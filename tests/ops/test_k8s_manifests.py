@@ -25,7 +25,8 @@ import pytest
 import yaml
 
 import kingest
-from kingest.config.settings import ConfigError, Settings, load_settings
+from kingest.config.loading import load_settings
+from kingest.config.settings import ConfigError, Settings
 from kingest.pipeline.memory import memory_budget
 from kingest.runtime.supervisor import STOP_GRACE_S
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kingest.config.settings import effective_settings, load_settings
+from kingest.config.loading import load_settings
+from kingest.config.redaction import effective_settings
 from tests.unit.config.test_settings import VALID
 
 OPS = Path(__file__).parents[2] / "ops"

@@ -20,8 +20,8 @@ import pytest
 import yaml
 from psycopg.conninfo import conninfo_to_dict
 
+from kingest.config.loading import load_settings
 from kingest.config.otel import load_tracing_config
-from kingest.config.settings import load_settings
 from kingest.runtime.supervisor import STOP_GRACE_S
 from kingest.telemetry import catalog
 from tests.ops.test_container import duration_s, healthcheck, http_port_default

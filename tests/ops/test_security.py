@@ -27,15 +27,15 @@ import pytest
 from typer.testing import CliRunner
 
 from kingest.cli.commands import app
-from kingest.config.settings import (
+from kingest.config.loading import load_settings
+from kingest.config.redaction import (
     REDACTED,
-    ConfigError,
     effective_settings,
-    load_settings,
     redact_conninfo,
     redact_property,
     safe_error_text,
 )
+from kingest.config.settings import ConfigError
 from kingest.runtime.service import StartupError, check_database
 from kingest.store import tables
 from kingest.store.rows import RowBatch

@@ -27,7 +27,8 @@ from typer.testing import CliRunner
 
 from kingest import telemetry
 from kingest.cli.commands import app
-from kingest.config.settings import load_settings, redact_conninfo
+from kingest.config.loading import load_settings
+from kingest.config.redaction import redact_conninfo
 from kingest.dev import free_port
 from kingest.pipeline.consumer import RunOutcome
 from kingest.pipeline.writer import AbandonedError, WriterActor, _schema_error_text

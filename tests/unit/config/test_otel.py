@@ -7,13 +7,14 @@ import pytest
 from typer.testing import CliRunner
 
 from kingest.cli.commands import app
+from kingest.config.loading import load_settings
 from kingest.config.otel import (
     TracingConfigError,
     describe_tracing,
     load_tracing_config,
     tracing_problems,
 )
-from kingest.config.settings import ConfigError, load_settings
+from kingest.config.settings import ConfigError
 from kingest.telemetry.tracing import parse_traceparent
 
 REQUIRED = {

@@ -6,16 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from kingest.config.settings import (
-    REDACTED,
-    ConfigError,
-    effective_settings,
-    load_settings,
-    rdkafka_property_name,
-    redact_conninfo,
-    reference_markdown,
-    settings_fields,
-)
+from kingest.config.loading import load_settings, rdkafka_property_name
+from kingest.config.redaction import REDACTED, effective_settings, redact_conninfo
+from kingest.config.reference import reference_markdown
+from kingest.config.settings import ConfigError, settings_fields
 
 VALID = {
     "KINGEST_KAFKA_BOOTSTRAP_SERVERS": "broker-1:9092,broker-2:9092",

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 from confluent_kafka import KafkaError
 
-from kingest.config.settings import ConfigError, load_settings
+from kingest.config.loading import load_settings
+from kingest.config.settings import ConfigError
 from kingest.deadletters.publisher import (
     ATTEMPTS,
     CORRELATION_ID,

@@ -9,19 +9,15 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from kingest.deadletters.inspect import ReplayRecord, hexdump, judge_now
 from kingest.deadletters.publisher import DeadLetter
+from kingest.deadletters.replay import RateLimiter, ReplayPlan, replay_headers
 from kingest.deadletters.stored import (
     DeadLetterFilter,
     DlqInputError,
-    RateLimiter,
-    ReplayPlan,
-    ReplayRecord,
     StoredDeadLetter,
-    hexdump,
-    judge_now,
     parse_reference,
     parse_time,
-    replay_headers,
 )
 from kingest.schema.codec import encode_event
 from kingest.schema.v1.events_pb2 import Event, InferenceCompleted, InferenceStatus

@@ -8,7 +8,7 @@ import time
 import pytest
 from confluent_kafka import Consumer
 
-from kingest.config.settings import load_settings
+from kingest.config.loading import load_settings
 from kingest.kafka.consumer import client_config, consumer_config
 
 ENV = {

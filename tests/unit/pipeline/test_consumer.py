@@ -13,7 +13,7 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from actors import Actor, ActorSystem, Pool
-from kingest.config.settings import load_settings
+from kingest.config.loading import load_settings
 from kingest.pipeline.committer import OffsetCommitter
 from kingest.pipeline.consumer import Pipeline
 from kingest.pipeline.messages import WriteBatch

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from kingest.config.settings import Settings, load_settings
+from kingest.config.loading import load_settings
+from kingest.config.settings import Settings
 from kingest.kafka.consumer import FETCH_QUEUE_BACKOFF_MS, PREFETCH_POLLS, consumer_config
 from kingest.pipeline.memory import (
     ALLOCATOR_SLACK,

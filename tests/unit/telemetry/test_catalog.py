@@ -15,7 +15,8 @@ from opentelemetry.sdk.metrics import MeterProvider
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from kingest.config.settings import ConfigError, load_settings
+from kingest.config.loading import load_settings
+from kingest.config.settings import ConfigError
 from kingest.telemetry import catalog
 from kingest.telemetry.catalog import MetricSpec
 from kingest.telemetry.health import HealthChecks

@@ -18,7 +18,8 @@ from opentelemetry import trace
 from opentelemetry.sdk.trace import TracerProvider
 
 from actors import Actor, ActorSystem, correlation_scope
-from kingest.config.settings import REDACTED, load_settings
+from kingest.config.loading import load_settings
+from kingest.config.redaction import REDACTED
 from kingest.kafka.consumer import RDKAFKA_LOG
 from kingest.telemetry.logs import JSON_FIELDS, configure_logging, secret_values
 
