@@ -1,9 +1,9 @@
 """Configuration from ``KINGEST_*`` environment variables.
 
 Every setting is a field of an attrs class carrying its environment variable name and a
-one-line description in its metadata, so the loader, ``kingest config`` and the README's
-reference table all come from one place. Loading happens in two passes so that *every*
-problem is reported at once:
+one-line description in its metadata, so the loader, ``kingest config`` and the reference
+table of docs/configuration.md all come from one place. Loading happens in two passes so
+that *every* problem is reported at once:
 
 1. cattrs structures the raw strings into typed values (type errors, missing variables);
 2. :func:`check_settings` checks ranges and cross-field rules on the typed result.
@@ -375,7 +375,7 @@ class PipelineSettings:
 
 @attrs.frozen
 class DeadLetterSettings:
-    """Where messages that cannot be stored as facts go (see the README's dead letters)."""
+    """Where messages that cannot be stored as facts go (see docs/dead-letters.md)."""
 
     store: DeadLetterStore = _setting(
         "KINGEST_DEAD_LETTER_STORE",
@@ -856,7 +856,7 @@ def effective_settings(settings: Settings) -> dict[str, Any]:
 
 
 def reference_markdown() -> str:
-    """The configuration reference as a Markdown table (embedded in the README)."""
+    """The configuration reference as a Markdown table (embedded in docs/configuration.md)."""
     lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for _, field in _env_fields(Settings):
         default = field.default

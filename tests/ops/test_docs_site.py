@@ -4,7 +4,7 @@
 from the code) fails on any warning: a link to a missing page, file or anchor, a page
 missing from the navigation. The other checks hold the pages to the repository: every
 test ``docs/design.md`` cites for an invariant exists, every module is on
-``docs/layout.md``.
+``docs/layout.md``, and the README stays a front page whose links resolve.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
 MKDOCS = Path(sys.executable).with_name("mkdocs")
+
+#: The README is the front page; the reference material lives in docs/.
+README_MAX_BYTES = 15 * 1024
 
 
 def test_the_site_builds_without_a_warning(tmp_path: Path) -> None:
@@ -83,3 +86,15 @@ def test_the_layout_page_names_every_module() -> None:
             if module.name != "__init__.py" and f"`{module.name}`" not in text:
                 missing.append(str(module.relative_to(ROOT)))
     assert not missing, f"add to docs/layout.md: {missing}"
+
+
+def test_the_readme_is_a_front_page_whose_links_resolve() -> None:
+    readme = ROOT / "README.md"
+    assert readme.stat().st_size <= README_MAX_BYTES
+    text = readme.read_text()
+    assert "docs/design.md" in text
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [link for link in links if "://" not in link]
+    assert local
+    missing = [link for link in local if not (ROOT / link).exists()]
+    assert not missing, missing
