@@ -28,7 +28,10 @@ from mkdocs.structure.files import File, Files
 from mkdocs.structure.pages import Page
 from pymdownx.superfences import fence_code_format
 
-from kingest.cli.main import app
+try:  # the command-line package's front exports its application
+    from kingest.cli import app  # type: ignore[attr-defined,unused-ignore]
+except ImportError:  # where the front does not, the module that defines it
+    from kingest.cli.main import app
 from kingest.config import reference_markdown as config_reference
 from kingest.telemetry.metrics import reference_markdown as metrics_reference
 
