@@ -138,7 +138,7 @@ def topic_factory(kafka_bootstrap: str, request: pytest.FixtureRequest) -> Topic
 
 @pytest.fixture(scope="session")
 def mock_cluster() -> Iterator[MockKafkaCluster]:
-    """librdkafka's in-process mock cluster, for what Tansu does not do well (DESIGN.md):
+    """librdkafka's in-process mock cluster, for what Tansu does not do well (docs/design.md):
     cooperative rebalances, end offsets of batched produce requests."""
     with MockKafkaCluster() as cluster:
         yield cluster

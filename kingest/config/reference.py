@@ -1,7 +1,7 @@
 """The configuration reference: one Markdown table generated from the settings.
 
-``kingest config --reference`` prints it and the README embeds it (a test keeps the two
-equal), so the documentation of each variable (its default and meaning) is the
+``kingest config --reference`` prints it and docs/configuration.md embeds it (a test
+keeps the two equal), so the documentation of each variable (its default and meaning) is the
 ``doc`` of its field in :mod:`kingest.config.settings` and cannot drift from the code.
 A default of ``None`` is shown as "by profile": its value follows ``KINGEST_ENV``.
 """
@@ -14,7 +14,7 @@ from kingest.config.settings import settings_fields
 
 
 def reference_markdown() -> str:
-    """The configuration reference as a Markdown table (embedded in the README)."""
+    """The configuration reference as a Markdown table (embedded in docs/configuration.md)."""
     lines = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for _, field in settings_fields():
         default = field.default

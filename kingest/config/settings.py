@@ -4,10 +4,10 @@ Each setting is a field of a frozen attrs class whose metadata carries its envir
 variable, a one-line description, whether its value is a secret and a check of its value
 (:func:`_setting`). That one declaration is what the loader reads
 (:mod:`kingest.config.loading`), what ``kingest config`` prints with secrets hidden
-(:mod:`kingest.config.redaction`) and what the README's reference table is generated from
-(:mod:`kingest.config.reference`), so a new setting is added in one place only and cannot
-be forgotten by any of them. :func:`settings_fields` walks the classes in the order of
-that table.
+(:mod:`kingest.config.redaction`) and what the reference table of docs/configuration.md
+is generated from (:mod:`kingest.config.reference`), so a new setting is added in one
+place only and cannot be forgotten by any of them. :func:`settings_fields` walks the
+classes in the order of that table.
 
 A check takes the typed value and returns why it is wrong, or ``None``: checks of single
 values live here beside their fields; rules that relate several settings are the
@@ -321,7 +321,7 @@ class PipelineSettings:
 
 @attrs.frozen
 class DeadLetterSettings:
-    """Where messages that cannot be stored as facts go (see the README's dead letters)."""
+    """Where messages that cannot be stored as facts go (see docs/dead-letters.md)."""
 
     store: DeadLetterStore = _setting(
         "KINGEST_DEAD_LETTER_STORE",

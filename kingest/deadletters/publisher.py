@@ -76,7 +76,7 @@ EVENT_TYPE: Final = "kingest.dlq.event.type"
 CORRELATION_ID: Final = "kingest.dlq.correlation.id"
 TRACEPARENT: Final = "traceparent"
 
-#: Every header kingest adds, with its meaning (the README's dead-letter section).
+#: Every header kingest adds, with its meaning (the header table of docs/dead-letters.md).
 HEADERS: Final = {
     SOURCE_TOPIC: "topic the message was consumed from",
     SOURCE_PARTITION: "its partition (decimal)",

@@ -848,7 +848,7 @@ def _open_pool(settings: Settings) -> ConnectionPool[Any]:
         # PostgreSQL outage its next attempt came ~9 s after the server was back, after
         # longer ones minutes later. Giving up after the writers' longest backoff instead
         # makes the waiting writers start a fresh attempt (the pool grows on demand), so
-        # reconnecting follows the writers' bounded backoff (invariant 5).
+        # reconnecting follows the writers' bounded backoff (invariant 5, docs/design.md).
         reconnect_timeout=settings.pipeline.retry_max_s,
         name="kingest-writers",
         open=False,

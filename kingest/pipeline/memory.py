@@ -1,8 +1,9 @@
 """An upper bound of a kingest process's resident memory, computed from its configuration.
 
-Invariant 4 (bounded memory) says every queue is bounded; this module adds up what those
-bounds allow, queue by queue, so that an operator can size a container from the settings
-(see ``docs/memory.md``) and the integration test can hold the process to the figure.
+Invariant 4 of ``docs/design.md`` (bounded memory) says every queue is bounded; this module
+adds up what those bounds allow, queue by queue, so that an operator can size a container
+from the settings (see ``docs/memory.md``) and the integration test can hold the process to
+the figure.
 
 Every queue between Kafka and PostgreSQL is bounded in *messages* (and some in bytes
 too), so the bound is a sum of ``messages x bytes per message`` terms. The bytes a

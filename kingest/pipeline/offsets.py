@@ -5,7 +5,8 @@ partition's offsets, registered here in offset order before they are written. Wr
 finish batches in any order; a batch is acknowledged once its rows (and its dead letters)
 are committed in PostgreSQL. The next offset that is safe to commit to Kafka is one past
 the last offset of the longest acknowledged prefix of registered batches: every message
-below it is durable, whatever order the writes finished in (invariant 1: no loss).
+below it is durable, whatever order the writes finished in (invariant 1 of
+``docs/design.md``: no loss).
 
 Offsets inside a partition need not be consecutive (compacted topics, transaction
 markers), so progress is tracked by registered ranges, never by ``offset + 1``

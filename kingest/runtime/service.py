@@ -1,6 +1,6 @@
 """``kingest start``: pre-flight checks, signal handling and the pipeline's lifetime.
 
-Exit codes (also in the README):
+Exit codes (also in docs/failures.md):
 
 =====  ==========================================================================
 0      stopped on SIGTERM/SIGINT after draining: everything received was written and

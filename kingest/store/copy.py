@@ -8,8 +8,8 @@ parses nothing: about 6 us per row (``tests/bench/bench_store.py``). ``COPY`` ha
 ``ON CONFLICT``, so :func:`kingest.store.write.write_batch` runs it under a savepoint
 and, when a unique violation shows that some rows are redelivered (or that the batch
 holds an event twice), rolls back to the savepoint and writes the table's rows with the
-idempotent statement instead. Invariant 2 holds either way: the primary key on
-``event_id`` decides.
+idempotent statement instead. Invariant 2 of ``docs/design.md`` (no duplicates)
+holds either way: the primary key on ``event_id`` decides.
 
 Rows are sent with psycopg's own binary ``COPY`` formatting (C-accelerated); the only
 Python work per value is for the types psycopg cannot take from our column buffers:

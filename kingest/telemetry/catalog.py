@@ -1,7 +1,7 @@
 """Every metric kingest exports, defined in one place with its meaning.
 
 Instruments are created from these specifications (:mod:`kingest.telemetry.metrics`), the
-README's metric table and the Grafana dashboard and alert rules in ``ops/`` are checked
+metric table of docs/metrics.md and the Grafana dashboard and alert rules in ``ops/`` are checked
 against them, so a name cannot drift between the code and what users query. Names follow
 the OpenTelemetry semantic conventions where one exists (``messaging.*``, ``db.*``,
 ``process.*``) and live under ``kingest.`` otherwise.
@@ -262,7 +262,7 @@ PROCESS_MEMORY_USAGE: Final = MetricSpec(
     "Resident memory (RSS) of the kingest process.",
 )
 
-#: Every metric, in the order the README lists them.
+#: Every metric, in the order docs/metrics.md lists them.
 ALL: Final[tuple[MetricSpec, ...]] = (
     MESSAGES_CONSUMED,
     EVENTS_PROCESSED,

@@ -341,7 +341,7 @@ def _observe_memory(_options: CallbackOptions) -> Iterable[Observation]:
 
 
 def metrics_reference_markdown() -> str:
-    """The metric catalog as a Markdown table (the README's metric reference)."""
+    """The metric catalog as a Markdown table (the reference of docs/metrics.md)."""
     lines = ["| metric | type | labels | meaning |", "| --- | --- | --- | --- |"]
     for spec in catalog.ALL:
         labels = ", ".join(f"`{label}`" for label in spec.prometheus_attributes) or "-"

@@ -200,8 +200,8 @@ class ExactlyOnce:
 
 
 def check_exactly_once(url: str, stream: ProducedStream) -> ExactlyOnce:
-    """Invariants 2 and 5: each valid event stored once, each poison message dead-lettered
-    once (by coordinates), nothing else stored."""
+    """Invariants 2 and 5 (docs/design.md): each valid event stored once, each poison message
+    dead-lettered once (by coordinates), nothing else stored."""
     stored = stored_event_ids(url)
     expected = stream.valid_ids
     lost = len(expected - set(stored))
@@ -222,8 +222,8 @@ def check_exactly_once(url: str, stream: ProducedStream) -> ExactlyOnce:
 def assert_committed_are_durable(
     url: str, bootstrap: str, group: str, topic: str, stream: ProducedStream
 ) -> int:
-    """Invariant 1 for a stream with duplicates: every message below each committed offset
-    is durable, i.e. its event is stored or it is a dead letter at its coordinates.
+    """Invariant 1 (docs/design.md) for a stream with duplicates: every message below each
+    committed offset is durable, i.e. its event is stored or it is a dead letter at its coordinates.
 
     (``support.assert_committed_are_stored`` asks for a row *at* each offset, which a
     stream with duplicates cannot give: of two copies of an event only the one written

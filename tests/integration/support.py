@@ -217,7 +217,8 @@ def all_committed(
 def assert_committed_are_stored(
     url: str, bootstrap: str, group: str, topic: str, partitions: int
 ) -> dict[int, int]:
-    """Invariant 1: every offset below each committed offset is stored in PostgreSQL."""
+    """Invariant 1 (docs/design.md): every offset below each committed offset is stored in
+    PostgreSQL."""
     committed = committed_offsets(bootstrap, group, topic, partitions)
     stored = stored_offsets(url)
     for partition, offset in committed.items():

@@ -1,4 +1,4 @@
-"""Bounded memory (invariant 4): a 500k backlog meets a slowed PostgreSQL.
+"""Bounded memory (invariant 4 of docs/design.md): a 500k backlog meets a slowed PostgreSQL.
 
 The whole backlog is in Kafka before kingest starts, and every INSERT statement on the
 fact tables sleeps (a statement-level trigger calling ``pg_sleep``), so kingest can read

@@ -2,7 +2,7 @@
 
 Each test proves invariants 1 (no loss), 2 (no duplicates), 5 (poison never stops the
 stream; transient failures are retried, never dead-lettered) and 6 (rebalance and
-shutdown drain) of DESIGN.md under one fault, on the real broker and a real PostgreSQL,
+shutdown drain) of docs/design.md under one fault, on the real broker and a real PostgreSQL,
 and prints its figures (``pytest -s`` shows them; they are also attached to the test
 report as properties): events checked, kills survived, lost, duplicated, recovery time.
 """
@@ -110,7 +110,8 @@ def test_kill_9_storm_loses_and_doubles_nothing(
             time.sleep(rng.uniform(0, 0.5))  # fault timing, not synchronisation
             kingest.proc.send_signal(signal.SIGKILL)
             assert kingest.wait() == -signal.SIGKILL
-        # Whatever was committed before the crash is durable (invariant 1), every time.
+        # Whatever was committed before the crash is durable (invariant 1 of docs/design.md),
+        # every time.
         assert_committed_are_durable(database_url, kafka_bootstrap, group, topic, producer.stream)
 
     stream = producer.finish()

@@ -1,7 +1,7 @@
 """Metrics, health endpoints and `kingest lag`, scraped over HTTP from a running pipeline.
 
 The lag figures run on librdkafka's mock cluster: Tansu under-reports end offsets when a
-produce request carries several messages (DESIGN.md), the mock cluster does not.
+produce request carries several messages (docs/design.md), the mock cluster does not.
 """
 
 from __future__ import annotations

@@ -136,8 +136,8 @@ def test_every_poison_case_ends_as_documented_and_nothing_blocks(
     stats = kingest.pipeline.stats.snapshot()
 
     # No partition blocked, and below each committed offset every message is stored as
-    # a row or a dead letter (invariant 1), except the ignored duplicate: its event is
-    # stored under the first copy's offset.
+    # a row or a dead letter (invariant 1 of docs/design.md), except the ignored duplicate:
+    # its event is stored under the first copy's offset.
     committed = committed_offsets(kafka_bootstrap, GROUP, topic, PARTITIONS)
     assert committed == producer.end_offsets
     duplicates = {producer.offsets[case.name] for case in later}

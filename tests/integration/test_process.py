@@ -105,7 +105,7 @@ def test_interrupted_mid_stream_then_restarted_loses_and_doubles_nothing(
             first.proc.send_signal(signal.SIGKILL)
             assert first.wait() == -signal.SIGKILL
 
-    # Whatever was committed before the interruption is durable (invariant 1).
+    # Whatever was committed before the interruption is durable (invariant 1 of docs/design.md).
     assert_committed_are_stored(database_url, kafka_bootstrap, group, topic, PARTITIONS)
     stored_before_restart = total_stored_rows(database_url)
     assert stored_before_restart < EVENTS, "the interruption came too late to mean anything"

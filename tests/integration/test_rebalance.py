@@ -1,11 +1,11 @@
 """Assignment strategies: two pipelines share a topic's partitions, one leaves, the other
-takes over, and nothing is lost or doubled (invariants 1, 2, 6 of DESIGN.md).
+takes over, and nothing is lost or doubled (invariants 1, 2, 6 of docs/design.md).
 
 ``roundrobin`` (kingest's default, an EAGER protocol: every rebalance revokes every
 partition of every member and assigns them all again) runs on the session's broker
 (Tansu). ``cooperative-sticky`` (the COOPERATIVE protocol: the callbacks get only the
 partitions that move, the rest keep being consumed) runs on librdkafka's mock cluster,
-because each cooperative join takes about 18 s on Tansu (DESIGN.md); on the mock cluster
+because each cooperative join takes about 18 s on Tansu (docs/design.md); on the mock cluster
 a cooperative rebalance took about 5 s here. During it the mock cluster fails the retained
 partitions' commits (REBALANCE_IN_PROGRESS, then ILLEGAL_GENERATION) for those seconds;
 the pipeline retries them at the next interval, which the tests show loses nothing.

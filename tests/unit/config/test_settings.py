@@ -210,14 +210,14 @@ def test_reference_lists_every_variable() -> None:
         assert f"| `{field.metadata['env']}` |" in reference
 
 
-def test_readme_embeds_the_current_reference() -> None:
-    readme = (Path(__file__).parents[3] / "README.md").read_text()
-    start = readme.index("<!-- config-reference:start -->\n") + len(
+def test_the_configuration_page_embeds_the_current_reference() -> None:
+    page = (Path(__file__).parents[3] / "docs" / "configuration.md").read_text()
+    start = page.index("<!-- config-reference:start -->\n") + len(
         "<!-- config-reference:start -->\n"
     )
-    end = readme.index("<!-- config-reference:end -->")
-    assert readme[start:end] == reference_markdown(), (
-        "run `kingest config --reference` and paste it"
+    end = page.index("<!-- config-reference:end -->")
+    assert page[start:end] == reference_markdown(), (
+        "run `kingest config --reference` and paste it into docs/configuration.md"
     )
 
 

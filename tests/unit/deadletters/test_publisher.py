@@ -179,10 +179,10 @@ def test_unconfirmed_dead_letters_are_reported_for_retry() -> None:
     publisher.close(timeout_s=0.1)
 
 
-def test_the_readme_documents_every_dead_letter_header() -> None:
-    readme = (Path(__file__).parents[3] / "README.md").read_text()
+def test_the_dead_letters_page_documents_every_dead_letter_header() -> None:
+    page = (Path(__file__).parents[3] / "docs" / "dead-letters.md").read_text()
     for name, meaning in HEADERS.items():
-        assert f"| `{name}` | {meaning} |" in readme, name
+        assert f"| `{name}` | {meaning} |" in page, name
 
 
 @pytest.mark.parametrize(

@@ -3,7 +3,8 @@
 A write can finish after its partition was revoked (the drain deadline passed) and even
 after the partition was assigned again to this consumer under a new generation, whose
 batches may start at the same offset. Such a late acknowledgement must move nothing:
-applied to the new tracker it would mark a batch durable that is not (invariant 1).
+applied to the new tracker it would mark a batch durable that is not (invariant 1
+of docs/design.md).
 The messages are applied through ``receive`` directly: this is the actor's pure logic.
 """
 

@@ -99,7 +99,7 @@ def test_committable_is_one_past_the_longest_acked_prefix(
             prefix += 1
         expected = ranges[prefix - 1][1] + 1 if prefix else None
         assert offsets.committable == expected
-        # Invariant 1: everything below the committable offset is acknowledged.
+        # Invariant 1 (docs/design.md): everything below the committable offset is acknowledged.
         if offsets.committable is not None:
             below = [i for i, (_, last) in enumerate(ranges) if last < offsets.committable]
             assert set(below) <= acked

@@ -244,13 +244,13 @@ def test_readiness_names_partitions_with_messages_that_are_not_fetched() -> None
     assert state.partitions[3].fetch_stall_s() == 0.0
 
 
-def test_readme_embeds_the_current_metric_reference() -> None:
-    readme = (Path(__file__).parents[3] / "README.md").read_text()
+def test_the_metrics_page_embeds_the_current_metric_reference() -> None:
+    page = (Path(__file__).parents[3] / "docs" / "metrics.md").read_text()
     start_marker = "<!-- metrics-reference:start -->\n"
-    start = readme.index(start_marker) + len(start_marker)
-    end = readme.index("<!-- metrics-reference:end -->")
-    assert readme[start:end] == metrics_reference_markdown(), (
-        "paste kingest.telemetry.metrics.metrics_reference_markdown() into the README"
+    start = page.index(start_marker) + len(start_marker)
+    end = page.index("<!-- metrics-reference:end -->")
+    assert page[start:end] == metrics_reference_markdown(), (
+        "paste kingest.telemetry.metrics.metrics_reference_markdown() into docs/metrics.md"
     )
 
 
