@@ -118,7 +118,7 @@ def drain(env: dict[str, str], group: str, topic: str, ends: dict[int, int]) -> 
 
 
 def failures_counted(kingest: InProcessKingest) -> dict[tuple[str, ...], int]:
-    return kingest.telemetry.stats.series(catalog.DEAD_LETTER_PUBLISH_FAILURES)
+    return kingest.pipeline.stats.series(catalog.DEAD_LETTER_PUBLISH_FAILURES)
 
 
 def listed_by_cli(url: str) -> list[dict[str, Any]]:
@@ -172,7 +172,7 @@ def test_a_dead_letter_too_large_for_the_topic_is_kept_in_the_table(
         assert rows[(1, poison[1])]["publish_error"] is None
     else:
         assert set(rows) == {(0, poison[0])}
-    assert kingest.telemetry.stats.get("dead_letters_published") == 1
+    assert kingest.pipeline.stats.get("dead_letters_published") == 1
     assert failures_counted(kingest) == {("MSG_SIZE_TOO_LARGE",): 1}
     assert served == {"MSG_SIZE_TOO_LARGE": 1.0}
     assert status == 200, ready
@@ -250,9 +250,9 @@ def test_delivery_errors_end_in_the_table_and_the_stream_goes_on(
     assert set(rows) == {(0, poison[0])}
     [reason] = [r for r in reasons if rows[(0, poison[0])]["publish_error"].startswith(f"{r}:")]
     assert failures_counted(kingest) == {(reason,): 1}
-    assert kingest.telemetry.stats.get("dead_letters_published") == 0
+    assert kingest.pipeline.stats.get("dead_letters_published") == 0
     if retried is not None:
-        publish_retries = kingest.telemetry.stats.series(catalog.RETRIES)
+        publish_retries = kingest.pipeline.stats.series(catalog.RETRIES)
         assert any(key[0] == "dead_letter_publish" for key in publish_retries) is retried
 
 
@@ -288,6 +288,6 @@ def test_a_dead_letter_topic_failing_for_a_while_gets_the_dead_letter_in_the_end
     assert published.rejection.value == b"\xff\x00briefly refused"
     assert dead_letter_rows(database_url) == {}
     assert failures_counted(kingest) == {}
-    assert kingest.telemetry.stats.get("dead_letters_published") == 1
+    assert kingest.pipeline.stats.get("dead_letters_published") == 1
     assert set(stored_event_ids(database_url)) == {r.event_id for r in records}
     assert_committed_are_durable(database_url, bootstrap, group, topic, {(0, poison[0])})

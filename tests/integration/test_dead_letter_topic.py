@@ -93,7 +93,7 @@ def test_poison_goes_to_the_dead_letter_topic_with_its_context(
 
     assert set(stored_event_ids(database_url)) == {r.event_id for r in records}
     assert count_rows(database_url, "dead_letters") == (POISON if store == "both" else 0)
-    assert kingest.telemetry.stats.get("dead_letters_published") == POISON
+    assert kingest.pipeline.stats.get("dead_letters_published") == POISON
     letters = read_dead_letters(kafka_bootstrap, f"{topic}.dlq", POISON)
     assert len(letters) == POISON
     by_key = {letter.rejection.key: letter for letter in letters}

@@ -161,7 +161,7 @@ def test_postgresql_outage_is_waited_out_in_the_group(
         kafka_bootstrap, topic, seed=41, minimum=60_000, rate=2_000, poison_share=0.01
     )
     with InProcessKingest(env) as kingest:
-        stats = kingest.telemetry.stats
+        stats = kingest.pipeline.stats
         wait_for(
             lambda: committed(kafka_bootstrap, group, topic) >= 5_000,
             timeout=60,
@@ -196,7 +196,7 @@ def test_postgresql_outage_is_waited_out_in_the_group(
             timeout=90,
             what="every offset committed",
         )
-        assert kingest.telemetry.stats.get("rebalances") == rebalances_before, "left the group"
+        assert kingest.pipeline.stats.get("rebalances") == rebalances_before, "left the group"
         assert kingest.stop() is RunOutcome.DRAINED
     assert committed_during_outage < stream.delivered, "the outage came after the stream"
     result = check_exactly_once(url, stream)

@@ -199,7 +199,7 @@ def test_hostile_timestamps_and_header_names_neither_stop_nor_lose_anything(
         )
         assert kingest.stop() is RunOutcome.DRAINED
         metrics = kingest.pipeline.metrics.render().decode()
-        unreadable = kingest.telemetry.stats.series(catalog.UNREADABLE_HEADERS)
+        unreadable = kingest.pipeline.stats.series(catalog.UNREADABLE_HEADERS)
 
     # Every message whose headers could not be read is counted and logged with its
     # coordinates, the valid events among them too (they leave no dead letter).

@@ -226,7 +226,7 @@ def test_metrics_count_a_known_stream_exactly(
         status, ready = get(f"{url}/readyz")
         assert status == 200, ready
         assert ready["status"] == "ok"
-        stats = kingest.telemetry.stats.snapshot()
+        stats = kingest.pipeline.stats.snapshot()
         print(f"/metrics after the stream:\n{len(samples)} samples; stats {stats}")
 
         # Every catalog metric is served under its Prometheus name with exactly its labels

@@ -73,7 +73,7 @@ def test_100k_mixed_events_land_exactly_once(
     assert count_rows(database_url, "dead_letters") == 40
     assert count_rows(database_url, "dead_letters", "error_stage IN ('decode', 'validate')") == 40
     assert_committed_are_stored(database_url, kafka_bootstrap, "exactly-once", topic, PARTITIONS)
-    stats = kingest.telemetry.stats.snapshot()
+    stats = kingest.pipeline.stats.snapshot()
     assert stats["messages_consumed"] == 100_040
 
 
@@ -98,7 +98,7 @@ def test_the_same_events_produced_twice_are_stored_once(
     stored = stored_event_ids(database_url)
     assert len(stored) == 20_000
     assert max(stored.values()) == 1
-    assert kingest.telemetry.stats.get("duplicates") == 20_000
+    assert kingest.pipeline.stats.get("duplicates") == 20_000
 
 
 def test_a_row_postgresql_rejects_is_dead_lettered_and_its_neighbours_stored(
@@ -141,7 +141,7 @@ def test_a_row_postgresql_rejects_is_dead_lettered_and_its_neighbours_stored(
     where = "error_stage = 'write' AND sqlstate = '22021' AND kafka_offset = 500"
     assert count_rows(database_url, "dead_letters", where) == 1
     assert count_rows(database_url, "dead_letters") == 1
-    assert kingest.telemetry.stats.get("write_rejections") == 1
+    assert kingest.pipeline.stats.get("write_rejections") == 1
 
 
 def test_a_missing_table_stops_the_pipeline_without_committing_past_it(

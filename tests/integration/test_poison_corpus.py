@@ -133,7 +133,7 @@ def test_every_poison_case_ends_as_documented_and_nothing_blocks(
             what="every partition committed to its end (phase 2)",
         )
         assert kingest.stop() is RunOutcome.DRAINED
-    stats = kingest.telemetry.stats.snapshot()
+    stats = kingest.pipeline.stats.snapshot()
 
     # No partition blocked, and below each committed offset every message is stored as
     # a row or a dead letter (invariant 1), except the ignored duplicate: its event is

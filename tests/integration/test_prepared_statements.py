@@ -140,7 +140,7 @@ def test_statements_a_pooler_loses_between_transactions_turn_prepared_statements
 
     assert stored_event_ids(database_url) == dict.fromkeys(produced, 1)
     assert count_rows(database_url, "dead_letters") == 0, "a lost prepared statement dead-lettered"
-    stats = kingest.telemetry.stats
+    stats = kingest.pipeline.stats
     assert stats.get("transactions") >= 10, "too few transactions to reuse a statement"
     retries = stats.series(catalog.RETRIES)
     # One failure, then the writer's connection no longer prepares anything.
@@ -166,7 +166,7 @@ def test_statement_names_another_client_took_on_the_session_do_not_stop_the_serv
 
     assert stored_event_ids(database_url) == dict.fromkeys(produced, 1)
     assert count_rows(database_url, "dead_letters") == 0
-    retries = kingest.telemetry.stats.series(catalog.RETRIES)
+    retries = kingest.pipeline.stats.series(catalog.RETRIES)
     assert 1 <= retries.get(("write", "42"), 0) <= 2, retries  # at most once per connection
     [advice] = advice_logged(caplog)
     assert "42P05" in advice, advice
@@ -195,5 +195,5 @@ def test_without_prepared_statements_a_pooler_changes_nothing(
 
     assert stored_event_ids(database_url) == dict.fromkeys(produced, 1)
     assert count_rows(database_url, "dead_letters") == 0
-    assert kingest.telemetry.stats.series(catalog.RETRIES) == {}
+    assert kingest.pipeline.stats.series(catalog.RETRIES) == {}
     assert advice_logged(caplog) == []

@@ -364,7 +364,7 @@ def test_a_lost_assignment_commits_nothing_and_is_recovered(
     kingest = InProcessKingest(env)
     callbacks = record_callbacks(kingest.pipeline)
     with kingest:
-        stats = kingest.telemetry.stats
+        stats = kingest.pipeline.stats
         wait_for(lambda: stats.get("messages_written") > 0, timeout=60, what="writes")
         lost_generation = max(generations(kingest.pipeline).values())
         mock_cluster.push_request_errors(HEARTBEAT_API, KafkaError.UNKNOWN_MEMBER_ID)

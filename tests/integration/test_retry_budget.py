@@ -133,7 +133,7 @@ def test_rows_a_trigger_always_rejects_dead_letter_after_the_retry_budget(
     assert all(row[1:3] == ("write", "retries_exhausted") for row in dead)
     assert all("rejected by a trigger" in row[4] for row in dead)
     assert_committed_are_stored(database_url, kafka_bootstrap, "retry-budget-trigger", topic, 2)
-    stats = kingest.telemetry.stats
+    stats = kingest.pipeline.stats
     assert stats.get("retries") > 0
     assert stats.get("write_rejections") == len(rejected)
 
@@ -153,7 +153,7 @@ def test_a_batch_that_times_out_is_split_until_its_halves_succeed(
     assert stored_event_ids(database_url) == dict.fromkeys((r.event_id for r in records), 1)
     assert count_rows(database_url, "dead_letters") == 0, "a statement timeout dead-lettered"
     assert_committed_are_stored(database_url, kafka_bootstrap, "retry-budget-timeout", topic, 2)
-    retries = kingest.telemetry.stats.series(catalog.RETRIES)
+    retries = kingest.pipeline.stats.series(catalog.RETRIES)
     assert retries.get(("write", "57"), 0) > 0, retries
 
 
@@ -200,5 +200,5 @@ def test_a_system_error_of_the_server_is_waited_out_and_dead_letters_nothing(
         raised = conn.execute("SELECT last_value FROM kingest.io_failures").fetchone()
     assert raised is not None
     assert raised[0] > 40, "the trigger did not raise every failure"
-    retries = kingest.telemetry.stats.series(catalog.RETRIES)
+    retries = kingest.pipeline.stats.series(catalog.RETRIES)
     assert retries.get(("write", "58"), 0) >= 40, retries

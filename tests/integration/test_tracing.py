@@ -163,7 +163,7 @@ def test_a_traced_stream_end_to_end(
         blocker.execute("LOCK TABLE kingest.inferences IN ACCESS EXCLUSIVE MODE")
         with InProcessKingest(env) as kingest:
             wait_for(
-                lambda: kingest.telemetry.stats.get("retries") >= 2,
+                lambda: kingest.pipeline.stats.get("retries") >= 2,
                 timeout=60,
                 what="retried writes",
             )
