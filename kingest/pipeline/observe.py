@@ -84,7 +84,8 @@ class WriterTelemetry:
         tracing.end_message_spans(batches, rejections)
 
     def batches_acknowledged(self, batches: Sequence[WriteBatch]) -> None:
-        """``batches`` were acknowledged to the offset committer after one commit."""
+        """The writer is done with ``batches``: written, and acknowledged to the offset
+        committer unless it had stopped (they are then redelivered, harmlessly)."""
         self._stats.last_written_at = time.monotonic()
         if self._metrics is not None:
             self._metrics.record_batches(batches)

@@ -10,7 +10,9 @@ same transaction as their neighbours and never block the partition.
 
 Before a batch goes to the writers its offset range is registered with the offset
 committer; handing it over blocks while the writers' queue is full, which backs work up
-into this actor's mailbox, which makes the consumer loop pause the partition.
+into this actor's mailbox, which makes the consumer loop pause the partition. Its
+counters and spans are recorded through its
+:class:`~kingest.pipeline.observe.PartitionTelemetry`.
 """
 
 from __future__ import annotations

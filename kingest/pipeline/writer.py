@@ -38,6 +38,9 @@ publications are retried with backoff for the publish budget
 table row records the error (``publish_error``), the failure is counted
 (``kingest.dead_letter.publish_failures``), logged with the dead letter's coordinates
 and reported by ``/readyz``: an unwritable dead-letter topic is an alert, not a stall.
+
+Counters, histograms and spans are recorded through the writer's
+:class:`~kingest.pipeline.observe.WriterTelemetry`; the log lines are the writer's own.
 """
 
 from __future__ import annotations
