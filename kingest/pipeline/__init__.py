@@ -11,6 +11,8 @@ runs the consumer loop that ties them together; :meth:`Pipeline.run` returns a
 * :mod:`kingest.pipeline.consumer`: the consumer loop (assignments, backpressure, commits);
 * :mod:`kingest.pipeline.partition`: the partition actor;
 * :mod:`kingest.pipeline.writer`: the writer actors;
+* :mod:`kingest.pipeline.observe`: each actor's one telemetry object (counters, histograms
+  and spans behind intention-revealing methods);
 * :mod:`kingest.pipeline.committer` and :mod:`kingest.pipeline.offsets`: contiguous
   acknowledgements;
 * :mod:`kingest.pipeline.memory`: the memory bound per assignment;

@@ -10,7 +10,9 @@ same transaction as their neighbours and never block the partition.
 
 Before a batch goes to the writers its offset range is registered with the offset
 committer; handing it over blocks while the writers' queue is full, which backs work up
-into this actor's mailbox, which makes the consumer loop pause the partition.
+into this actor's mailbox, which makes the consumer loop pause the partition. Its
+counters and spans are recorded through its
+:class:`~kingest.pipeline.observe.PartitionTelemetry`.
 """
 
 from __future__ import annotations
@@ -21,13 +23,11 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-import attrs
-
 from actors import Actor, ActorStopped, Pool, Supervisor
 from kingest.kafka import TopicPartitionKey
 from kingest.pipeline.messages import Register, WriteBatch
+from kingest.pipeline.observe import PartitionTelemetry
 from kingest.store import KafkaRecord, RowBatch, UnreadableHeaders, unreadable_headers
-from kingest.telemetry import catalog, tracing
 
 if TYPE_CHECKING:
     from kingest.pipeline.committer import OffsetCommitter
@@ -117,11 +117,10 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
         self._first: int | None = None
         self._count = 0
         self._opened_at = 0.0
-        self._consumer_group = consumer_group
-        self._trace_message_spans = trace_message_spans
-        self._stats = stats
-        #: Trace contexts of the open batch's messages (None while tracing is off).
-        self._traces: tracing.TraceCollector | None = None
+        #: Where this actor records its counters and spans.
+        self._telemetry = PartitionTelemetry(
+            tp, stats, consumer_group=consumer_group, max_message_spans=trace_message_spans
+        )
         #: Kafka timestamps of the open batch's first and latest message (latency).
         self._first_timestamp_ms: int | None = None
         self._last_timestamp_ms: int | None = None
@@ -138,11 +137,10 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
         if self._first is None:
             self._first = message[0].offset()
             self._opened_at = time.monotonic()
-            self._traces = tracing.open_batch()
+            self._telemetry.batch_opened()
             self._first_timestamp_ms = _timestamp_ms(message[0])
         self._last_timestamp_ms = _timestamp_ms(message[-1])
-        if self._traces is not None:
-            self._traces.scan(message)
+        self._telemetry.received(message)
         self._rows.add_records(message)
         last = message[-1].offset()
         assert last is not None
@@ -163,8 +161,7 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
         they go on without any header, which nothing else would show for a valid one."""
         offsets = [records[position].offset() for position, _ in found]
         topic, partition = self.tp
-        if self._stats is not None:
-            self._stats.count(catalog.UNREADABLE_HEADERS, {(topic, str(partition)): len(found)})
+        self._telemetry.unreadable_headers(len(found))
         log.warning(
             "partition %s: Kafka headers could not be read for %d message(s), processed "
             "without any of their headers; offsets %s; first: %s",
@@ -209,26 +206,12 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
         self._first = None
         self._count = 0
         register = Register(self.tp, self.generation, first, self.received_offset)
-        traces, self._traces = self._traces, None
         try:
-            if traces is None:
+            # While tracing, the batch's process span is current here, so the committer
+            # and the writer receive its context with the messages.
+            with self._telemetry.handing_over(batch, register.last) as sent:
                 self._committer.tell(register)
-                self._writers.tell(batch)
-                return
-            # The batch's process span is current while the batch is handed over, so the
-            # committer and the writer receive its context with the messages.
-            with tracing.batch_span(
-                self.tp,
-                group=self._consumer_group,
-                first_offset=first,
-                last_offset=register.last,
-                message_count=batch.message_count,
-                rows=batch.rows,
-                collector=traces,
-                max_message_spans=self._trace_message_spans,
-            ) as batch_trace:
-                self._committer.tell(register)
-                self._writers.tell(attrs.evolve(batch, trace=batch_trace))
+                self._writers.tell(sent)
         except ActorStopped:
             # The writers (or the committer) stopped while the batch was on its way: the
             # drain deadline passed, or the pipeline failed. The batch is abandoned: it is

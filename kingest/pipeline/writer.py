@@ -38,6 +38,9 @@ publications are retried with backoff for the publish budget
 table row records the error (``publish_error``), the failure is counted
 (``kingest.dead_letter.publish_failures``), logged with the dead letter's coordinates
 and reported by ``/readyz``: an unwritable dead-letter topic is an alert, not a stall.
+
+Counters, histograms and spans are recorded through the writer's
+:class:`~kingest.pipeline.observe.WriterTelemetry`; the log lines are the writer's own.
 """
 
 from __future__ import annotations
@@ -50,7 +53,6 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from opentelemetry.trace import Link
 from psycopg import Connection
 from psycopg_pool import ConnectionPool
 
@@ -61,6 +63,7 @@ from kingest.deadletters import (
     PublishFailure,
 )
 from kingest.pipeline.messages import Ack, WriteBatch
+from kingest.pipeline.observe import WriterTelemetry
 from kingest.store import (
     ErrorKind,
     Rejection,
@@ -74,7 +77,7 @@ from kingest.store import (
     store_unpublished_dead_letters,
     write_batch,
 )
-from kingest.telemetry import PipelineMetrics, PipelineStats, catalog, tracing
+from kingest.telemetry import PipelineMetrics, PipelineStats
 
 __all__ = [
     "RETRIES_EXHAUSTED",
@@ -197,13 +200,6 @@ class PreparedStatements:
 _INSUFFICIENT_PRIVILEGE = "42501"
 
 
-def _retry_reason(error: Exception) -> str:
-    """The reason label of a retried database error: its SQLSTATE class, else its type
-    (a connection failure has no SQLSTATE: OperationalError, PoolTimeout...)."""
-    sqlstate = sqlstate_of(error)
-    return sqlstate[:2] if sqlstate else type(error).__name__
-
-
 def _schema_error_text(error: Exception) -> str:
     sqlstate = sqlstate_of(error)
     if sqlstate == _INSUFFICIENT_PRIVILEGE:
@@ -237,10 +233,10 @@ class WriterActor(Actor[WriteBatch]):
         metrics: PipelineMetrics | None = None,
     ) -> None:
         super().__init__(f"writer-{index}", supervisor=supervisor)
-        self._metrics = metrics
         self._pool = pool
         self._ack = ack
-        self._stats = stats
+        #: Where this writer records its counters, histograms and spans.
+        self._telemetry = WriterTelemetry(stats, metrics, dead_letter_table=dead_letter_table)
         self._batch_size = batch_size
         self._backoff = Backoff(retry_initial_s, retry_max_s)
         self._retry_budget = retry_budget
@@ -252,8 +248,6 @@ class WriterActor(Actor[WriteBatch]):
         self._prepared = prepared_statements or PreparedStatements()
         #: Rejections of the current message whose transaction committed (topic store).
         self._written_rejections: list[Rejection] = []
-        #: Links from the current transaction's spans to the other batches it writes.
-        self._trace_links: list[Link] = []
 
     def receive(self, message: WriteBatch) -> Any:
         batches = [message, *self._take_waiting(self._batch_size - message.message_count)]
@@ -264,16 +258,15 @@ class WriterActor(Actor[WriteBatch]):
             for batch in batches:
                 rows.extend(batch.rows)
         self._written_rejections = []
-        self._trace_links = tracing.transaction_links(batches)
+        self._telemetry.batches_taken(batches)
         try:
             self._write_isolating_failures(rows)
             if self._publisher is not None and self._written_rejections:
                 self._publish_retrying(self._publisher, self._written_rejections)
         except AbandonedError:
-            self._stats.add(batches_abandoned=len(batches))
-            tracing.end_message_spans(batches, abandoned=True)
+            self._telemetry.batches_abandoned(batches)
             return None
-        tracing.end_message_spans(batches, self._written_rejections)
+        self._telemetry.batches_durable(batches, self._written_rejections)
         try:
             for batch in batches:
                 self._ack(Ack(batch.tp, batch.generation, batch.first_offset))
@@ -286,14 +279,7 @@ class WriterActor(Actor[WriteBatch]):
                 "(redelivered on the next start)",
                 len(batches),
             )
-        self._stats.last_written_at = time.monotonic()
-        if self._metrics is not None:
-            self._metrics.record_batches(batches)
-        self._stats.add(
-            batches_written=len(batches),
-            messages_written=sum(b.message_count for b in batches),
-            transactions=1,
-        )
+        self._telemetry.batches_acknowledged(batches)
         return None
 
     def _take_waiting(self, room: int) -> list[WriteBatch]:
@@ -314,9 +300,7 @@ class WriterActor(Actor[WriteBatch]):
     def _write_isolating_failures(self, rows: RowBatch) -> None:
         """Write ``rows``; bisect on permanent errors and exhausted retry budgets so only
         offending events dead-letter."""
-        with tracing.db_write_span(
-            rows, self._trace_links, dead_letters=self._dead_letter_table
-        ) as span:
+        with self._telemetry.transaction(rows) as span:
             error = self._write_retrying(rows)
             span.fail(error)
         if error is None:
@@ -349,9 +333,7 @@ class WriterActor(Actor[WriteBatch]):
                     ),
                 },
             )
-            with tracing.db_write_span(
-                rejected, self._trace_links, dead_letters=self._dead_letter_table
-            ) as span:
+            with self._telemetry.transaction(rejected) as span:
                 failure = self._write_retrying(rejected)
                 span.fail(failure)
             if failure is not None:
@@ -366,7 +348,7 @@ class WriterActor(Actor[WriteBatch]):
                 extra={"sqlstate": sqlstate_of(error)},
             )
         first_half, second_half = rows.halves()
-        with tracing.bisect_span(rows):
+        with self._telemetry.bisecting(rows):
             self._write_isolating_failures(first_half)
             self._write_isolating_failures(second_half)
 
@@ -388,16 +370,12 @@ class WriterActor(Actor[WriteBatch]):
 
         outcome = self._retrying(
             write,
-            traced=True,
             retry_log="transient database error, retrying in %.2fs (attempt %d): %s",
         )
         if isinstance(outcome, Exception):
             return outcome
         result, elapsed = outcome
-        self._count_outcomes(result, rows)
-        if self._metrics is not None:
-            self._metrics.record_transaction(elapsed)
-        tracing.record_write_result(result)
+        self._telemetry.transaction_committed(result, rows, elapsed)
         self._written_rejections.extend(rows.rejections)
         return None
 
@@ -406,7 +384,6 @@ class WriterActor(Actor[WriteBatch]):
         operation: Callable[[Connection[Any]], _T],
         *,
         retry_log: str,
-        traced: bool = False,
     ) -> _T | Exception:
         """Run ``operation`` on a pooled connection until it succeeds, retrying transient
         errors with backoff; return its result, a permanent error, or a
@@ -415,8 +392,7 @@ class WriterActor(Actor[WriteBatch]):
 
         A lost prepared statement is retried at once (without them); a schema error
         raises :class:`SchemaNotReadyError`, the drain deadline :class:`AbandonedError`.
-        ``traced``: the current span is a database write span; name the connection and
-        record each retry on it. ``retry_log`` formats the delay, attempt and error.
+        ``retry_log`` formats the delay, attempt and error.
         """
         self._backoff.reset()
         failures = 0
@@ -427,12 +403,11 @@ class WriterActor(Actor[WriteBatch]):
             try:
                 with self._pool.connection() as conn:
                     self._prepared.apply(conn)
-                    if traced:
-                        tracing.record_connection(conn)
+                    self._telemetry.connected(conn)
                     return operation(conn)
             except Exception as error:
                 if prepared and self._prepared.lost(error):
-                    self._stats.count(catalog.RETRIES, {("write", _retry_reason(error)): 1})
+                    self._telemetry.prepared_statements_lost(error)
                     continue
                 if is_schema_error(error):
                     raise SchemaNotReadyError(_schema_error_text(error)) from error
@@ -443,9 +418,7 @@ class WriterActor(Actor[WriteBatch]):
                     if failures >= self._retry_budget:
                         return RetriesExhaustedError(error, failures)
                 delay = self._backoff.next_delay()
-                self._stats.count(catalog.RETRIES, {("write", _retry_reason(error)): 1})
-                if traced:
-                    tracing.record_retry(error, delay, self._backoff.attempts)
+                self._telemetry.retrying(error, delay, self._backoff.attempts)
                 log.warning(
                     retry_log,
                     delay,
@@ -454,24 +427,6 @@ class WriterActor(Actor[WriteBatch]):
                 )
                 if self._abandon.wait(delay):
                     raise AbandonedError from error
-
-    def _count_outcomes(self, result: WriteResult, rows: RowBatch) -> None:
-        """Count a committed write: events by type and outcome, dead letters by reason."""
-        processed: dict[tuple[str, ...], int] = {}
-        for kind, (stored, duplicates) in result.outcomes_by_type().items():
-            if stored:
-                processed[(kind, "stored")] = stored
-            if duplicates:
-                processed[(kind, "duplicate")] = duplicates
-        reasons: dict[tuple[str, ...], int] = {}
-        for rejection in rows.rejections if rows.rejection_count else ():
-            outcome = (rejection.event_type or "unknown", "dead_lettered")
-            processed[outcome] = processed.get(outcome, 0) + 1
-            reason = (rejection.error_stage, rejection.error_class)
-            reasons[reason] = reasons.get(reason, 0) + 1
-        self._stats.count(catalog.EVENTS_PROCESSED, processed)
-        if reasons:
-            self._stats.count(catalog.DEAD_LETTERS, reasons)
 
     def _publish_retrying(
         self, publisher: DeadLetterPublisher, rejections: list[Rejection]
@@ -498,7 +453,7 @@ class WriterActor(Actor[WriteBatch]):
                 if not pending:
                     break
                 delay = min(self._backoff.next_delay(), max(0.0, deadline - time.monotonic()))
-                self._stats.count(catalog.RETRIES, {("dead_letter_publish", error.reason): 1})
+                self._telemetry.publish_retrying(error)
                 log.warning(
                     "dead-letter topic unavailable, retrying in %.2fs (attempt %d): %s",
                     delay,
@@ -509,7 +464,7 @@ class WriterActor(Actor[WriteBatch]):
                     raise AbandonedError from error
         if unpublished:
             self._keep_unpublished(unpublished)
-        self._stats.add(dead_letters_published=len(rejections) - len(unpublished))
+        self._telemetry.dead_letters_published(len(rejections) - len(unpublished))
 
     def _keep_unpublished(self, failures: list[PublishFailure]) -> None:
         """Store dead letters the topic did not take in the table, with their error;
@@ -545,12 +500,4 @@ class WriterActor(Actor[WriteBatch]):
         )
         if error is not None:
             raise error  # permanent, or RetriesExhaustedError (its cause the last error)
-        reasons: dict[tuple[str, ...], int] = {}
-        for failure in failures:
-            reasons[(failure.reason,)] = reasons.get((failure.reason,), 0) + 1
-        self._stats.count(catalog.DEAD_LETTER_PUBLISH_FAILURES, reasons)
-        last = failures[-1].rejection
-        self._stats.dead_letter_fallback = (
-            time.monotonic(),
-            f"{last.topic}:{last.partition}:{last.offset} {failures[-1].detail}",
-        )
+        self._telemetry.dead_letters_kept(failures)

@@ -9,6 +9,11 @@ the OpenTelemetry semantic conventions where one exists (``messaging.*``, ``db.*
 :attr:`MetricSpec.prometheus_name` is the name the Prometheus exporter serves: dots become
 underscores, the unit is appended (``s`` as ``_seconds``, ``By`` as ``_bytes``; annotations
 such as ``{message}`` add nothing) and monotonic counters end in ``_total``.
+
+:data:`INTERNAL` declares the counters kingest keeps without exporting them (writes,
+transactions, pauses...): the shutdown summary and the tests read them from
+:class:`~kingest.telemetry.stats.PipelineStats`, which keys every counter by its
+specification here, exported or not.
 """
 
 from __future__ import annotations
@@ -19,27 +24,35 @@ from typing import Final, Literal
 
 __all__ = [
     "ALL",
+    "BATCHES_ABANDONED",
     "BATCHES_IN_FLIGHT",
+    "BATCHES_WRITTEN",
     "BATCH_SIZE",
     "COMMITS",
     "COMMITTED_OFFSET",
     "CONSUMER_LAG",
+    "CONSUME_ERRORS",
     "DB_WRITE_DURATION",
     "DEAD_LETTERS",
+    "DEAD_LETTERS_PUBLISHED",
     "DEAD_LETTER_PUBLISH_FAILURES",
     "END_TO_END_LATENCY",
     "EVENTS_PROCESSED",
     "FETCH_STALL",
+    "INTERNAL",
     "MAILBOX_DEPTH",
     "MESSAGES_CONSUMED",
+    "MESSAGES_WRITTEN",
     "OLDEST_UNACKED_AGE",
     "PARTITIONS_ASSIGNED",
     "PARTITIONS_PAUSED",
+    "PARTITION_PAUSES",
     "PROCESS_CPU_TIME",
     "PROCESS_MEMORY_USAGE",
     "READY",
     "REBALANCES",
     "RETRIES",
+    "TRANSACTIONS",
     "UNREADABLE_HEADERS",
     "WRITER_QUEUE_DEPTH",
     "MetricSpec",
@@ -287,4 +300,61 @@ ALL: Final[tuple[MetricSpec, ...]] = (
     READY,
     PROCESS_CPU_TIME,
     PROCESS_MEMORY_USAGE,
+)
+
+# ------------------------------------------------------------------------ not exported
+
+MESSAGES_WRITTEN: Final = MetricSpec(
+    "kingest.messages.written",
+    "counter",
+    "{message}",
+    "Messages of the write batches acknowledged after their transaction committed.",
+)
+BATCHES_WRITTEN: Final = MetricSpec(
+    "kingest.batches.written",
+    "counter",
+    "{batch}",
+    "Write batches acknowledged after their transaction committed.",
+)
+TRANSACTIONS: Final = MetricSpec(
+    "kingest.writer.transactions",
+    "counter",
+    "{transaction}",
+    "Writes committed by the writers: one per group of batches written together (a "
+    "bisected group counts once).",
+)
+BATCHES_ABANDONED: Final = MetricSpec(
+    "kingest.batches.abandoned",
+    "counter",
+    "{batch}",
+    "Write batches given up at the drain deadline (redelivered on the next start).",
+)
+DEAD_LETTERS_PUBLISHED: Final = MetricSpec(
+    "kingest.dead_letters.published",
+    "counter",
+    "{message}",
+    "Dead letters the dead-letter topic confirmed.",
+)
+CONSUME_ERRORS: Final = MetricSpec(
+    "kingest.consume.errors",
+    "counter",
+    "{error}",
+    "Errors the Kafka consumer reported while polling.",
+)
+PARTITION_PAUSES: Final = MetricSpec(
+    "kingest.partition.pauses",
+    "counter",
+    "{pause}",
+    "Partitions paused because their backlog went over its bound.",
+)
+
+#: Counters kept but not exported (no instrument, no README row, no dashboard panel).
+INTERNAL: Final[tuple[MetricSpec, ...]] = (
+    MESSAGES_WRITTEN,
+    BATCHES_WRITTEN,
+    TRANSACTIONS,
+    BATCHES_ABANDONED,
+    DEAD_LETTERS_PUBLISHED,
+    CONSUME_ERRORS,
+    PARTITION_PAUSES,
 )

@@ -1,15 +1,16 @@
 """Process-wide pipeline counters, updated once per batch (never per message).
 
-This is kingest's one counter system. Every counter is a set of *series*: a name and a
-tuple of attribute values. The counters of the metric catalog
-(:mod:`kingest.telemetry.catalog`) are kept under their catalog name with the catalog's
-attributes (:meth:`PipelineStats.count`), and the metrics exporter reads them at scrape
-time (:mod:`kingest.telemetry.metrics`); internal totals (``messages_written``,
-``transactions``...) are series without attributes (:meth:`PipelineStats.add`).
+This is kingest's one counter system, keyed by the metric catalog
+(:mod:`kingest.telemetry.catalog`): every counter is a catalog specification, and its
+*series* are tuples of values of the specification's attributes. The exported counters
+(:data:`~kingest.telemetry.catalog.ALL`) are read by the metrics exporter at scrape time
+(:mod:`kingest.telemetry.metrics`); the internal totals
+(:data:`~kingest.telemetry.catalog.INTERNAL`: messages written, transactions...) have no
+attributes and are not exported.
 
-:meth:`PipelineStats.get` and :meth:`PipelineStats.snapshot` also answer the short names
-the pipeline used before the catalog existed (``messages_consumed``, ``retries``,
-``duplicates``...) by summing the matching catalog series, so nothing is counted twice.
+The shutdown summary and the tests read totals by short name (``messages_consumed``,
+``retries``, ``duplicates``, ``messages_written``...): :data:`SHORT_NAMES` says which
+series of which catalog counter each one sums, so nothing is counted twice.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from typing import Final
 from kingest.telemetry import catalog
 from kingest.telemetry.catalog import MetricSpec
 
-__all__ = ["PipelineStats"]
+__all__ = ["SHORT_NAMES", "PipelineStats"]
 
-#: Short name -> (catalog metric, attribute name -> value the series must have).
-_TOTALS: Final[Mapping[str, tuple[MetricSpec, Mapping[str, str]]]] = {
+#: Short name -> (catalog counter, attribute name -> value the series must have).
+SHORT_NAMES: Final[Mapping[str, tuple[MetricSpec, Mapping[str, str]]]] = {
     "messages_consumed": (catalog.MESSAGES_CONSUMED, {}),
     "rows_inserted": (catalog.EVENTS_PROCESSED, {"kingest.outcome": "stored"}),
     "duplicates": (catalog.EVENTS_PROCESSED, {"kingest.outcome": "duplicate"}),
@@ -34,6 +35,13 @@ _TOTALS: Final[Mapping[str, tuple[MetricSpec, Mapping[str, str]]]] = {
     "retries": (catalog.RETRIES, {}),
     "rebalances": (catalog.REBALANCES, {"kingest.rebalance.kind": "assign"}),
     "commits": (catalog.COMMITS, {"kingest.commit.result": "ok"}),
+    "messages_written": (catalog.MESSAGES_WRITTEN, {}),
+    "batches_written": (catalog.BATCHES_WRITTEN, {}),
+    "transactions": (catalog.TRANSACTIONS, {}),
+    "batches_abandoned": (catalog.BATCHES_ABANDONED, {}),
+    "dead_letters_published": (catalog.DEAD_LETTERS_PUBLISHED, {}),
+    "consume_errors": (catalog.CONSUME_ERRORS, {}),
+    "pauses": (catalog.PARTITION_PAUSES, {}),
 }
 
 
@@ -60,12 +68,6 @@ class PipelineStats:
             return None
         return max(0.0, self.last_written_at - self.first_consumed_at)
 
-    def add(self, **deltas: int) -> None:
-        """Bump counters without attributes: ``add(messages_written=812, transactions=1)``."""
-        with self._lock:
-            for name, delta in deltas.items():
-                self._series[name][()] += delta
-
     def count(self, spec: MetricSpec, counts: Mapping[tuple[str, ...], int]) -> None:
         """Bump the series of catalog counter ``spec``: attribute values -> delta.
 
@@ -76,28 +78,36 @@ class PipelineStats:
             for key, delta in counts.items():
                 series[key] += delta
 
+    def increment(self, *deltas: tuple[MetricSpec, int]) -> None:
+        """Bump catalog counters without attributes together:
+        ``increment((catalog.MESSAGES_WRITTEN, 812), (catalog.TRANSACTIONS, 1))``."""
+        with self._lock:
+            for spec, delta in deltas:
+                if spec.attributes:
+                    raise ValueError(f"{spec.name} has attributes {spec.attributes}: use count()")
+                self._series[spec.name][()] += delta
+
+    def add(self, **deltas: int) -> None:
+        """Bump counters without attributes by short name: ``add(pauses=2)``."""
+        self.increment(*((_without_attributes(name), delta) for name, delta in deltas.items()))
+
     def series(self, spec: MetricSpec) -> dict[tuple[str, ...], int]:
         """A copy of the series of catalog counter ``spec`` (attribute values -> count)."""
         with self._lock:
             return dict(self._series.get(spec.name, {}))
 
     def get(self, name: str) -> int:
-        """The total of counter ``name`` (a short name or a counter without attributes)."""
+        """The total of the counter a short name (:data:`SHORT_NAMES`) stands for."""
         with self._lock:
             return self._total(name)
 
     def snapshot(self) -> dict[str, int]:
-        """Every counter without attributes and every short name, with its total."""
+        """Every short name with its total."""
         with self._lock:
-            totals = {name: s[()] for name, s in self._series.items() if () in s}
-            totals.update((name, self._total(name)) for name in _TOTALS)
-            return totals
+            return {name: self._total(name) for name in SHORT_NAMES}
 
     def _total(self, name: str) -> int:
-        alias = _TOTALS.get(name)
-        if alias is None:
-            return self._series[name][()] if name in self._series else 0
-        spec, wanted = alias
+        spec, wanted = SHORT_NAMES[name]
         series = self._series.get(spec.name)
         if not series:
             return 0
@@ -105,3 +115,10 @@ class PipelineStats:
             return sum(series.values())
         positions = [(spec.attributes.index(k), v) for k, v in wanted.items()]
         return sum(n for key, n in series.items() if all(key[i] == v for i, v in positions))
+
+
+def _without_attributes(name: str) -> MetricSpec:
+    spec, wanted = SHORT_NAMES[name]
+    if wanted:
+        raise ValueError(f"{name!r} is a part of {spec.name}: count its series")
+    return spec

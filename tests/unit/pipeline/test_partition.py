@@ -11,7 +11,9 @@ from kingest.dev.synth import SyntheticStream
 from kingest.pipeline.committer import OffsetCommitter
 from kingest.pipeline.messages import WriteBatch
 from kingest.pipeline.partition import PartitionActor
+from kingest.telemetry import PipelineStats, catalog
 from tests.fakes import FakeRecord
+from tests.unit.store.test_rows_metadata import UndecodableHeadersRecord
 
 
 class Collector(Actor[WriteBatch]):
@@ -72,3 +74,29 @@ def test_batches_close_at_the_byte_bound_before_the_count() -> None:
     for batch in batches[:-1]:
         assert batch.rows.nbytes >= 65_536
         assert batch.message_count <= 65_536 // 700 + 10
+
+
+def test_messages_whose_headers_cannot_be_read_are_counted_once_per_poll() -> None:
+    stats = PipelineStats()
+    actor = PartitionActor(
+        ("events", 0),
+        1,
+        writers=None,  # type: ignore[arg-type]  # nothing is flushed: the batch stays open
+        committer=None,  # type: ignore[arg-type]
+        batch_size=1000,
+        batch_bytes=1 << 30,
+        batch_linger_s=60,
+        max_bytes=1 << 30,
+        stats=stats,
+    )
+    values = event_values(5)
+    records: list[FakeRecord] = [
+        UndecodableHeadersRecord(v, offset=i, partition=0)
+        if i in {1, 3}
+        else FakeRecord(v, offset=i, partition=0)
+        for i, v in enumerate(values)
+    ]
+    actor.receive(records)
+    actor.receive(records)  # found once: a later read sees the replaced headers
+    assert stats.series(catalog.UNREADABLE_HEADERS) == {("events", "0"): 2}
+    assert actor.received_offset == 4

@@ -26,7 +26,7 @@ from kingest.telemetry.metrics import (
     create_instrument,
     metrics_reference_markdown,
 )
-from kingest.telemetry.stats import PipelineStats
+from kingest.telemetry.stats import SHORT_NAMES, PipelineStats
 
 VALID = {
     "KINGEST_KAFKA_BOOTSTRAP_SERVERS": "broker:9092",
@@ -111,6 +111,33 @@ def test_short_totals_sum_the_catalog_series() -> None:
     assert snapshot["messages_written"] == 15
     assert snapshot["transactions"] == 1
     assert snapshot["duplicates"] == 2
+
+
+def test_every_counter_is_a_catalog_specification_and_internal_ones_are_not_exported() -> None:
+    exported = {spec.name for spec in catalog.ALL}
+    internal = {spec.name for spec in catalog.INTERNAL}
+    assert not exported & internal
+    assert len(internal) == len(catalog.INTERNAL)
+    assert all(spec.kind == "counter" and not spec.attributes for spec in catalog.INTERNAL)
+    assert not any(f"`{spec.prometheus_name}`" in reference_markdown() for spec in catalog.INTERNAL)
+    # Every short name reads a catalog counter, exported or internal.
+    assert {spec.name for spec, _ in SHORT_NAMES.values()} <= exported | internal
+    stats = PipelineStats()
+    stats.increment((catalog.TRANSACTIONS, 2), (catalog.MESSAGES_WRITTEN, 40))
+    stats.add(pauses=3)
+    assert stats.series(catalog.PARTITION_PAUSES) == {(): 3}
+    assert stats.snapshot() == {
+        **dict.fromkeys(SHORT_NAMES, 0),
+        "transactions": 2,
+        "messages_written": 40,
+        "pauses": 3,
+    }
+    with pytest.raises(ValueError, match="count its series"):
+        stats.add(duplicates=1)  # a part of kingest.events.processed
+    with pytest.raises(ValueError, match="use count"):
+        stats.increment((catalog.RETRIES, 1))
+    with pytest.raises(KeyError):
+        stats.get("no_such_counter")
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import Link, SpanContext, SpanKind, StatusCode, TraceFlags
 
 from actors import Actor, ActorSystem, Pool, current_correlation_id
+from kingest.config import TracingConfig
 from kingest.dev.synth import SyntheticStream
 from kingest.pipeline.committer import OffsetCommitter
 from kingest.pipeline.messages import Assigned, WriteBatch
@@ -26,10 +27,11 @@ from kingest.telemetry import tracing
 from kingest.telemetry.tracing import (
     CommitSpans,
     TraceCollector,
-    TracingConfig,
     end_message_spans,
     parse_traceparent,
 )
+from kingest.telemetry.tracing import setup as tracing_setup
+from kingest.telemetry.tracing import traceparent as traceparent_module
 from tests.fakes import FakeRecord
 from tests.tracing_support import recording
 
@@ -208,7 +210,7 @@ def test_a_poison_message_s_span_is_marked_dead_lettered(spans: InMemorySpanExpo
 
 
 def test_without_a_tracer_provider_nothing_is_collected(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(tracing, "tracing_active", lambda: False)
+    monkeypatch.setattr(traceparent_module, "tracing_active", lambda: False)
     records = make_records(4, lambda i: [("traceparent", traceparent(5, 6, sampled=True))])
     out, committer = run_partition(records)
     assert out[0][0].trace is None
@@ -232,7 +234,7 @@ def test_links_beyond_the_limit_keep_the_sampled_ones_and_count_the_rest() -> No
 
 
 def test_a_root_span_linked_to_a_sampled_context_is_sampled() -> None:
-    sampler = tracing._make_sampler(
+    sampler = tracing_setup._make_sampler(
         TracingConfig(exporters=("otlp",), exporters_reason="", sampler="parentbased_always_off")
     )
     sampled = parse_traceparent(traceparent(9, 9, sampled=True))
@@ -248,7 +250,7 @@ def test_a_root_span_linked_to_a_sampled_context_is_sampled() -> None:
     # A span with a parent follows its parent, whatever it links to.
     parent = trace.set_span_in_context(trace.NonRecordingSpan(unsampled))
     assert decide(parent, 123, "process", links=[Link(sampled)]).decision is Decision.DROP
-    ratio = tracing._make_sampler(
+    ratio = tracing_setup._make_sampler(
         TracingConfig(
             exporters=("otlp",), exporters_reason="", sampler="traceidratio", sampler_ratio=0.0
         )
