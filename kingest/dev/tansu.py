@@ -9,9 +9,9 @@ until a Kafka client can fetch its metadata.
 What to know about it: Tansu keeps everything in memory, so every start is an empty
 broker and a restart loses topics, data and offsets; its memory only grows, so use a
 fresh one per test session. It also gets a few things wrong (the high watermark, commit
-metadata; see DESIGN.md), which is what :mod:`kingest.dev.mock_cluster` is for. The
-broker runs in its own session, so a Ctrl-C meant for the demo does not stop it before
-kingest has drained and committed.
+metadata; docs/design.md, "The test services"), which is what
+:mod:`kingest.dev.mock_cluster` is for. The broker runs in its own session, so a Ctrl-C
+meant for the demo does not stop it before kingest has drained and committed.
 """
 
 from __future__ import annotations
