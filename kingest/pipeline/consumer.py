@@ -35,6 +35,7 @@ from kingest.config import Settings
 from kingest.kafka import TopicPartitionKey, consumer_config
 from kingest.pipeline.commits import LoopCommits, durable_offsets
 from kingest.pipeline.committer import OffsetCommitter
+from kingest.pipeline.fetching import FetchWatch
 from kingest.pipeline.memory import memory_budget, partition_unacked_bounds
 from kingest.pipeline.messages import Assigned, Released, WriteBatch
 from kingest.pipeline.partition import PartitionActor, records_size
@@ -60,10 +61,6 @@ log = logging.getLogger(__name__)
 
 #: How long one poll waits for messages; bounds the latency of pause/resume and commits.
 POLL_TIMEOUT_S = 0.02
-#: How often the loop checks which partitions have messages the consumer could fetch.
-FETCH_CHECK_INTERVAL_S = 1.0
-#: Longest the loop waits for the group's committed offsets of idle partitions.
-COMMITTED_TIMEOUT_S = 2.0
 
 #: Once the drain deadline has passed, how long closing the consumer may still take
 #: (leaving the group is one request). librdkafka's close waits for every offset commit
@@ -155,17 +152,10 @@ class Pipeline:
         #: unacknowledged age, and the unacknowledged bound of backpressure).
         self._unacked: dict[TopicPartitionKey, Unacknowledged] = {}
         self._unacked_bounds = partition_unacked_bounds(settings)
-        #: Per partition, time.monotonic() of its latest fetched messages, resume or
-        #: assignment: how long a partition has gone unfetched counts from there.
-        self._fetched_at: dict[TopicPartitionKey, float] = {}
-        #: Per partition not paused by kingest, messages the consumer could fetch by its
-        #: cached high watermark (absent: none or unknown); the loop replaces it whole.
-        self._fetch_backlog: dict[TopicPartitionKey, int] = {}
-        #: Where fetching starts for partitions that fetched nothing since their
-        #: assignment (position unknown): the group's committed offset, looked up once.
-        self._fetch_start: dict[TopicPartitionKey, int | None] = {}
-        self._next_fetch_check = 0.0
-        self._fetch_stall_s = settings.http.max_fetch_stall_s
+        self._fetching = FetchWatch(
+            stall_s=settings.http.max_fetch_stall_s,
+            auto_offset_reset=settings.kafka.auto_offset_reset,
+        )
 
     # ------------------------------------------------------------------ control
 
@@ -203,8 +193,8 @@ class Pipeline:
         confirmed = self._commits.confirmed()
         unacked = self._unacked.copy()
         since = oldest_times(unacked)
-        fetched_at = self._fetched_at.copy()
-        fetch_backlog = self._fetch_backlog
+        fetched_at = self._fetching.fetched_at.copy()
+        fetch_backlog = self._fetching.backlog
         committer, writers = self._committer, self._writers
         phase = self._phase
         dead: list[str] = []
@@ -319,7 +309,7 @@ class Pipeline:
             if self._partitions:
                 self._apply_backpressure(consumer)
                 self._commit_progress(consumer)
-                self._check_fetching(consumer)
+                self._fetching.check(consumer, self._partitions, self._paused)
 
     def _dispatch(self, messages: list[Message]) -> None:
         if any(map(_message_error, messages)):  # rare: librdkafka reports errors inline
@@ -351,7 +341,7 @@ class Pipeline:
             if unacked is None:
                 unacked = self._unacked[tp] = Unacknowledged()
             unacked.add(last, now, len(group), size)
-            self._fetched_at[tp] = now
+            self._fetching.fetched_at[tp] = now
         if consumed:
             self.stats.count(catalog.MESSAGES_CONSUMED, consumed)
             if self.stats.first_consumed_at is None:
@@ -413,67 +403,8 @@ class Pipeline:
             consumer.resume(to_resume)
             now = time.monotonic()
             for t in to_resume:
-                self._fetched_at[(t.topic, t.partition)] = now
+                self._fetching.fetched_at[(t.topic, t.partition)] = now
             log.debug("resumed %s", [(t.topic, t.partition) for t in to_resume])
-
-    # ------------------------------------------------------------------ fetch stalls
-
-    def _check_fetching(self, consumer: Consumer) -> None:
-        """Publish how many messages the consumer could fetch for each partition kingest
-        has not paused (cached high watermark minus position; local calls, no request),
-        so that one with messages that is not fetched shows: a partition the client keeps
-        paused on its own is never consumed and so never unacknowledged either."""
-        now = time.monotonic()
-        if now < self._next_fetch_check:
-            return
-        self._next_fetch_check = now + FETCH_CHECK_INTERVAL_S
-        candidates = [
-            TopicPartition(t, p) for t, p in self._partitions if (t, p) not in self._paused
-        ]
-        backlog: dict[TopicPartitionKey, int] = {}
-        unknown: list[TopicPartitionKey] = []
-        try:
-            positions = consumer.position(candidates) if candidates else []
-            for position in positions:
-                tp = (position.topic, position.partition)
-                start = position.offset if position.offset >= 0 else self._fetch_start.get(tp)
-                if start is None:
-                    # Nothing fetched since the assignment: once it has been idle for a
-                    # while, learn where its fetching starts (the committed offset).
-                    idle = now - self._fetched_at.get(tp, now)
-                    if tp not in self._fetch_start and 2 * idle >= self._fetch_stall_s:
-                        unknown.append(tp)
-                    continue
-                high = consumer.get_watermark_offsets(position, cached=True)[1]
-                if high > start:
-                    backlog[tp] = high - start
-        except KafkaException as error:
-            log.debug("cannot read positions and cached watermarks: %s", error)
-        self._fetch_backlog = backlog
-        if unknown:
-            self._look_up_fetch_start(consumer, unknown)
-
-    def _look_up_fetch_start(self, consumer: Consumer, tps: list[TopicPartitionKey]) -> None:
-        """Remember where fetching starts for partitions not fetched since assigned."""
-        reset = self.settings.kafka.auto_offset_reset
-        try:
-            committed = consumer.committed(
-                [TopicPartition(t, p) for t, p in tps], timeout=COMMITTED_TIMEOUT_S
-            )
-        except KafkaException as error:
-            log.debug("cannot read committed offsets: %s", error)
-            committed = []
-        found = {(c.topic, c.partition): c for c in committed}
-        for tp in tps:
-            entry = found.get(tp)
-            start: int | None = None
-            if entry is not None and entry.error is None and entry.offset >= 0:
-                start = entry.offset
-            elif entry is not None and entry.error is None and reset == "earliest":
-                low = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)[0]
-                start = low if low >= 0 else None
-            # None (unknown, or "latest") is kept too: looked up once per assignment.
-            self._fetch_start[tp] = start
 
     # ------------------------------------------------------------------ commits
 
@@ -503,7 +434,7 @@ class Pipeline:
         self._committer.tell(Assigned(tps, generation))
         now = time.monotonic()
         for tp in tps:
-            self._fetched_at[tp] = now
+            self._fetching.fetched_at[tp] = now
         pipeline = self.settings.pipeline
         for tp in tps:
             actor = PartitionActor(
@@ -587,8 +518,7 @@ class Pipeline:
             self._paused.discard(actor.tp)
             self._dispatched.pop(actor.tp, None)
             self._unacked.pop(actor.tp, None)
-            self._fetched_at.pop(actor.tp, None)
-            self._fetch_start.pop(actor.tp, None)
+            self._fetching.release(actor.tp)
         self._commits.release(owned)
         for generation, released in by_generation.items():
             self._committer.tell(Released(tuple(released), generation))

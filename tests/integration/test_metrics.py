@@ -34,7 +34,8 @@ from kingest.cli.main import app
 from kingest.config.settings import load_settings
 from kingest.dev.services import LocalPostgres, MockKafkaCluster, create_topic
 from kingest.dev.synth import SyntheticStream
-from kingest.pipeline.consumer import FETCH_CHECK_INTERVAL_S, RunOutcome
+from kingest.pipeline.consumer import RunOutcome
+from kingest.pipeline.fetching import FETCH_CHECK_INTERVAL_S
 from kingest.runtime.http import TelemetryServer
 from kingest.store.migrate import apply_migrations
 from kingest.telemetry import catalog
