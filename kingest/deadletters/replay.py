@@ -91,7 +91,7 @@ def replay_headers(rejection: Rejection) -> list[tuple[str, bytes | None]]:
 
     A dead letter of a message that was itself a replay already names the original
     message: when its replay headers check out (as the pipeline judged them,
-    :func:`kingest.store.rows.verified_replay_of`) they are kept as they are, so every
+    :func:`kingest.store.event_ids.verified_replay_of`) they are kept as they are, so every
     generation maps to the first one. Replay headers that do not check out (forwarded
     from another message, a digest alone, malformed) are dropped: the pipeline keyed
     that message by its own coordinates, so its replay names those.

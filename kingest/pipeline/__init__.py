@@ -8,7 +8,11 @@ acknowledged batches, so nothing is committed before it is durable. :class:`Pipe
 runs the consumer loop that ties them together; :meth:`Pipeline.run` returns a
 :class:`RunOutcome`.
 
-* :mod:`kingest.pipeline.consumer`: the consumer loop (assignments, backpressure, commits);
+* :mod:`kingest.pipeline.consumer`: the consumer loop (assignments, backpressure);
+* :mod:`kingest.pipeline.commits`: the loop's offset commits (periodic and final);
+* :mod:`kingest.pipeline.unacked`: the loop's record of work consumed, not yet durable;
+* :mod:`kingest.pipeline.fetching`: the loop's record of fetching (stalled partitions);
+* :mod:`kingest.pipeline.resources`: the connection pool, dead-letter producer, close;
 * :mod:`kingest.pipeline.partition`: the partition actor;
 * :mod:`kingest.pipeline.writer`: the writer actors;
 * :mod:`kingest.pipeline.observe`: each actor's one telemetry object (counters, histograms

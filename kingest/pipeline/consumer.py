@@ -4,7 +4,8 @@ One thread (the caller of :meth:`Pipeline.run`, normally the main thread) owns t
 confluent-kafka ``Consumer``: it polls batches, splits them by partition into each
 partition's ordered mailbox, pauses partitions whose backlog is over its bound and
 resumes them once it has halved, and commits the offsets the committer reports as
-contiguously acknowledged. Rebalance callbacks run on this same thread (inside
+contiguously acknowledged (:class:`~kingest.pipeline.commits.LoopCommits` keeps what was
+committed and confirmed). Rebalance callbacks run on this same thread (inside
 ``consume``), so assignment state needs no lock.
 
 Shutdown and revoke share one procedure, :meth:`Pipeline._release`: stop the partition
@@ -22,23 +23,29 @@ import logging
 import operator
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from itertools import groupby
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
-from psycopg_pool import ConnectionPool
 
 from actors import ActorSystem, Failure, OneForOneSupervisor, Pool
 from actors.supervision import escalate_always
 from kingest.config import Settings
-from kingest.deadletters import DeadLetterPublisher
-from kingest.kafka import TopicPartitionKey, client_config, consumer_config
+from kingest.kafka import TopicPartitionKey, consumer_config
+from kingest.pipeline.commits import LoopCommits, durable_offsets
 from kingest.pipeline.committer import OffsetCommitter
+from kingest.pipeline.fetching import FetchWatch
 from kingest.pipeline.memory import memory_budget, partition_unacked_bounds
 from kingest.pipeline.messages import Assigned, Released, WriteBatch
 from kingest.pipeline.partition import PartitionActor, records_size
+from kingest.pipeline.resources import (
+    close_consumer,
+    close_within,
+    open_dead_letter_publisher,
+    open_pool,
+)
+from kingest.pipeline.unacked import Unacknowledged, oldest_times, pending_messages
 from kingest.pipeline.writer import PreparedStatements, SchemaNotReadyError, WriterActor
 from kingest.telemetry import (
     PartitionState,
@@ -46,7 +53,6 @@ from kingest.telemetry import (
     PipelineState,
     PipelineStats,
     catalog,
-    tracing,
 )
 
 __all__ = ["CLOSE_AFTER_DEADLINE_S", "Pipeline", "RunOutcome"]
@@ -55,15 +61,12 @@ log = logging.getLogger(__name__)
 
 #: How long one poll waits for messages; bounds the latency of pause/resume and commits.
 POLL_TIMEOUT_S = 0.02
-#: How often the loop checks which partitions have messages the consumer could fetch.
-FETCH_CHECK_INTERVAL_S = 1.0
-#: Longest the loop waits for the group's committed offsets of idle partitions.
-COMMITTED_TIMEOUT_S = 2.0
 
 #: Once the drain deadline has passed, how long closing the consumer may still take
 #: (leaving the group is one request). librdkafka's close waits for every offset commit
 #: request still unanswered, each up to socket.timeout.ms (60 s by default), and cannot
-#: be told not to; past this the run ends without waiting for it (:func:`_close_within`).
+#: be told not to; past this the run ends without waiting for it
+#: (:func:`~kingest.pipeline.resources.close_within`).
 CLOSE_AFTER_DEADLINE_S = 2.0
 
 
@@ -100,35 +103,6 @@ def _by_partition(messages: list[Message]) -> dict[TopicPartitionKey, list[Messa
     return groups
 
 
-class _Unacknowledged:
-    """One partition's polls consumed and not yet known durable, oldest first: each poll's
-    (last offset, time consumed, messages, bytes), and the totals of messages and bytes.
-
-    Polls are forgotten whole once their last offset is committable, so the totals
-    overstate what is unacknowledged by less than one poll of the partition.
-    """
-
-    __slots__ = ("messages", "nbytes", "polls")
-
-    def __init__(self) -> None:
-        self.polls: deque[tuple[int, float, int, int]] = deque()
-        self.messages = 0
-        self.nbytes = 0
-
-    def add(self, last: int, at: float, messages: int, nbytes: int) -> None:
-        self.polls.append((last, at, messages, nbytes))
-        self.messages += messages
-        self.nbytes += nbytes
-
-    def forget_below(self, offset: int) -> None:
-        """Drop the polls whose messages are all below ``offset`` (now durable)."""
-        polls = self.polls
-        while polls and polls[0][0] < offset:
-            _, _, messages, nbytes = polls.popleft()
-            self.messages -= messages
-            self.nbytes -= nbytes
-
-
 class Pipeline:
     """Kafka -> partition actors -> writer pool -> PostgreSQL, with contiguous commits."""
 
@@ -162,32 +136,26 @@ class Pipeline:
         self._partitions: dict[TopicPartitionKey, PartitionActor] = {}
         self._paused: set[TopicPartitionKey] = set()
         self._dispatched: dict[TopicPartitionKey, int] = {}
-        self._committed: dict[TopicPartitionKey, int] = {}
-        self._last_commit = 0.0
         self._committer: OffsetCommitter | None = None
         self._writers: Pool[WriteBatch] | None = None
-        self._commit_spans = tracing.CommitSpans(settings.kafka.group_id)
+        self._commits = LoopCommits(
+            self._partitions,
+            stats=self.stats,
+            group_id=settings.kafka.group_id,
+            interval_s=settings.kafka.commit_interval_ms / 1000,
+        )
         # Observed from other threads (metrics, health): written by the loop thread only.
         self._phase = "starting"
         self._heartbeat = time.monotonic()
         self._fatal: str | None = None
-        #: Offsets the broker confirmed as committed by this process, per partition.
-        self._confirmed: dict[TopicPartitionKey, int] = {}
         #: Per partition, the polls consumed and not yet known durable (the
         #: unacknowledged age, and the unacknowledged bound of backpressure).
-        self._unacked: dict[TopicPartitionKey, _Unacknowledged] = {}
+        self._unacked: dict[TopicPartitionKey, Unacknowledged] = {}
         self._unacked_bounds = partition_unacked_bounds(settings)
-        #: Per partition, time.monotonic() of its latest fetched messages, resume or
-        #: assignment: how long a partition has gone unfetched counts from there.
-        self._fetched_at: dict[TopicPartitionKey, float] = {}
-        #: Per partition not paused by kingest, messages the consumer could fetch by its
-        #: cached high watermark (absent: none or unknown); the loop replaces it whole.
-        self._fetch_backlog: dict[TopicPartitionKey, int] = {}
-        #: Where fetching starts for partitions that fetched nothing since their
-        #: assignment (position unknown): the group's committed offset, looked up once.
-        self._fetch_start: dict[TopicPartitionKey, int | None] = {}
-        self._next_fetch_check = 0.0
-        self._fetch_stall_s = settings.http.max_fetch_stall_s
+        self._fetching = FetchWatch(
+            stall_s=settings.http.max_fetch_stall_s,
+            auto_offset_reset=settings.kafka.auto_offset_reset,
+        )
 
     # ------------------------------------------------------------------ control
 
@@ -222,11 +190,11 @@ class Pipeline:
         """A snapshot for metrics and health checks (any thread; never calls Kafka)."""
         partitions = self._partitions.copy()
         paused = frozenset(self._paused)
-        confirmed = self._confirmed.copy()
+        confirmed = self._commits.confirmed()
         unacked = self._unacked.copy()
-        since = _oldest_times(unacked)
-        fetched_at = self._fetched_at.copy()
-        fetch_backlog = self._fetch_backlog
+        since = oldest_times(unacked)
+        fetched_at = self._fetching.fetched_at.copy()
+        fetch_backlog = self._fetching.backlog
         committer, writers = self._committer, self._writers
         phase = self._phase
         dead: list[str] = []
@@ -245,7 +213,7 @@ class Pipeline:
                     paused=tp in paused,
                     committed=confirmed.get(tp),
                     unacked_since=since.get(tp),
-                    unacked_messages=_unacked_messages(unacked.get(tp)),
+                    unacked_messages=pending_messages(unacked.get(tp)),
                     fetched_at=fetched_at.get(tp),
                     fetch_backlog=fetch_backlog.get(tp, 0),
                 )
@@ -270,9 +238,9 @@ class Pipeline:
         """Consume until :meth:`request_stop` (or a failure); drain, commit, return."""
         settings = self.settings
         pipeline = settings.pipeline
-        db_pool = _open_pool(settings)
+        db_pool = open_pool(settings)
         prepared = PreparedStatements(settings.database.prepared_statements)
-        publisher = _open_dead_letter_publisher(settings)
+        publisher = open_dead_letter_publisher(settings)
         committer = self._committer = OffsetCommitter(supervisor=self._supervisor)
         self._system.spawn(committer)
         writers = self._writers = Pool(
@@ -301,7 +269,7 @@ class Pipeline:
         )
         self._system.spawn(writers)
         config = consumer_config(settings)
-        config["on_commit"] = self._on_commit
+        config["on_commit"] = self._commits.on_commit
         consumer = self._consumer_factory(config)
         outcome = RunOutcome.FAILED
         try:
@@ -317,13 +285,13 @@ class Pipeline:
             outcome = self._shutdown(consumer)
         finally:
             self._phase = "stopped"
-            self._commit_spans.close()
+            self._commits.close()
             self._abandon.set()
             self._system.stop(timeout=5.0)
             if outcome is RunOutcome.DRAIN_TIMEOUT:
-                _close_within(consumer, CLOSE_AFTER_DEADLINE_S)
+                close_within(consumer, CLOSE_AFTER_DEADLINE_S)
             else:
-                _close(consumer)
+                close_consumer(consumer)
             db_pool.close()
             if publisher is not None:
                 publisher.close()
@@ -341,7 +309,7 @@ class Pipeline:
             if self._partitions:
                 self._apply_backpressure(consumer)
                 self._commit_progress(consumer)
-                self._check_fetching(consumer)
+                self._fetching.check(consumer, self._partitions, self._paused)
 
     def _dispatch(self, messages: list[Message]) -> None:
         if any(map(_message_error, messages)):  # rare: librdkafka reports errors inline
@@ -371,9 +339,9 @@ class Pipeline:
             consumed[(tp[0], str(tp[1]), group_id)] = len(group)
             unacked = self._unacked.get(tp)
             if unacked is None:
-                unacked = self._unacked[tp] = _Unacknowledged()
+                unacked = self._unacked[tp] = Unacknowledged()
             unacked.add(last, now, len(group), size)
-            self._fetched_at[tp] = now
+            self._fetching.fetched_at[tp] = now
         if consumed:
             self.stats.count(catalog.MESSAGES_CONSUMED, consumed)
             if self.stats.first_consumed_at is None:
@@ -435,160 +403,25 @@ class Pipeline:
             consumer.resume(to_resume)
             now = time.monotonic()
             for t in to_resume:
-                self._fetched_at[(t.topic, t.partition)] = now
+                self._fetching.fetched_at[(t.topic, t.partition)] = now
             log.debug("resumed %s", [(t.topic, t.partition) for t in to_resume])
-
-    # ------------------------------------------------------------------ fetch stalls
-
-    def _check_fetching(self, consumer: Consumer) -> None:
-        """Publish how many messages the consumer could fetch for each partition kingest
-        has not paused (cached high watermark minus position; local calls, no request),
-        so that one with messages that is not fetched shows: a partition the client keeps
-        paused on its own is never consumed and so never unacknowledged either."""
-        now = time.monotonic()
-        if now < self._next_fetch_check:
-            return
-        self._next_fetch_check = now + FETCH_CHECK_INTERVAL_S
-        candidates = [
-            TopicPartition(t, p) for t, p in self._partitions if (t, p) not in self._paused
-        ]
-        backlog: dict[TopicPartitionKey, int] = {}
-        unknown: list[TopicPartitionKey] = []
-        try:
-            positions = consumer.position(candidates) if candidates else []
-            for position in positions:
-                tp = (position.topic, position.partition)
-                start = position.offset if position.offset >= 0 else self._fetch_start.get(tp)
-                if start is None:
-                    # Nothing fetched since the assignment: once it has been idle for a
-                    # while, learn where its fetching starts (the committed offset).
-                    idle = now - self._fetched_at.get(tp, now)
-                    if tp not in self._fetch_start and 2 * idle >= self._fetch_stall_s:
-                        unknown.append(tp)
-                    continue
-                high = consumer.get_watermark_offsets(position, cached=True)[1]
-                if high > start:
-                    backlog[tp] = high - start
-        except KafkaException as error:
-            log.debug("cannot read positions and cached watermarks: %s", error)
-        self._fetch_backlog = backlog
-        if unknown:
-            self._look_up_fetch_start(consumer, unknown)
-
-    def _look_up_fetch_start(self, consumer: Consumer, tps: list[TopicPartitionKey]) -> None:
-        """Remember where fetching starts for partitions not fetched since assigned."""
-        reset = self.settings.kafka.auto_offset_reset
-        try:
-            committed = consumer.committed(
-                [TopicPartition(t, p) for t, p in tps], timeout=COMMITTED_TIMEOUT_S
-            )
-        except KafkaException as error:
-            log.debug("cannot read committed offsets: %s", error)
-            committed = []
-        found = {(c.topic, c.partition): c for c in committed}
-        for tp in tps:
-            entry = found.get(tp)
-            start: int | None = None
-            if entry is not None and entry.error is None and entry.offset >= 0:
-                start = entry.offset
-            elif entry is not None and entry.error is None and reset == "earliest":
-                low = consumer.get_watermark_offsets(TopicPartition(*tp), cached=True)[0]
-                start = low if low >= 0 else None
-            # None (unknown, or "latest") is kept too: looked up once per assignment.
-            self._fetch_start[tp] = start
 
     # ------------------------------------------------------------------ commits
 
     def _commit_progress(self, consumer: Consumer) -> None:
-        now = time.monotonic()
-        if now - self._last_commit < self.settings.kafka.commit_interval_ms / 1000:
-            return
-        self._last_commit = now
-        self._forget_acknowledged()
-        offsets = self._committable(self._partitions)
-        if offsets:
-            for tp in offsets:
-                self._committed[(tp.topic, tp.partition)] = tp.offset
-            self._commit_spans.started(offsets, self._committer)
-            consumer.commit(offsets=offsets, asynchronous=True)
-
-    def _committable(
-        self,
-        tps: Iterable[TopicPartitionKey],
-        committed: Mapping[TopicPartitionKey, int] | None = None,
-    ) -> list[TopicPartition]:
-        """Committable offsets of ``tps`` (current generation only) beyond ``committed``
-        (default: what was committed or is being committed)."""
+        """Once per commit interval: commit what became durable, and forget the
+        consumed-at times of those messages (the unacknowledged age)."""
         assert self._committer is not None
-        if committed is None:
-            committed = self._committed
-        wanted = set(tps)
-        offsets = []
-        for tp, (generation, offset) in self._committer.committable().items():
-            actor = self._partitions.get(tp)
-            if tp not in wanted or actor is None or actor.generation != generation:
-                continue
-            if committed.get(tp, -1) < offset:
-                offsets.append(TopicPartition(tp[0], tp[1], offset))
-        return offsets
+        if self._commits.progress(consumer, self._committer, time.monotonic()):
+            self._forget_acknowledged()
 
     def _forget_acknowledged(self) -> None:
         """Drop the consumed-at times of messages now durable (the unacknowledged age)."""
         assert self._committer is not None
-        for tp, (generation, offset) in self._committer.committable().items():
-            actor = self._partitions.get(tp)
+        for tp, offset in durable_offsets(self._committer, self._partitions).items():
             unacked = self._unacked.get(tp)
-            if actor is None or actor.generation != generation or unacked is None:
-                continue
-            unacked.forget_below(offset)
-
-    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
-        # Runs on the loop thread inside consume(). A failed asynchronous commit is retried
-        # by the next interval: forgetting it makes the offset committable again.
-        self._commit_spans.finished(error, partitions)
-        failed = [p for p in partitions if p.error is not None] if error is None else partitions
-        for p in failed:
-            key = (p.topic, p.partition)
-            if self._committed.get(key) == p.offset:
-                del self._committed[key]
-        if failed:
-            log.warning("offset commit failed for %d partitions: %s", len(failed), error)
-            self.stats.count(catalog.COMMITS, {("failed",): 1})
-        else:
-            self._confirm(partitions)
-            self.stats.count(catalog.COMMITS, {("ok",): 1})
-
-    def _confirm(self, partitions: Iterable[TopicPartition]) -> None:
-        """Remember offsets the broker confirmed (the committed-offset gauge)."""
-        for p in partitions:
-            key = (p.topic, p.partition)
-            if key in self._partitions and p.offset >= 0:
-                self._confirmed[key] = p.offset
-
-    def _commit_now(
-        self, consumer: Consumer, tps: Iterable[TopicPartitionKey], deadline: float
-    ) -> bool:
-        """Commit the durable offsets of ``tps`` the broker has not confirmed, and wait
-        until it has, at most until ``deadline``; False if it did not.
-
-        Offsets whose asynchronous commit is still in flight are committed again: that
-        commit may yet fail, or not be answered before the consumer closes.
-        """
-        offsets = self._committable(tps, self._confirmed)
-        if not offsets:
-            return True
-        try:
-            with self._commit_spans.sync(offsets, self._committer):
-                _commit_within(consumer, offsets, deadline)
-        except KafkaException as error:
-            log.warning("final offset commit not confirmed: %s", error)
-            self.stats.count(catalog.COMMITS, {("failed",): 1})
-            return False
-        for p in offsets:
-            self._committed[(p.topic, p.partition)] = p.offset
-        self._confirm(offsets)
-        self.stats.count(catalog.COMMITS, {("ok",): 1})
-        return True
+            if unacked is not None:
+                unacked.forget_below(offset)
 
     # ------------------------------------------------------------------ rebalances
 
@@ -601,7 +434,7 @@ class Pipeline:
         self._committer.tell(Assigned(tps, generation))
         now = time.monotonic()
         for tp in tps:
-            self._fetched_at[tp] = now
+            self._fetching.fetched_at[tp] = now
         pipeline = self.settings.pipeline
         for tp in tps:
             actor = PartitionActor(
@@ -677,17 +510,16 @@ class Pipeline:
         if drain and owned:
             complete = self._committer.sync(max(0.0, deadline - time.monotonic())) and complete
             complete = self._committer.wait_drained(owned, deadline) and complete
-            complete = self._commit_now(consumer, owned, deadline) and complete
+            complete = self._commits.final(consumer, self._committer, owned, deadline) and complete
         by_generation: dict[int, list[TopicPartitionKey]] = {}
         for actor in actors:
             by_generation.setdefault(actor.generation, []).append(actor.tp)
             del self._partitions[actor.tp]
             self._paused.discard(actor.tp)
             self._dispatched.pop(actor.tp, None)
-            self._confirmed.pop(actor.tp, None)
             self._unacked.pop(actor.tp, None)
-            self._fetched_at.pop(actor.tp, None)
-            self._fetch_start.pop(actor.tp, None)
+            self._fetching.release(actor.tp)
+        self._commits.release(owned)
         for generation, released in by_generation.items():
             self._committer.tell(Released(tuple(released), generation))
         return complete
@@ -721,137 +553,7 @@ class Pipeline:
         return RunOutcome.DRAINED if complete else RunOutcome.DRAIN_TIMEOUT
 
 
-def _close(consumer: Consumer) -> None:
-    try:
-        consumer.close()
-    except (KafkaException, RuntimeError) as error:
-        log.warning("closing the consumer failed: %s", error)
-
-
-def _close_within(consumer: Consumer, timeout: float) -> None:
-    """Close ``consumer``, waiting no longer than ``timeout``: after a drain deadline.
-
-    librdkafka's close cannot be bounded: it waits until the coordinator has answered
-    every offset commit request in flight (also when the consumer is destroyed without
-    closing). Not waiting for it is safe: every offset kingest asked to commit is
-    durably stored, so whether the coordinator stores it or not, nothing is lost, and
-    nothing more will be committed. The close goes on, on a daemon thread, until the
-    process exits; if it has not left the group by then, the coordinator reassigns the
-    partitions after session.timeout.ms, as after a crash.
-    """
-    closing = threading.Thread(target=_close, args=(consumer,), name="kingest-close", daemon=True)
-    closing.start()
-    closing.join(timeout)
-    if closing.is_alive():
-        log.warning(
-            "the consumer did not close within %.0fs of the drain deadline (an offset commit "
-            "is still unanswered); not waiting for it: nothing more is committed",
-            timeout,
-        )
-
-
-def _commit_within(consumer: Consumer, offsets: list[TopicPartition], deadline: float) -> None:
-    """Commit ``offsets`` and return once the group coordinator holds them; raise
-    :class:`KafkaException` if it rejected them, or did not answer by ``deadline``.
-
-    ``commit(asynchronous=False)`` cannot be bounded: librdkafka waits for its result
-    without a timeout, holding it back while the coordinator is unavailable (up to
-    session.timeout.ms), then each attempt may take socket.timeout.ms. An asynchronous
-    commit's result comes to ``on_commit`` only through ``consume()``, which must not
-    be called inside a rebalance callback (it would deliver messages and callbacks).
-    ``committed(timeout)`` is bounded and allowed there: the offsets are read back from
-    the coordinator, which answers a member's requests in order, so after the commit.
-    A rejected commit is not retried (during a rebalance the coordinator keeps
-    rejecting it until this callback returns): its offsets will be redelivered.
-    """
-    consumer.commit(offsets=offsets, asynchronous=True)
-    remaining = deadline - time.monotonic()
-    if remaining <= 0:
-        raise KafkaException(KafkaError(KafkaError._TIMED_OUT, "drain deadline passed"))
-    wanted = {(p.topic, p.partition): p.offset for p in offsets}
-    held = consumer.committed([TopicPartition(t, p) for t, p in wanted], timeout=remaining)
-    behind = [p for p in held if p.error is not None or p.offset < wanted[(p.topic, p.partition)]]
-    if behind:
-        raise KafkaException(
-            KafkaError(
-                KafkaError._FAIL,
-                "the coordinator did not store "
-                + ", ".join(
-                    f"{p.topic}/{p.partition}:{wanted[(p.topic, p.partition)]}" for p in behind
-                ),
-            )
-        )
-
-
-def _oldest_times(
-    unacked: dict[TopicPartitionKey, _Unacknowledged],
-) -> dict[TopicPartitionKey, float]:
-    """When each partition's oldest unacknowledged message was consumed. Called from
-    other threads while the loop pops from the deques: an emptied one has none."""
-    oldest = {}
-    for tp, pending in unacked.items():
-        try:
-            oldest[tp] = pending.polls[0][1]
-        except IndexError:
-            continue
-    return oldest
-
-
-def _unacked_messages(pending: _Unacknowledged | None) -> int:
-    """Messages consumed and not yet known durable (read from other threads: a total
-    the loop updates in one assignment)."""
-    return 0 if pending is None else max(0, pending.messages)
-
-
 def _is_unexpected(error: BaseException) -> bool:
     """False for a condition the service recognises and explains in one line (the schema
     or a grant is missing); true for anything else, a bug that keeps its traceback."""
     return not isinstance(error, SchemaNotReadyError)
-
-
-def _open_dead_letter_publisher(settings: Settings) -> DeadLetterPublisher | None:
-    """The dead-letter topic's producer, when dead letters go to a topic."""
-    if not settings.dead_letters.to_topic:
-        return None
-    return DeadLetterPublisher(
-        client_config(settings, "dead-letters"),
-        topic_template=settings.dead_letters.topic,
-        consumer_group=settings.kafka.group_id,
-        delivery_timeout_s=settings.dead_letters.publish_timeout_s,
-    )
-
-
-def _open_pool(settings: Settings) -> ConnectionPool[Any]:
-    """The writers' connection pool: one connection per writer, sessions configured."""
-    database = settings.database
-
-    def configure(conn: Any) -> None:
-        if not database.prepared_statements:
-            conn.prepare_threshold = None  # psycopg then prepares nothing, prepare=True too
-        conn.autocommit = True
-        conn.execute(
-            "SELECT set_config('statement_timeout', %s, false), "
-            "set_config('application_name', %s, false)",
-            (str(database.statement_timeout_ms), f"kingest:{settings.kafka.group_id}"[:63]),
-        )
-        conn.autocommit = False
-
-    pool: ConnectionPool[Any] = ConnectionPool(
-        database.url,
-        min_size=settings.pipeline.writers,
-        max_size=settings.pipeline.writers,
-        kwargs={"connect_timeout": max(1, round(database.connect_timeout_s))},
-        configure=configure,
-        timeout=database.connect_timeout_s,
-        # The pool reconnects a lost connection on its own schedule, doubling the delay
-        # after each failure for up to reconnect_timeout (default 300 s): after a 20 s
-        # PostgreSQL outage its next attempt came ~9 s after the server was back, after
-        # longer ones minutes later. Giving up after the writers' longest backoff instead
-        # makes the waiting writers start a fresh attempt (the pool grows on demand), so
-        # reconnecting follows the writers' bounded backoff (invariant 5, docs/design.md).
-        reconnect_timeout=settings.pipeline.retry_max_s,
-        name="kingest-writers",
-        open=False,
-    )
-    pool.open(wait=True, timeout=database.connect_timeout_s)
-    return pool

@@ -4,6 +4,11 @@
   under an advisory lock;
 * :mod:`kingest.store.rows` turns Kafka records into column buffers (a
   :class:`RowBatch`), and undecodable or invalid messages into :class:`Rejection`\\ s;
+* :mod:`kingest.store.headers` reads a message's Kafka headers without ever raising
+  (:func:`message_headers`, :func:`unreadable_headers`);
+* :mod:`kingest.store.event_ids` derives the idempotency key of an event sent without
+  ``event_id``, from its coordinates or, for a replayed dead letter whose replay
+  headers check out, from the original's (:func:`verified_replay_of`);
 * :mod:`kingest.store.tables` describes the tables and generates the write statements;
 * :mod:`kingest.store.write` writes a RowBatch in one transaction (:func:`write_batch`);
 * :mod:`kingest.store.errors` tells transient database errors (retry) from permanent
@@ -18,6 +23,19 @@ from kingest.store.errors import (
     is_schema_error,
     sqlstate_of,
 )
+from kingest.store.event_ids import (
+    REPLAY_DIGEST_HEADER,
+    REPLAY_OF_HEADER,
+    derive_event_id,
+    replay_digest,
+    verified_replay_of,
+)
+from kingest.store.headers import (
+    Headers,
+    UnreadableHeaders,
+    message_headers,
+    unreadable_headers,
+)
 from kingest.store.migrate import (
     Migration,
     MigrationError,
@@ -26,21 +44,7 @@ from kingest.store.migrate import (
     migrations_dir,
     pending_migrations,
 )
-from kingest.store.rows import (
-    REPLAY_DIGEST_HEADER,
-    REPLAY_OF_HEADER,
-    Headers,
-    KafkaRecord,
-    Rejection,
-    RowBatch,
-    UnreadableHeaders,
-    derive_event_id,
-    message_headers,
-    replay_digest,
-    storable_timestamp_ms,
-    unreadable_headers,
-    verified_replay_of,
-)
+from kingest.store.rows import KafkaRecord, Rejection, RowBatch, storable_timestamp_ms
 from kingest.store.tables import FACT_TABLES, INSERT_DEAD_LETTER, SCHEMA, WRITE_PLAN
 from kingest.store.write import (
     WriteResult,

@@ -17,42 +17,22 @@ down to the offending row and dead-letters it with the original key, value and h
 (:meth:`RowBatch.as_rejected`). The references keep those records alive, so
 :attr:`RowBatch.nbytes` counts them.
 
-Idempotency key of a row: the event's ``event_id``, or when empty a UUIDv5 of
-``"{topic}/{partition}/{offset}"`` in :data:`DERIVED_EVENT_ID_NAMESPACE`, so a
-redelivered message maps to the same key. A dead letter replayed to its source topic
-(``kingest dlq replay --to source``) lands at a new offset but carries a
-``kingest.replay.of: topic/partition/offset`` header (:data:`REPLAY_OF_HEADER`) naming
-the original message and a ``kingest.replay.digest`` header (:data:`REPLAY_DIGEST_HEADER`,
-:func:`replay_digest`) binding those coordinates to the message's key and value; an
-event without ``event_id`` then takes the key derived from those ORIGINAL coordinates,
-so however often it is replayed it maps to the one row the original would have been.
-The coordinates are trusted only when both headers appear once, are well formed and the
-digest matches the message (:func:`verified_replay_of`): headers forwarded onto another
-message, a digest alone, repeated or malformed headers leave the message its own
-coordinates' key, so two different messages never share a derived key by accident. (A
-producer can always choose any ``event_id``, a derived one included: the digest is no
-defence against a producer that wants a collision.) Headers are only read when
-``event_id`` is empty, which keeps the common case off this lookup. Correlation id: the
-envelope's, else the ``correlation-id`` Kafka header, else the event id.
+Idempotency keys of events without ``event_id``: :mod:`kingest.store.event_ids`;
+reading headers (never raising) and the correlation id they may carry:
+:mod:`kingest.store.headers`. Correlation id of a row: the envelope's, else the
+``correlation-id`` Kafka header, else the event id.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
-import operator
-import re
 import time
-import uuid
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, Final, Protocol
 
 import attrs
 
 from kingest.schema import (
-    MAX_INDEXED_IDENTIFIER_BYTES,
     DecodeError,
     ValidationError,
     decode_event,
@@ -72,44 +52,25 @@ from kingest.schema.v1.events_pb2 import (
     TrainingRunFinished,
     TrainingRunStarted,
 )
+from kingest.store.event_ids import derived_event_id_of
+from kingest.store.headers import (
+    Headers,
+    UnreadableHeaders,
+    header_correlation_id,
+    header_tuple,
+    message_headers,
+)
 from kingest.store.tables import ENVELOPE, FACT_TABLES, TABLES_BY_EVENT_TYPE, FactTable
 
 __all__ = [
-    "CORRELATION_ID_HEADER",
-    "DERIVED_EVENT_ID_NAMESPACE",
-    "REPLAY_DIGEST_HEADER",
-    "REPLAY_OF_HEADER",
-    "Headers",
+    "KAFKA_NO_TIMESTAMP",
+    "MAX_STORABLE_TIMESTAMP_MS",
+    "MIN_STORABLE_TIMESTAMP_MS",
     "KafkaRecord",
     "Rejection",
     "RowBatch",
-    "UnreadableHeaders",
-    "derive_event_id",
-    "message_headers",
-    "parse_replay_of",
-    "replay_digest",
     "storable_timestamp_ms",
-    "unreadable_headers",
-    "verified_replay_of",
 ]
-
-#: Namespace of the event ids derived from Kafka coordinates. Fixed forever: changing
-#: it would give a redelivered message a new key, hence a duplicate row.
-DERIVED_EVENT_ID_NAMESPACE: Final = uuid.UUID("a76e5044-6f7d-476d-84a6-2998463a6357")
-CORRELATION_ID_HEADER: Final = "correlation-id"
-#: Header of a replayed dead letter naming its original message: ``topic/partition/offset``.
-REPLAY_OF_HEADER: Final = "kingest.replay.of"
-#: Header of a replayed dead letter: :func:`replay_digest` of the original coordinates
-#: and the message's key and value, as lower-case hex.
-REPLAY_DIGEST_HEADER: Final = "kingest.replay.digest"
-_REPLAY_DIGEST_DOMAIN: Final = b"kingest.replay.v1"
-#: ``topic/partition/offset`` in canonical form: a legal Kafka topic name, an int32
-#: partition and an int64 offset, non-negative, in ASCII digits without sign, padding
-#: or leading zeros (the range is checked after the match).
-_REPLAY_OF: Final = re.compile(rb"([A-Za-z0-9._-]{1,249})/(0|[1-9][0-9]{0,9})/(0|[1-9][0-9]{0,18})")
-_MAX_PARTITION: Final = 2**31 - 1
-_MAX_OFFSET: Final = 2**63 - 1
-_HEX_DIGEST: Final = re.compile(rb"[0-9a-f]{64}")
 
 #: Approximate memory of one buffered row besides its Kafka value: list slots and the
 #: small objects of its columns (tracemalloc on the synthetic mix: about 640 bytes)
@@ -144,15 +105,6 @@ _DRIFT_SEVERITY: Final = {
     DriftSeverity.DRIFT_SEVERITY_MEDIUM: "medium",
     DriftSeverity.DRIFT_SEVERITY_HIGH: "high",
 }
-
-
-#: Kafka headers as clients return them: a consumed message has a list of pairs with
-#: bytes (or None) values; confluent_kafka's type stubs also admit a dict and str values.
-Headers = Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None]
-
-
-class _HasHeaders(Protocol):
-    def headers(self) -> Headers | None: ...
 
 
 class KafkaRecord(Protocol):
@@ -216,187 +168,6 @@ def storable_timestamp_ms(timestamp_ms: int | None) -> int | None:
     return timestamp_ms
 
 
-class UnreadableHeaders(list[tuple[str, bytes | None]]):
-    """The headers of a message whose headers confluent-kafka cannot decode: none.
-
-    A header NAME that is not UTF-8 (Go clients and ``kcat -H`` send any bytes) makes
-    ``Message.headers()`` fail, and confluent-kafka gives no other access to them, so
-    none of that message's headers can be read or kept. ``reason`` says so, with the
-    bytes of the offending name when the error names them.
-    """
-
-    __slots__ = ("reason",)
-
-    def __init__(self, reason: str) -> None:
-        super().__init__()
-        self.reason = reason
-
-
-#: ``record.headers()`` called through the generic call path, which raises the error
-#: of a C method that returns a result with an exception set. confluent-kafka 2.16's
-#: ``Message.headers()`` does that for a header name that is not UTF-8; a plain method
-#: call, once CPython has specialised it, returns the half-built list instead (a
-#: tuple in it holds NULL: unpacking it crashes the process) and leaves the exception
-#: pending for whatever runs next.
-_read_headers: Final = operator.methodcaller("headers")
-#: At most this many bytes of an undecodable header name are quoted in the reason.
-_SHOWN_NAME_BYTES: Final = 200
-
-
-def message_headers(record: _HasHeaders) -> Headers | None:
-    """``record.headers()``, never raising: every read of a Kafka message's headers.
-
-    When confluent-kafka cannot decode them (see :class:`UnreadableHeaders`) the result
-    is an empty :class:`UnreadableHeaders`, and it replaces the message's headers
-    (``Message.set_headers``), so that any later read, ours or a library's, gets it
-    rather than the broken list that a second ``headers()`` call would return.
-    """
-    try:
-        headers: Headers | None = _read_headers(record)
-    except (SystemError, UnicodeError) as error:
-        return _unreadable(record, error)
-    return headers
-
-
-def unreadable_headers(
-    records: Sequence[_HasHeaders],
-) -> list[tuple[int, UnreadableHeaders]]:
-    """The positions in ``records`` of the messages whose headers cannot be read, each
-    with the :class:`UnreadableHeaders` that now replaces them (see
-    :func:`message_headers`); reads every message's headers once, in C, so a poll
-    without such a message costs one C call per message. A message already found
-    unreadable is not found again."""
-    found: list[tuple[int, UnreadableHeaders]] = []
-    pending = iter(records)
-    while True:
-        try:
-            deque(map(_read_headers, pending), maxlen=0)
-            return found
-        except (SystemError, UnicodeError) as error:
-            # map took the failing message from the iterator before reading it.
-            position = len(records) - operator.length_hint(pending) - 1
-            found.append((position, _unreadable(records[position], error)))
-
-
-def _unreadable(record: _HasHeaders, error: SystemError | UnicodeError) -> UnreadableHeaders:
-    """Why ``record.headers()`` raised ``error``, set as the record's headers."""
-    cause = error if isinstance(error, UnicodeDecodeError) else error.__cause__
-    if isinstance(cause, UnicodeDecodeError) and isinstance(cause.object, bytes):
-        detail = f"header name {cause.object[:_SHOWN_NAME_BYTES]!r} is not UTF-8"
-    else:
-        detail = f"{type(error).__name__}: {error}"
-    unreadable = UnreadableHeaders(
-        f"Kafka headers unreadable ({detail}); none of the message's headers kept"
-    )
-    set_headers = getattr(record, "set_headers", None)
-    if set_headers is not None:
-        set_headers(unreadable)
-    return unreadable
-
-
-def derive_event_id(topic: str | None, partition: int | None, offset: int | None) -> str:
-    """The idempotency key of an event sent without ``event_id``: stable per message."""
-    return str(uuid.uuid5(DERIVED_EVENT_ID_NAMESPACE, f"{topic}/{partition}/{offset}"))
-
-
-def parse_replay_of(value: str | bytes) -> tuple[str, int, int] | None:
-    """A :data:`REPLAY_OF_HEADER` value ``"topic/partition/offset"`` as a tuple, or None
-    unless it is in the canonical form kingest writes (see :data:`_REPLAY_OF`).
-
-    Topic names cannot contain ``/``, so the split is unambiguous.
-    """
-    raw = value.encode("utf-8", "replace") if isinstance(value, str) else value
-    match = _REPLAY_OF.fullmatch(raw)
-    if match is None:
-        return None
-    partition, offset = int(match[2]), int(match[3])
-    if partition > _MAX_PARTITION or offset > _MAX_OFFSET:
-        return None
-    return match[1].decode("ascii"), partition, offset
-
-
-def replay_digest(original: tuple[str, int, int], key: bytes | None, value: bytes | None) -> str:
-    """The :data:`REPLAY_DIGEST_HEADER` value of a message replaying ``original`` with
-    this key and value: hex SHA-256 of a domain tag, then of the coordinates
-    ``topic/partition/offset``, the key and the value, each framed as ``0x00`` when null,
-    else ``0x01``, its length (8 bytes, big-endian) and its bytes."""
-    digest = hashlib.sha256(_REPLAY_DIGEST_DOMAIN)
-    topic, partition, offset = original
-    for part in (f"{topic}/{partition}/{offset}".encode(), key, value):
-        if part is None:
-            digest.update(b"\x00")
-        else:
-            digest.update(b"\x01" + len(part).to_bytes(8, "big") + part)
-    return digest.hexdigest()
-
-
-def verified_replay_of(
-    headers: Headers | None, key: bytes | None, value: bytes | None
-) -> tuple[str, int, int] | None:
-    """The original coordinates a replayed message names, or None unless its headers
-    prove them: exactly one well-formed :data:`REPLAY_OF_HEADER` and exactly one
-    :data:`REPLAY_DIGEST_HEADER` equal to :func:`replay_digest` of those coordinates and
-    this key and value."""
-    named: list[str | bytes | None] = []
-    digests: list[str | bytes | None] = []
-    for name, header in _header_pairs(headers):
-        if name == REPLAY_OF_HEADER:
-            named.append(header)
-        elif name == REPLAY_DIGEST_HEADER:
-            digests.append(header)
-    if len(named) != 1 or len(digests) != 1 or named[0] is None or digests[0] is None:
-        return None
-    original = parse_replay_of(named[0])
-    claimed = digests[0] if isinstance(digests[0], bytes) else digests[0].encode("utf-8", "replace")
-    if original is None or not _HEX_DIGEST.fullmatch(claimed):
-        return None
-    expected = replay_digest(original, key, value).encode()
-    return original if hmac.compare_digest(claimed, expected) else None
-
-
-def _derived_event_id(
-    record: KafkaRecord, topic: str | None, partition: int | None, offset: int | None
-) -> str:
-    """The key of an event without ``event_id``: from the original coordinates of a
-    replayed dead letter whose replay headers check out, else from its own."""
-    original = verified_replay_of(message_headers(record), record.key(), record.value())
-    if original is not None:
-        return derive_event_id(*original)
-    return derive_event_id(topic, partition, offset)
-
-
-def _header_pairs(headers: Headers | None) -> Iterable[tuple[str, str | bytes | None]]:
-    if not headers:
-        return ()
-    if isinstance(headers, Mapping):
-        return headers.items()
-    return headers
-
-
-def _header_correlation_id(record: KafkaRecord) -> str:
-    """The ``correlation-id`` header, or ``""`` when absent or unusable.
-
-    Unlike the envelope, a header is not validated, so one PostgreSQL would refuse (a
-    NUL character; more than an indexed identifier's bytes) is ignored: the event then
-    takes its event id as correlation id instead of failing its whole batch's write.
-    """
-    for key, value in _header_pairs(message_headers(record)):
-        if key == CORRELATION_ID_HEADER and value:
-            text = value if isinstance(value, str) else value.decode("utf-8", "replace")
-            if "\x00" in text or len(text.encode()) > MAX_INDEXED_IDENTIFIER_BYTES:
-                return ""
-            return text
-    return ""
-
-
-def _header_tuple(headers: Headers | None) -> tuple[tuple[str, bytes | None], ...]:
-    """Headers as stored in a dead letter: ordered pairs of key and bytes (or None)."""
-    return tuple(
-        (key, value.encode() if isinstance(value, str) else value)
-        for key, value in _header_pairs(headers)
-    )
-
-
 def _json_object(entries: Mapping[str, Any]) -> str:
     return json.dumps(dict(entries)) if entries else _EMPTY_JSON_OBJECT
 
@@ -424,7 +195,7 @@ def _rejection(
         offset=-1 if offset is None else offset,
         key=record.key(),
         value=record.value(),
-        headers=_header_tuple(headers),
+        headers=header_tuple(headers),
         kafka_timestamp_ms=None if timestamp_type == _NO_TIMESTAMP else timestamp_ms,
         error_stage=stage,
         error_class=error_class,
@@ -578,7 +349,7 @@ class RowBatch:
         mappers = _PAYLOAD_MAPPERS
         decode = decode_event
         validate = validate_payload
-        header_correlation_id = _header_correlation_id
+        correlation_of_headers = header_correlation_id
         rows_before = self.event_count
         value_bytes = 0
         try:
@@ -603,8 +374,8 @@ class RowBatch:
                 topic = record.topic()
                 partition = record.partition()
                 offset = record.offset()
-                event_id = event.event_id or _derived_event_id(record, topic, partition, offset)
-                correlation_id = event.correlation_id or header_correlation_id(record) or event_id
+                event_id = event.event_id or derived_event_id_of(record, topic, partition, offset)
+                correlation_id = event.correlation_id or correlation_of_headers(record) or event_id
                 try:
                     mappers[kind](payload, columns)
                 except KeyError as exc:
@@ -626,7 +397,7 @@ class RowBatch:
             self._nbytes += 2 * value_bytes + _ROW_OVERHEAD_BYTES * added
 
     def _reject_undecodable(self, record: KafkaRecord, exc: DecodeError) -> None:
-        correlation_id = _header_correlation_id(record) or None
+        correlation_id = header_correlation_id(record) or None
         self.add_rejection(
             _rejection(
                 record,
@@ -640,7 +411,7 @@ class RowBatch:
     def _reject_invalid(
         self, record: KafkaRecord, event: Event, error_class: str, message: str
     ) -> None:
-        correlation_id = event.correlation_id or _header_correlation_id(record) or None
+        correlation_id = event.correlation_id or header_correlation_id(record) or None
         self.add_rejection(
             _rejection(
                 record,

@@ -24,15 +24,14 @@ from kingest.dev import SyntheticStream, create_topic
 from kingest.pipeline.consumer import RunOutcome
 from kingest.schema.codec import encode_event
 from kingest.schema.v1.events_pb2 import Event, InferenceCompleted, InferenceStatus
-from kingest.store.migrate import apply_migrations, migrations_dir
-from kingest.store.rows import (
+from kingest.store.event_ids import (
     REPLAY_DIGEST_HEADER,
     REPLAY_OF_HEADER,
-    Rejection,
-    RowBatch,
     derive_event_id,
     replay_digest,
 )
+from kingest.store.migrate import apply_migrations, migrations_dir
+from kingest.store.rows import Rejection, RowBatch
 from kingest.store.write import write_batch
 from tests.integration.support import (
     InProcessKingest,

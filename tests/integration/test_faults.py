@@ -22,7 +22,8 @@ import pytest
 
 from kingest.config.loading import load_settings
 from kingest.dev import LocalPostgres, create_topic
-from kingest.pipeline.consumer import RunOutcome, _open_pool
+from kingest.pipeline.consumer import RunOutcome
+from kingest.pipeline.resources import open_pool
 from kingest.store.migrate import apply_migrations
 from tests.integration.faulty_stream import (
     PARTITIONS,
@@ -221,9 +222,9 @@ def test_postgresql_outage_is_waited_out_in_the_group(
 def test_writer_pool_reconnects_within_the_writers_backoff(database_url: str) -> None:
     # psycopg_pool's own reconnect backoff doubles without bound for reconnect_timeout
     # (300 s by default): after the 20 s outage above, kingest's first write came 10 s
-    # after PostgreSQL was back (0.2-0.4 s with this setting). See Pipeline._open_pool.
+    # after PostgreSQL was back (0.2-0.4 s with this setting). See resources.open_pool.
     env = kingest_env("127.0.0.1:9", database_url, "t", "g", KINGEST_RETRY_MAX_S="3.5")
-    pool = _open_pool(load_settings(env))
+    pool = open_pool(load_settings(env))
     try:
         assert pool.reconnect_timeout == 3.5
     finally:

@@ -71,11 +71,11 @@ def test_the_final_commit_includes_an_offset_whose_asynchronous_commit_is_in_fli
     with InProcessKingest(env) as kingest:
         pipeline = kingest.pipeline
         wait_for(
-            lambda: pipeline._committed.get(tp) == end,
+            lambda: pipeline._commits.committed().get(tp) == end,
             timeout=60,
             what="the asynchronous commit of the stream's end sent",
         )
-        assert tp not in pipeline._confirmed, "the commit was answered already"
+        assert tp not in pipeline._commits.confirmed(), "the commit was answered already"
         # Stopped while that commit is in flight (it fails 3 s after it was sent).
         assert kingest.stop() is RunOutcome.DRAINED
     assert committed_offsets(bootstrap, group, topic, 1) == {0: end}
@@ -115,7 +115,7 @@ def test_a_final_commit_not_answered_by_the_drain_deadline_ends_as_drain_timeout
             timeout=60,
             what="the whole stream durable",
         )
-        assert tp not in pipeline._committed
+        assert tp not in pipeline._commits.committed()
         # The coordinator answers the next OffsetCommit only after 15 s.
         mock_cluster.push_broker_request_error_rtts(
             COORDINATOR, OFFSET_COMMIT_API, (KafkaError.NO_ERROR, 15_000)

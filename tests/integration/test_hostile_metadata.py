@@ -29,8 +29,9 @@ from kingest.deadletters.stored import (
 from kingest.dev import SyntheticRecord, SyntheticStream, create_topic
 from kingest.pipeline.consumer import RunOutcome
 from kingest.schema.codec import decode_event, encode_event
+from kingest.store.event_ids import derive_event_id
 from kingest.store.migrate import apply_migrations
-from kingest.store.rows import Rejection, derive_event_id
+from kingest.store.rows import Rejection
 from kingest.telemetry import catalog
 from tests.integration.raw_headers import produce_raw
 from tests.integration.support import (

@@ -33,7 +33,8 @@ from typer.testing import CliRunner
 from kingest.cli.commands import app
 from kingest.config.loading import load_settings
 from kingest.dev import LocalPostgres, MockKafkaCluster, SyntheticStream, create_topic
-from kingest.pipeline.consumer import FETCH_CHECK_INTERVAL_S, RunOutcome
+from kingest.pipeline.consumer import RunOutcome
+from kingest.pipeline.fetching import FETCH_CHECK_INTERVAL_S
 from kingest.runtime.http import TelemetryServer
 from kingest.store.migrate import apply_migrations
 from kingest.telemetry import catalog

@@ -15,8 +15,8 @@ from confluent_kafka import KafkaError, Message, Producer
 from kingest.dev.demo import committed_offsets
 from kingest.dev.synth import SyntheticStream
 from kingest.pipeline.consumer import RunOutcome
+from kingest.store.event_ids import derive_event_id
 from kingest.store.migrate import apply_migrations
-from kingest.store.rows import derive_event_id
 from tests.integration.support import (
     InProcessKingest,
     all_committed,

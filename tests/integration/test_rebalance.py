@@ -34,6 +34,7 @@ from kingest.dev import (
     produce_records,
 )
 from kingest.kafka import TopicPartitionKey
+from kingest.pipeline.commits import CommitSource
 from kingest.pipeline.committer import OffsetCommitter
 from kingest.pipeline.consumer import Pipeline, RunOutcome
 from kingest.pipeline.messages import Ack, CommitterMessage
@@ -121,15 +122,20 @@ def record_callbacks(pipeline: Pipeline) -> CallbackLog:
     """Wrap the pipeline's rebalance callbacks (before it runs) to record what they get."""
     log = CallbackLog()
     commits: list[TopicPartition] = []
-    commit_now = pipeline._commit_now
+    loop_commits = pipeline._commits
+    final = loop_commits.final
 
-    def recording_commit_now(
-        consumer: Consumer, tps: Iterable[TopicPartitionKey], deadline: float
+    def recording_final(
+        consumer: Consumer,
+        committer: CommitSource,
+        tps: Iterable[TopicPartitionKey],
+        deadline: float,
     ) -> bool:
-        commits.extend(pipeline._committable(tps, pipeline._confirmed))
-        return commit_now(consumer, tps, deadline)
+        tps = list(tps)
+        commits.extend(loop_commits.unconfirmed(committer, tps))
+        return final(consumer, committer, tps, deadline)
 
-    pipeline._commit_now = recording_commit_now  # type: ignore[method-assign]
+    loop_commits.final = recording_final  # type: ignore[method-assign]
     for kind in ("assign", "revoke", "lost"):
         original = getattr(pipeline, f"_on_{kind}")
 

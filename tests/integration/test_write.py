@@ -31,14 +31,14 @@ from kingest.schema.v1.events_pb2 import (
 )
 from kingest.schema.validate import payload_of
 from kingest.store.errors import ErrorKind, classify_db_error, is_schema_error, sqlstate_of
-from kingest.store.migrate import apply_migrations
-from kingest.store.rows import (
+from kingest.store.event_ids import (
     REPLAY_DIGEST_HEADER,
     REPLAY_OF_HEADER,
-    RowBatch,
     derive_event_id,
     replay_digest,
 )
+from kingest.store.migrate import apply_migrations
+from kingest.store.rows import RowBatch
 from kingest.store.write import WriteResult, write_batch
 from tests.fakes import FakeRecord
 

@@ -21,14 +21,14 @@ from kingest.deadletters.stored import (
 )
 from kingest.schema.codec import encode_event
 from kingest.schema.v1.events_pb2 import Event, InferenceCompleted, InferenceStatus
-from kingest.store.rows import (
+from kingest.store.event_ids import (
     REPLAY_DIGEST_HEADER,
     REPLAY_OF_HEADER,
-    Rejection,
     derive_event_id,
     replay_digest,
     verified_replay_of,
 )
+from kingest.store.rows import Rejection
 
 NOW = datetime(2026, 11, 28, 4, 0, tzinfo=UTC)
 

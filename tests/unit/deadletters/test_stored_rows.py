@@ -12,15 +12,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from kingest.schema.codec import encode_event
 from kingest.schema.v1.events_pb2 import Event, MetricLogged
-from kingest.store.rows import (
+from kingest.store.event_ids import (
     REPLAY_DIGEST_HEADER,
     REPLAY_OF_HEADER,
-    RowBatch,
     derive_event_id,
     parse_replay_of,
     replay_digest,
     verified_replay_of,
 )
+from kingest.store.rows import RowBatch
 from kingest.store.tables import TABLES_BY_EVENT_TYPE
 from tests.fakes import FakeRecord
 

@@ -26,13 +26,8 @@ from kingest.schema.v1.events_pb2 import (
     TrainingRunStarted,
 )
 from kingest.schema.validate import payload_of
-from kingest.store.rows import (
-    DERIVED_EVENT_ID_NAMESPACE,
-    KafkaRecord,
-    Rejection,
-    RowBatch,
-    derive_event_id,
-)
+from kingest.store.event_ids import DERIVED_EVENT_ID_NAMESPACE, derive_event_id
+from kingest.store.rows import KafkaRecord, Rejection, RowBatch
 from kingest.store.tables import FACT_TABLES, TABLES_BY_EVENT_TYPE, FactTable
 from tests.fakes import FakeRecord
 

@@ -14,16 +14,14 @@ from kingest.deadletters.stored import StoredDeadLetter
 from kingest.pipeline.partition import _timestamp_ms
 from kingest.schema.codec import encode_event
 from kingest.schema.v1.events_pb2 import InferenceCompleted, InferenceStatus
+from kingest.store.event_ids import derive_event_id
+from kingest.store.headers import UnreadableHeaders, message_headers, unreadable_headers
 from kingest.store.rows import (
     MAX_STORABLE_TIMESTAMP_MS,
     MIN_STORABLE_TIMESTAMP_MS,
     Rejection,
     RowBatch,
-    UnreadableHeaders,
-    derive_event_id,
-    message_headers,
     storable_timestamp_ms,
-    unreadable_headers,
 )
 from kingest.store.tables import TABLES_BY_EVENT_TYPE
 from kingest.store.write import dead_letter_params

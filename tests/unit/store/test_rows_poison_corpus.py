@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from kingest.store.rows import RowBatch, derive_event_id
+from kingest.store.event_ids import derive_event_id
+from kingest.store.rows import RowBatch
 from kingest.store.tables import FACT_TABLES
 from tests.fakes import FakeRecord
 from tests.poison_corpus import CORPUS_NOW, Outcome, PoisonCase, build_corpus, markdown_table
