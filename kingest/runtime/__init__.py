@@ -15,7 +15,24 @@ settings and restarts on change. Nothing here handles a message: that is the pip
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from kingest.runtime.exit_codes import EXIT_BAD_CONFIG, EXIT_FAILED, EXIT_FORCED
-from kingest.runtime.service import run_service
+
+if TYPE_CHECKING:
+    from kingest.runtime.service import run_service
+
+
+def __getattr__(name: str) -> Any:
+    """The service, imported on first use: this front stays light because ``kingest
+    start`` imports :mod:`kingest.runtime.early_stop` through it before anything heavy,
+    so that a SIGTERM in its first second is a stop request (the service imports the
+    whole pipeline, confluent-kafka and psycopg)."""
+    if name == "run_service":
+        from kingest.runtime.service import run_service  # noqa: PLC0415
+
+        return run_service
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = ["EXIT_BAD_CONFIG", "EXIT_FAILED", "EXIT_FORCED", "run_service"]
