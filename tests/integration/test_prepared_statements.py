@@ -32,7 +32,7 @@ from psycopg import pq
 
 from kingest.dev.producer import produce_records
 from kingest.dev.synth import SyntheticStream
-from kingest.pipeline import consumer as pipeline_module
+from kingest.pipeline import resources as pipeline_module
 from kingest.pipeline.consumer import RunOutcome
 from kingest.store.migrate import apply_migrations
 from kingest.telemetry import catalog
