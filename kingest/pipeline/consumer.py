@@ -135,7 +135,6 @@ class Pipeline:
         self._generation = 0
         self._partitions: dict[TopicPartitionKey, PartitionActor] = {}
         self._paused: set[TopicPartitionKey] = set()
-        self._dispatched: dict[TopicPartitionKey, int] = {}
         self._committer: OffsetCommitter | None = None
         self._writers: Pool[WriteBatch] | None = None
         self._commits = LoopCommits(
@@ -335,12 +334,11 @@ class Pipeline:
                 continue
             size = records_size(group)
             actor.tell(group, force=True, size=size)
-            last = self._dispatched[tp] = group[-1].offset() or 0
             consumed[(tp[0], str(tp[1]), group_id)] = len(group)
             unacked = self._unacked.get(tp)
             if unacked is None:
                 unacked = self._unacked[tp] = Unacknowledged()
-            unacked.add(last, now, len(group), size)
+            unacked.add(group[-1].offset() or 0, now, len(group), size)
             self._fetching.fetched_at[tp] = now
         if consumed:
             self.stats.count(catalog.MESSAGES_CONSUMED, consumed)
@@ -373,11 +371,14 @@ class Pipeline:
         to_pause: list[TopicPartition] = []
         to_resume: list[TopicPartition] = []
         for tp, actor in self._partitions.items():
-            backlog = self._dispatched.get(tp, -1) - actor.received_offset
             queued_bytes = actor.mailbox.nbytes
             pending = unacked.get(tp)
-            unacked_messages = pending.messages if pending is not None else 0
-            unacked_bytes = pending.nbytes if pending is not None else 0
+            if pending is None:  # nothing dispatched to this partition yet
+                backlog = -1 - actor.received_offset
+                unacked_messages = unacked_bytes = 0
+            else:
+                backlog = pending.dispatched - actor.received_offset
+                unacked_messages, unacked_bytes = pending.messages, pending.nbytes
             if tp in self._paused:
                 if (
                     backlog <= max_messages // 2
@@ -516,7 +517,6 @@ class Pipeline:
             by_generation.setdefault(actor.generation, []).append(actor.tp)
             del self._partitions[actor.tp]
             self._paused.discard(actor.tp)
-            self._dispatched.pop(actor.tp, None)
             self._unacked.pop(actor.tp, None)
             self._fetching.release(actor.tp)
         self._commits.release(owned)

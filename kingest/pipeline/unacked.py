@@ -18,20 +18,25 @@ __all__ = ["Unacknowledged", "oldest_times", "pending_messages"]
 
 class Unacknowledged:
     """One partition's polls consumed and not yet known durable, oldest first: each poll's
-    (last offset, time consumed, messages, bytes), and the totals of messages and bytes.
+    (last offset, time consumed, messages, bytes), the totals of messages and bytes, and
+    the last offset handed to the partition's actor (kept when its poll is forgotten).
 
     Polls are forgotten whole once their last offset is committable, so the totals
     overstate what is unacknowledged by less than one poll of the partition.
     """
 
-    __slots__ = ("messages", "nbytes", "polls")
+    __slots__ = ("dispatched", "messages", "nbytes", "polls")
 
     def __init__(self) -> None:
         self.polls: deque[tuple[int, float, int, int]] = deque()
         self.messages = 0
         self.nbytes = 0
+        #: The last offset handed to the partition's actor (-1: none yet); the actor's
+        #: ``received_offset`` behind it is its mailbox backlog.
+        self.dispatched = -1
 
     def add(self, last: int, at: float, messages: int, nbytes: int) -> None:
+        self.dispatched = last
         self.polls.append((last, at, messages, nbytes))
         self.messages += messages
         self.nbytes += nbytes
