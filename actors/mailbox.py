@@ -116,11 +116,10 @@ class Mailbox(Generic[T]):
         sizeof = self._sizeof
         if sizeof is None:
             size = 0
-        else:
-            if size is None:
-                size = sizeof(item)
-            if size < 0:
-                raise ValueError(f"sizeof returned a negative size: {size}")
+        elif size is None:
+            size = sizeof(item)
+        if size < 0:
+            raise ValueError(f"negative size of a mailbox item: {size}")
         with self._cond:
             if self._closed:
                 raise MailboxClosed("mailbox is closed")
