@@ -16,8 +16,6 @@ from kingest.store import RowBatch
 if TYPE_CHECKING:
     from kingest.telemetry import BatchTrace
 
-#: A Kafka topic-partition, as a plain tuple: cheap to hash and compare on the hot path.
-
 
 @attrs.frozen(slots=True)
 class WriteBatch:
