@@ -37,6 +37,12 @@ from kingest.kafka import TopicPartitionKey
 from kingest.telemetry import catalog
 from kingest.telemetry.catalog import MetricSpec
 from kingest.telemetry.stats import PipelineStats
+from kingest.telemetry.tracing.conventions import (
+    DB_OPERATION_NAME,
+    DB_SYSTEM_NAME,
+    MESSAGING_DESTINATION_NAME,
+    MESSAGING_PARTITION_ID,
+)
 from kingest.telemetry.tracing.setup import make_resource
 
 __all__ = [
@@ -53,7 +59,7 @@ __all__ = [
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
 #: Attributes of the database write duration (OpenTelemetry database conventions).
-DB_ATTRIBUTES: Final = {"db.system.name": "postgresql", "db.operation.name": "INSERT"}
+DB_ATTRIBUTES: Final = {DB_SYSTEM_NAME: "postgresql", DB_OPERATION_NAME: "INSERT"}
 
 
 class AcknowledgedBatch(Protocol):
@@ -185,8 +191,8 @@ def process_rss_bytes() -> int:
 
 def _tp_attributes(tp: TopicPartitionKey) -> dict[str, str]:
     return {
-        "messaging.destination.name": tp[0],
-        "messaging.destination.partition.id": str(tp[1]),
+        MESSAGING_DESTINATION_NAME: tp[0],
+        MESSAGING_PARTITION_ID: str(tp[1]),
     }
 
 
