@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from kingest.dev import BenchError, Options, parse_sweep, run_bench
+from kingest.runtime import EXIT_FAILED
 
 __all__ = ["bench", "render"]
 
@@ -143,7 +144,7 @@ def bench(
             results = run_bench(options, progress)
         except BenchError as error:
             console.print(f"[bold red]kingest bench failed:[/] {error}")
-            raise typer.Exit(1) from None
+            raise typer.Exit(EXIT_FAILED) from None
     json_path.write_text(json.dumps(results, indent=2) + "\n")
     # Wide enough for every column whatever the terminal (or a pipe) says.
     Console(width=max(Console().width, 132)).print(render(results))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 # First, before the imports that take most of a second: from here on a SIGTERM to
 # `kingest start` is a stop request, not the end of the process.
-from kingest.runtime import EXIT_BAD_CONFIG, early_stop
+from kingest.runtime import EXIT_BAD_CONFIG, EXIT_FAILED, EXIT_FORCED, early_stop
 
 early_stop.install()
 
@@ -191,7 +191,7 @@ def migrate(
     except (psycopg.Error, MigrationError) as error:
         err.print(f"[bold red]kingest migrate failed[/] on {redact_conninfo(database_url)}:")
         err.print(f"  {safe_error_text(error, database_url)}", markup=False, highlight=False)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_FAILED) from None
     if applied:
         typer.echo(f"applied {len(applied)} migrations: {', '.join(applied)}")
     else:
@@ -237,7 +237,7 @@ def produce(
     )
     if report.failed:
         err.print(f"[red]{report.failed} events failed:[/] {'; '.join(report.errors[:3])}")
-        raise typer.Exit(1)
+        raise typer.Exit(EXIT_FAILED)
 
 
 @app.command()
@@ -292,7 +292,7 @@ def lag(
         partitions = group_lag(config, group, topics, timeout_s=timeout)
     except LagError as error:
         err.print(f"[bold red]kingest lag:[/] {error}", highlight=False)
-        raise typer.Exit(1) from None
+        raise typer.Exit(EXIT_FAILED) from None
     total = sum(p.lag for p in partitions)
     if as_json:
         rows = [p.as_dict() for p in partitions]
@@ -313,4 +313,4 @@ def main() -> None:
     try:
         app()
     except KeyboardInterrupt:
-        sys.exit(130)
+        sys.exit(EXIT_FORCED)

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Annotated, Any, Final
+from typing import TYPE_CHECKING, Annotated, Any
 
 import attrs
 import psycopg
@@ -37,6 +37,7 @@ from kingest.config import (
     safe_error_text,
 )
 from kingest.kafka import client_config
+from kingest.runtime import EXIT_BAD_CONFIG, EXIT_FAILED
 
 if TYPE_CHECKING:
     from kingest.deadletters import (
@@ -46,11 +47,7 @@ if TYPE_CHECKING:
         StoredDeadLetter,
     )
 
-from kingest.runtime import EXIT_FAILED
-
 __all__ = ["dlq_app"]
-
-EXIT_BAD_INPUT: Final = 2
 
 dlq_app = typer.Typer(
     name="dlq",
@@ -125,7 +122,7 @@ def _reported(database_url: str) -> Iterator[None]:
     try:
         yield
     except DlqInputError as error:
-        raise _fail(EXIT_BAD_INPUT, str(error)) from None
+        raise _fail(EXIT_BAD_CONFIG, str(error)) from None
     except psycopg.Error as error:
         if is_schema_error(error):
             raise _fail(
@@ -344,7 +341,7 @@ def _settings() -> Settings:
         )
         for problem in error.problems:
             typer.echo(f"  - {problem}", err=True)
-        raise typer.Exit(EXIT_BAD_INPUT) from None
+        raise typer.Exit(EXIT_BAD_CONFIG) from None
 
 
 def _would_replay(dead_letter: StoredDeadLetter, destination: str) -> dict[str, Any]:

@@ -70,16 +70,20 @@ def _check_bootstrap(value: str) -> str | None:
     return f"{', '.join(map(repr, bad))} is not host:port" if bad else None
 
 
+def _is_topic_name(name: str) -> bool:
+    """Kafka's rule for topic names (letters, digits, '.', '_', '-'; not "." or "..")."""
+    return _TOPIC_NAME.fullmatch(name) is not None and name not in (".", "..")
+
+
 def _check_topics(value: tuple[str, ...]) -> str | None:
     if not value:
         return "at least one topic is required"
-    bad = [t for t in value if not _TOPIC_NAME.fullmatch(t) or t in (".", "..")]
+    bad = [t for t in value if not _is_topic_name(t)]
     return f"{', '.join(map(repr, bad))} is not a valid topic name" if bad else None
 
 
 def _check_dead_letter_topic(value: str) -> str | None:
-    example = value.replace("{topic}", "events")
-    if _TOPIC_NAME.fullmatch(example) and example not in (".", ".."):
+    if _is_topic_name(dead_letter_topic(value, "events")):
         return None
     return (
         f"{value!r} is not a valid topic name (letters, digits, '.', '_', '-'; "

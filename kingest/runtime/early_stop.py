@@ -21,7 +21,7 @@ from types import FrameType
 
 from kingest.runtime.exit_codes import EXIT_FORCED
 
-__all__ = ["EXIT_FORCED", "install", "is_start_command", "take"]
+__all__ = ["install", "is_start_command", "take"]
 
 #: The exit code of a second signal, as everywhere in ``kingest start``.
 

@@ -39,7 +39,7 @@ from kingest.runtime.exit_codes import EXIT_FORCED
 from kingest.runtime.http import TelemetryServer
 from kingest.store import MigrationError, first_line, pending_migrations
 
-__all__ = ["EXIT_FORCED", "StartupError", "check_database", "check_kafka", "run_service"]
+__all__ = ["StartupError", "check_database", "check_kafka", "run_service"]
 
 log = logging.getLogger(__name__)
 

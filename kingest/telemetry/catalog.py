@@ -22,6 +22,15 @@ import re
 from dataclasses import dataclass
 from typing import Final, Literal
 
+from kingest.telemetry.tracing.conventions import (
+    DB_OPERATION_NAME,
+    DB_SYSTEM_NAME,
+    ERROR_TYPE,
+    MESSAGING_CONSUMER_GROUP,
+    MESSAGING_DESTINATION_NAME,
+    MESSAGING_PARTITION_ID,
+)
+
 __all__ = [
     "ALL",
     "BATCHES_ABANDONED",
@@ -97,7 +106,7 @@ class MetricSpec:
         return tuple(attribute.replace(".", "_") for attribute in self.attributes)
 
 
-_TP: Final = ("messaging.destination.name", "messaging.destination.partition.id")
+_TP: Final = (MESSAGING_DESTINATION_NAME, MESSAGING_PARTITION_ID)
 
 _LATENCY_BUCKETS: Final = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0
@@ -108,7 +117,7 @@ MESSAGES_CONSUMED: Final = MetricSpec(
     "counter",
     "{message}",
     "Kafka messages consumed and handed to their partition's actor.",
-    (*_TP, "messaging.consumer.group.name"),
+    (*_TP, MESSAGING_CONSUMER_GROUP),
 )
 EVENTS_PROCESSED: Final = MetricSpec(
     "kingest.events.processed",
@@ -124,7 +133,7 @@ DEAD_LETTERS: Final = MetricSpec(
     "{message}",
     "Messages stored as dead letters, by stage (decode, validate, write) and reason "
     "(error class, e.g. invalid_protobuf or a PostgreSQL error name).",
-    ("kingest.error.stage", "error.type"),
+    ("kingest.error.stage", ERROR_TYPE),
 )
 DEAD_LETTER_PUBLISH_FAILURES: Final = MetricSpec(
     "kingest.dead_letter.publish_failures",
@@ -133,7 +142,7 @@ DEAD_LETTER_PUBLISH_FAILURES: Final = MetricSpec(
     "Dead letters the dead-letter topic did not take (a permanent Kafka error, or the "
     "publish budget spent) and that were kept in kingest.dead_letters instead, by the "
     "Kafka error name (e.g. MSG_SIZE_TOO_LARGE, TOPIC_AUTHORIZATION_FAILED, _MSG_TIMED_OUT).",
-    ("error.type",),
+    (ERROR_TYPE,),
 )
 UNREADABLE_HEADERS: Final = MetricSpec(
     "kingest.unreadable_headers",
@@ -150,7 +159,7 @@ RETRIES: Final = MetricSpec(
     "{retry}",
     "Transient failures retried with backoff, by operation (write, dead_letter_publish) "
     "and reason (SQLSTATE class or Kafka error name).",
-    ("kingest.operation", "error.type"),
+    ("kingest.operation", ERROR_TYPE),
 )
 BATCH_SIZE: Final = MetricSpec(
     "kingest.batch.size",
@@ -165,7 +174,7 @@ DB_WRITE_DURATION: Final = MetricSpec(
     "histogram",
     "s",
     "Duration of one batch's write transaction in PostgreSQL, commit included.",
-    ("db.system.name", "db.operation.name"),
+    (DB_SYSTEM_NAME, DB_OPERATION_NAME),
     _LATENCY_BUCKETS,
 )
 END_TO_END_LATENCY: Final = MetricSpec(

@@ -30,7 +30,6 @@ import attrs
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
 from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.resources import OTELResourceDetector, Resource
 from prometheus_client import CollectorRegistry, generate_latest
 
 from kingest import __version__
@@ -38,6 +37,13 @@ from kingest.kafka import TopicPartitionKey
 from kingest.telemetry import catalog
 from kingest.telemetry.catalog import MetricSpec
 from kingest.telemetry.stats import PipelineStats
+from kingest.telemetry.tracing.conventions import (
+    DB_OPERATION_NAME,
+    DB_SYSTEM_NAME,
+    MESSAGING_DESTINATION_NAME,
+    MESSAGING_PARTITION_ID,
+)
+from kingest.telemetry.tracing.setup import make_resource
 
 __all__ = [
     "EndOffsets",
@@ -53,7 +59,7 @@ __all__ = [
 Callback = Callable[[CallbackOptions], Iterable[Observation]]
 
 #: Attributes of the database write duration (OpenTelemetry database conventions).
-DB_ATTRIBUTES: Final = {"db.system.name": "postgresql", "db.operation.name": "INSERT"}
+DB_ATTRIBUTES: Final = {DB_SYSTEM_NAME: "postgresql", DB_OPERATION_NAME: "INSERT"}
 
 
 class AcknowledgedBatch(Protocol):
@@ -171,12 +177,6 @@ def create_instrument(meter: Meter, spec: MetricSpec, callback: Callback | None 
     return meter.create_observable_gauge(spec.name, callbacks=[callback], **common)
 
 
-def _resource() -> Resource:
-    """service.name "kingest" unless OTEL_SERVICE_NAME / OTEL_RESOURCE_ATTRIBUTES say."""
-    detected = OTELResourceDetector().detect().attributes
-    return Resource.create({"service.name": "kingest", "service.version": __version__, **detected})
-
-
 def process_rss_bytes() -> int:
     """Resident memory of this process (Linux: /proc/self/statm; else the peak)."""
     try:
@@ -191,8 +191,8 @@ def process_rss_bytes() -> int:
 
 def _tp_attributes(tp: TopicPartitionKey) -> dict[str, str]:
     return {
-        "messaging.destination.name": tp[0],
-        "messaging.destination.partition.id": str(tp[1]),
+        MESSAGING_DESTINATION_NAME: tp[0],
+        MESSAGING_PARTITION_ID: str(tp[1]),
     }
 
 
@@ -207,7 +207,7 @@ class PipelineMetrics:
         self.registry = CollectorRegistry(auto_describe=False)
         reader = PrometheusMetricReader(registry=self.registry)
         self._provider = MeterProvider(
-            metric_readers=[reader], resource=_resource(), shutdown_on_exit=False
+            metric_readers=[reader], resource=make_resource(), shutdown_on_exit=False
         )
         meter = self._provider.get_meter("kingest", __version__)
         callbacks: dict[MetricSpec, Callback] = {

@@ -1,8 +1,9 @@
 """The names kingest's spans use, in one place: the OpenTelemetry semantic conventions
 for messaging (Kafka) and database clients, and kingest's own limits.
 
-Every span module takes its attribute names from here, so one name is never spelled two
-ways; attributes under ``kingest.`` have no convention and are written where they are set.
+Every span module, the metric catalog and the metrics take their attribute names from
+here, so one name is never spelled two ways; attributes under ``kingest.`` have no
+convention and are written where they are set.
 """
 
 from __future__ import annotations

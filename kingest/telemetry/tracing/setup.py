@@ -11,7 +11,7 @@ spans on :data:`tracer`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -28,7 +28,14 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
     from opentelemetry.sdk.trace.sampling import Sampler
 
-__all__ = ["TracingHandle", "configure_tracing", "link_limit", "tracer", "tracing_active"]
+__all__ = [
+    "TracingHandle",
+    "configure_tracing",
+    "link_limit",
+    "make_resource",
+    "tracer",
+    "tracing_active",
+]
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +109,10 @@ def _make_sampler(config: TracingConfig) -> Sampler:
     return LinkedParentBased()
 
 
-def _make_resource(environ: Mapping[str, str]) -> Any:
+def make_resource() -> Any:
+    """The OpenTelemetry resource of kingest's traces and metrics: ``service.name``
+    "kingest" and ``service.version``, unless ``OTEL_SERVICE_NAME`` or
+    ``OTEL_RESOURCE_ATTRIBUTES`` say otherwise."""
     from opentelemetry.sdk.resources import OTELResourceDetector, Resource  # noqa: PLC0415
 
     from_env = OTELResourceDetector().detect().attributes
@@ -133,22 +143,18 @@ def _make_exporter(name: str, config: TracingConfig) -> SpanExporter:
     return HttpSpanExporter()
 
 
-def configure_tracing(
-    config: TracingConfig, environ: Mapping[str, str] | None = None
-) -> TracingHandle:
+def configure_tracing(config: TracingConfig) -> TracingHandle:
     """Install the global tracer provider ``config`` describes (nothing when tracing is
     off) and return the handle that flushes it at exit."""
     if not config.enabled:
         log.info("tracing off (%s)", config.exporters_reason)
         return TracingHandle()
-    import os  # noqa: PLC0415
-
     from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
 
     provider = TracerProvider(
         sampler=_make_sampler(config),
-        resource=_make_resource(os.environ if environ is None else environ),
+        resource=make_resource(),
     )
     for name in config.exporters:
         provider.add_span_processor(BatchSpanProcessor(_make_exporter(name, config)))
