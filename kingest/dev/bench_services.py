@@ -18,7 +18,6 @@ before anything is timed, by ``kingest produce`` in its own process
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ import psycopg
 from psycopg import sql
 
 from kingest.dev.bench_figures import process_cpu_seconds, process_tree, tree_cpu_seconds
+from kingest.dev.lifecycle import clean_env
 from kingest.dev.postgres import LocalPostgres, database_url_for
 from kingest.dev.tansu import LocalKafka
 from kingest.store import FACT_TABLES, SCHEMA, apply_migrations
@@ -39,7 +39,6 @@ __all__ = [
     "POSTGRES_SETTINGS",
     "STORE_TABLES",
     "BenchServices",
-    "clean_env",
     "drop_database",
     "fresh_database",
     "produce_events",
@@ -145,11 +144,6 @@ def produce_events(bootstrap: str, topic: str, events: int, seed: int) -> None:
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-
-
-def clean_env() -> dict[str, str]:
-    """This environment without KINGEST_* variables: each run sets its own."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("KINGEST_")}
 
 
 #: Every table a stored event lands in: the fact tables and the dead letters.

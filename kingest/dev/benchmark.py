@@ -62,14 +62,13 @@ from kingest.dev.bench_services import (
     POSTGRES_SETTINGS,
     STORE_TABLES,
     BenchServices,
-    clean_env,
     drop_database,
     fresh_database,
     produce_events,
     provide_bench_services,
     stored_events,
 )
-from kingest.dev.lifecycle import free_port
+from kingest.dev.lifecycle import clean_env, free_port
 from kingest.dev.services import FAST_GROUP_SETTINGS
 from kingest.dev.synth import SyntheticStream
 from kingest.dev.topics import create_topic

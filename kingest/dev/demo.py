@@ -9,7 +9,6 @@ only happens once the rows are durable in PostgreSQL). Ctrl-C stops everything c
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -27,7 +26,7 @@ from psycopg import sql
 from rich.console import Console
 from rich.table import Table
 
-from kingest.dev.lifecycle import free_port
+from kingest.dev.lifecycle import clean_env, free_port
 from kingest.dev.postgres import LocalPostgres
 from kingest.dev.producer import ProduceReport, produce_records
 from kingest.dev.services import FAST_GROUP_SETTINGS
@@ -67,7 +66,7 @@ def committed_total(bootstrap_servers: str, group: str, topic: str, partitions: 
 
 
 def _service_env(kafka: LocalKafka, postgres: LocalPostgres, http_port: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KINGEST_")}
+    env = clean_env()
     env.update(
         {
             "KINGEST_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,

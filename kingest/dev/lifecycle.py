@@ -27,6 +27,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import importlib
+import os
 import re
 import socket
 import subprocess
@@ -43,6 +44,7 @@ __all__ = [
     "LocalService",
     "ServiceError",
     "accepts_connections",
+    "clean_env",
     "exit_guard",
     "free_port",
     "log_tail",
@@ -149,6 +151,11 @@ def log_tail(path: Path | None) -> str:
     return text[-LOG_TAIL_CHARS:]
 
 
+def clean_env() -> dict[str, str]:
+    """This environment without KINGEST_* variables: each kingest started here sets its own."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("KINGEST_")}
+
+
 def stop_process(process: subprocess.Popen[bytes], first_signal: int, timeout: float) -> None:
     """Send ``first_signal`` and wait; escalate to SIGKILL after ``timeout`` seconds."""
     if process.poll() is None:
@@ -164,6 +171,16 @@ def stop_process(process: subprocess.Popen[bytes], first_signal: int, timeout: f
 
 class LocalService:
     """``with service:`` starts it and releases it on the way out, even on error."""
+
+    #: The service's process once started (a subclass sets it in ``start``).
+    _process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        """The service's process id while it runs, else None."""
+        if self._process is None or self._process.poll() is not None:
+            return None
+        return self._process.pid
 
     def start(self) -> Self:
         raise NotImplementedError

@@ -181,13 +181,6 @@ class LocalPostgres(LocalService):
         """libpq URL of the ``postgres`` database (superuser ``postgres``, trust auth)."""
         return self.url_for("postgres")
 
-    @property
-    def pid(self) -> int | None:
-        """The postmaster's process id while it runs, else None."""
-        if self._process is None or self._process.poll() is not None:
-            return None
-        return self._process.pid
-
     def url_for(self, dbname: str) -> str:
         """libpq URL of database ``dbname`` on this server."""
         if self._socket_dir is None:

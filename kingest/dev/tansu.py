@@ -80,13 +80,6 @@ class LocalKafka(LocalService):
         return f"{self._host}:{self._port}"
 
     @property
-    def pid(self) -> int | None:
-        """The broker's process id while it runs, else None."""
-        if self._process is None or self._process.poll() is not None:
-            return None
-        return self._process.pid
-
-    @property
     def log_path(self) -> Path | None:
         """Where the broker's output goes (a temporary file unless one was given)."""
         return self._log_path
