@@ -94,7 +94,6 @@ HEADERS: Final = {
     CORRELATION_ID: "correlation id from the envelope or header, when known",
     TRACEPARENT: "W3C trace context of the work that dead-lettered it",
 }
-_PREFIX: Final = "kingest.dlq."
 
 
 class NotADeadLetterError(ValueError):
