@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -42,7 +42,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from opentelemetry import propagate
 
 from kingest.config import dead_letter_topic
-from kingest.store import Headers, Rejection, storable_timestamp_ms
+from kingest.store import Headers, Rejection, header_tuple, storable_timestamp_ms
 from kingest.telemetry import tracing
 
 __all__ = [
@@ -208,16 +208,9 @@ def encode_headers(
     ]
 
 
-def _header_list(headers: Headers | None) -> list[tuple[str, bytes | None]]:
-    if not headers:
-        return []
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    return [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs]
-
-
 def decode_message(key: bytes | None, value: bytes | None, headers: Headers | None) -> DeadLetter:
     """Read a dead letter back from a message of a dead-letter topic."""
-    pairs = _header_list(headers)
+    pairs = header_tuple(headers)
     # The LAST one: the original headers before kingest's block may use its names too.
     start = next((i for i in reversed(range(len(pairs))) if pairs[i][0] == SOURCE_TOPIC), None)
     if start is None:
@@ -238,7 +231,7 @@ def decode_message(key: bytes | None, value: bytes | None, headers: Headers | No
         offset=offset,
         key=key,
         value=value,
-        headers=tuple(pairs[:start]),
+        headers=pairs[:start],
         kafka_timestamp_ms=timestamp,
         error_stage=ours.get(ERROR_STAGE, ""),
         error_class=ours.get(ERROR_CLASS, ""),

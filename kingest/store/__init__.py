@@ -5,7 +5,8 @@
 * :mod:`kingest.store.rows` turns Kafka records into column buffers (a
   :class:`RowBatch`), and undecodable or invalid messages into :class:`Rejection`\\ s;
 * :mod:`kingest.store.headers` reads a message's Kafka headers without ever raising
-  (:func:`message_headers`, :func:`unreadable_headers`);
+  (:func:`message_headers`, :func:`unreadable_headers`) and keeps them as a dead letter
+  does (:func:`header_tuple`);
 * :mod:`kingest.store.event_ids` derives the idempotency key of an event sent without
   ``event_id``, from its coordinates or, for a replayed dead letter whose replay
   headers check out, from the original's (:func:`verified_replay_of`);
@@ -33,6 +34,7 @@ from kingest.store.event_ids import (
 from kingest.store.headers import (
     Headers,
     UnreadableHeaders,
+    header_tuple,
     message_headers,
     unreadable_headers,
 )
@@ -74,6 +76,7 @@ __all__ = [
     "dead_letter_params",
     "derive_event_id",
     "first_line",
+    "header_tuple",
     "is_outage",
     "is_schema_error",
     "load_migrations",
