@@ -47,7 +47,13 @@ from kingest.store.migrate import (
     pending_migrations,
 )
 from kingest.store.rows import KafkaRecord, Rejection, RowBatch, storable_timestamp_ms
-from kingest.store.tables import FACT_TABLES, INSERT_DEAD_LETTER, SCHEMA, WRITE_PLAN
+from kingest.store.tables import (
+    FACT_TABLES,
+    IMPORT_DEAD_LETTER,
+    INSERT_DEAD_LETTER,
+    SCHEMA,
+    WRITE_PLAN,
+)
 from kingest.store.write import (
     WriteResult,
     dead_letter_params,
@@ -57,6 +63,7 @@ from kingest.store.write import (
 
 __all__ = [
     "FACT_TABLES",
+    "IMPORT_DEAD_LETTER",
     "INSERT_DEAD_LETTER",
     "REPLAY_DIGEST_HEADER",
     "REPLAY_OF_HEADER",
