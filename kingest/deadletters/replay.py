@@ -52,7 +52,6 @@ from kingest.deadletters.stored import (
     StoredDeadLetter,
     count_dead_letters,
     pending_pages,
-    storable_text,
     with_table_state,
 )
 from kingest.store import (
@@ -67,6 +66,7 @@ from kingest.store import (
     message_headers,
     replay_digest,
     sqlstate_of,
+    storable_text,
     verified_replay_of,
     write_batch,
 )

@@ -54,7 +54,6 @@ __all__ = [
     "parse_reference",
     "parse_time",
     "pending_pages",
-    "storable_text",
     "summarize",
     "with_table_state",
 ]
@@ -419,11 +418,6 @@ def pending_pages(
 
 
 # ------------------------------------------------------- dead letters of a topic in the table
-
-
-def storable_text(value: str | None) -> str | None:
-    """Text PostgreSQL accepts (a NUL cannot be stored in text)."""
-    return None if value is None else value.replace("\x00", "\ufffd")
 
 
 def _import_params(dead_letter: StoredDeadLetter) -> tuple[Any, ...]:

@@ -57,6 +57,7 @@ from kingest.store.tables import (
 from kingest.store.write import (
     WriteResult,
     dead_letter_params,
+    storable_text,
     store_unpublished_dead_letters,
     write_batch,
 )
@@ -92,6 +93,7 @@ __all__ = [
     "pending_migrations",
     "replay_digest",
     "sqlstate_of",
+    "storable_text",
     "storable_timestamp_ms",
     "store_unpublished_dead_letters",
     "unreadable_headers",
