@@ -263,8 +263,8 @@ class _Deliveries:
         self._lock = threading.Lock()
         self.pending = expected
         self.confirmed: set[int] = set()
+        #: The error of each message not delivered, in the order the reports came.
         self.errors: dict[int, KafkaError] = {}
-        self.last_error: KafkaError | None = None
 
     def callback(self, index: int) -> Any:
         def on_delivery(error: KafkaError | None, _message: Message) -> None:
@@ -274,7 +274,6 @@ class _Deliveries:
                     self.confirmed.add(index)
                 else:
                     self.errors[index] = error
-                    self.last_error = error
 
         return on_delivery
 
@@ -283,7 +282,6 @@ class _Deliveries:
         with self._lock:
             self.pending -= 1
             self.errors[index] = error
-            self.last_error = error
 
 
 class DeadLetterPublisher:
@@ -365,7 +363,7 @@ class DeadLetterPublisher:
                 for i, r in enumerate(rejections)
                 if i not in deliveries.confirmed
             ]
-            error = deliveries.last_error
+            error = next(reversed(deliveries.errors.values()), None)  # the last reported
             reason = error.str() if error is not None else "no delivery report in time"
             raise DeadLetterPublishError(
                 f"{len(failures)} of {len(rejections)} dead letters not confirmed by "
