@@ -33,7 +33,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -52,6 +52,7 @@ __all__ = [
     "DeadLetterPublisher",
     "NotADeadLetterError",
     "PublishFailure",
+    "confirming_producer",
     "dead_letter_topic",
     "decode_message",
     "encode_headers",
@@ -256,6 +257,21 @@ def current_traceparent() -> str | None:
     return carrier.get(TRACEPARENT)
 
 
+def confirming_producer(config: Mapping[str, Any], delivery_timeout_s: float) -> Producer:
+    """A producer for messages that must not be lost or doubled: idempotent, ``acks=all``,
+    and a delivery report for every message within ``delivery_timeout_s`` (the
+    dead-letter topic; dead letters replayed to their source topic)."""
+    return Producer(
+        {
+            **config,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.timeout.ms": int(delivery_timeout_s * 1000),
+        }
+    )
+
+
 class _Deliveries:
     """Delivery reports of one :meth:`DeadLetterPublisher.publish` call (any thread)."""
 
@@ -304,14 +320,7 @@ class DeadLetterPublisher:
         consumer_group: str | None,
         delivery_timeout_s: float = 30.0,
     ) -> None:
-        producer_config = {
-            **config,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "message.timeout.ms": int(delivery_timeout_s * 1000),
-        }
-        self._producer = Producer(producer_config)
+        self._producer = confirming_producer(config, delivery_timeout_s)
         self._template = topic_template
         self._group = consumer_group
         self._timeout_s = delivery_timeout_s + 5.0
