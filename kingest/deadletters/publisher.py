@@ -42,7 +42,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from opentelemetry import propagate
 
 from kingest.config import dead_letter_topic
-from kingest.store import Headers, Rejection, storable_timestamp_ms
+from kingest.store import Headers, Rejection, header_tuple, storable_timestamp_ms
 from kingest.telemetry import tracing
 
 __all__ = [
@@ -52,6 +52,7 @@ __all__ = [
     "DeadLetterPublisher",
     "NotADeadLetterError",
     "PublishFailure",
+    "confirming_producer",
     "dead_letter_topic",
     "decode_message",
     "encode_headers",
@@ -94,7 +95,6 @@ HEADERS: Final = {
     CORRELATION_ID: "correlation id from the envelope or header, when known",
     TRACEPARENT: "W3C trace context of the work that dead-lettered it",
 }
-_PREFIX: Final = "kingest.dlq."
 
 
 class NotADeadLetterError(ValueError):
@@ -209,16 +209,9 @@ def encode_headers(
     ]
 
 
-def _header_list(headers: Headers | None) -> list[tuple[str, bytes | None]]:
-    if not headers:
-        return []
-    pairs = headers.items() if isinstance(headers, Mapping) else headers
-    return [(k, v.encode() if isinstance(v, str) else v) for k, v in pairs]
-
-
 def decode_message(key: bytes | None, value: bytes | None, headers: Headers | None) -> DeadLetter:
     """Read a dead letter back from a message of a dead-letter topic."""
-    pairs = _header_list(headers)
+    pairs = header_tuple(headers)
     # The LAST one: the original headers before kingest's block may use its names too.
     start = next((i for i in reversed(range(len(pairs))) if pairs[i][0] == SOURCE_TOPIC), None)
     if start is None:
@@ -239,7 +232,7 @@ def decode_message(key: bytes | None, value: bytes | None, headers: Headers | No
         offset=offset,
         key=key,
         value=value,
-        headers=tuple(pairs[:start]),
+        headers=pairs[:start],
         kafka_timestamp_ms=timestamp,
         error_stage=ours.get(ERROR_STAGE, ""),
         error_class=ours.get(ERROR_CLASS, ""),
@@ -264,6 +257,21 @@ def current_traceparent() -> str | None:
     return carrier.get(TRACEPARENT)
 
 
+def confirming_producer(config: Mapping[str, Any], delivery_timeout_s: float) -> Producer:
+    """A producer for messages that must not be lost or doubled: idempotent, ``acks=all``,
+    and a delivery report for every message within ``delivery_timeout_s`` (the
+    dead-letter topic; dead letters replayed to their source topic)."""
+    return Producer(
+        {
+            **config,
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "message.timeout.ms": int(delivery_timeout_s * 1000),
+        }
+    )
+
+
 class _Deliveries:
     """Delivery reports of one :meth:`DeadLetterPublisher.publish` call (any thread)."""
 
@@ -271,8 +279,8 @@ class _Deliveries:
         self._lock = threading.Lock()
         self.pending = expected
         self.confirmed: set[int] = set()
+        #: The error of each message not delivered, in the order the reports came.
         self.errors: dict[int, KafkaError] = {}
-        self.last_error: KafkaError | None = None
 
     def callback(self, index: int) -> Any:
         def on_delivery(error: KafkaError | None, _message: Message) -> None:
@@ -282,7 +290,6 @@ class _Deliveries:
                     self.confirmed.add(index)
                 else:
                     self.errors[index] = error
-                    self.last_error = error
 
         return on_delivery
 
@@ -291,7 +298,6 @@ class _Deliveries:
         with self._lock:
             self.pending -= 1
             self.errors[index] = error
-            self.last_error = error
 
 
 class DeadLetterPublisher:
@@ -314,14 +320,7 @@ class DeadLetterPublisher:
         consumer_group: str | None,
         delivery_timeout_s: float = 30.0,
     ) -> None:
-        producer_config = {
-            **config,
-            "enable.idempotence": True,
-            "acks": "all",
-            "linger.ms": 5,
-            "message.timeout.ms": int(delivery_timeout_s * 1000),
-        }
-        self._producer = Producer(producer_config)
+        self._producer = confirming_producer(config, delivery_timeout_s)
         self._template = topic_template
         self._group = consumer_group
         self._timeout_s = delivery_timeout_s + 5.0
@@ -373,7 +372,7 @@ class DeadLetterPublisher:
                 for i, r in enumerate(rejections)
                 if i not in deliveries.confirmed
             ]
-            error = deliveries.last_error
+            error = next(reversed(deliveries.errors.values()), None)  # the last reported
             reason = error.str() if error is not None else "no delivery report in time"
             raise DeadLetterPublishError(
                 f"{len(failures)} of {len(rejections)} dead letters not confirmed by "

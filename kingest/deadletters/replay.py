@@ -40,11 +40,15 @@ from typing import Any, Final
 
 import attrs
 import psycopg
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from psycopg import sql
 
 from kingest.deadletters.inspect import ReplayRecord
-from kingest.deadletters.publisher import NotADeadLetterError, decode_message
+from kingest.deadletters.publisher import (
+    NotADeadLetterError,
+    confirming_producer,
+    decode_message,
+)
 from kingest.deadletters.stored import (
     DeadLetterFilter,
     DlqError,
@@ -52,7 +56,6 @@ from kingest.deadletters.stored import (
     StoredDeadLetter,
     count_dead_letters,
     pending_pages,
-    storable_text,
     with_table_state,
 )
 from kingest.store import (
@@ -67,6 +70,7 @@ from kingest.store import (
     message_headers,
     replay_digest,
     sqlstate_of,
+    storable_text,
     verified_replay_of,
     write_batch,
 )
@@ -443,15 +447,7 @@ class _SourceDestination:
         self._conn = conn
         self._summary = summary
         self._timeout_s = delivery_timeout_s
-        self._producer = Producer(
-            {
-                **kafka_config,
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": 5,
-                "message.timeout.ms": int(delivery_timeout_s * 1000),
-            }
-        )
+        self._producer = confirming_producer(kafka_config, delivery_timeout_s)
 
     def replay(self, page: Sequence[StoredDeadLetter], limiter: RateLimiter) -> None:
         confirmed: list[int | None] = []

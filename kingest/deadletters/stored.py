@@ -33,7 +33,12 @@ import psycopg
 from psycopg import sql
 
 from kingest.deadletters.publisher import DeadLetter
-from kingest.store import Rejection, storable_timestamp_ms
+from kingest.store import (
+    IMPORT_DEAD_LETTER,
+    Rejection,
+    dead_letter_params,
+    storable_timestamp_ms,
+)
 
 __all__ = [
     "STAGES",
@@ -49,7 +54,6 @@ __all__ = [
     "parse_reference",
     "parse_time",
     "pending_pages",
-    "storable_text",
     "summarize",
     "with_table_state",
 ]
@@ -416,44 +420,15 @@ def pending_pages(
 # ------------------------------------------------------- dead letters of a topic in the table
 
 
-def storable_text(value: str | None) -> str | None:
-    """Text PostgreSQL accepts (a NUL cannot be stored in text)."""
-    return None if value is None else value.replace("\x00", "\ufffd")
-
-
-_IMPORT: Final = sql.SQL(
-    "INSERT INTO kingest.dead_letters (kafka_topic, kafka_partition, kafka_offset, "
-    "message_key, message_value, header_keys, header_values, kafka_timestamp, error_stage, "
-    "error_class, error_message, sqlstate, event_id, event_type, correlation_id, "
-    "consumer_group, attempts, dead_lettered_at) VALUES (%s, %s, %s, %b, %b, %s::text[], "
-    "%b::bytea[], 'epoch'::timestamptz + %s::int8 * '1 millisecond'::interval, "
-    "%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-    "ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING"
-)
-
-
 def _import_params(dead_letter: StoredDeadLetter) -> tuple[Any, ...]:
+    """The parameters of :data:`~kingest.store.IMPORT_DEAD_LETTER` for ``dead_letter``."""
     r = dead_letter.rejection
-    # The table only knows the three stages; a topic message naming another is from a
-    # newer or foreign writer, and "decode" is the stage that claims least about it.
-    stage = r.error_stage if r.error_stage in STAGES else "decode"
+    if r.error_stage not in STAGES:
+        # The table only knows the three stages; a topic message naming another is from
+        # a newer or foreign writer, and "decode" is the stage that claims least about it.
+        r = attrs.evolve(r, error_stage="decode")
     return (
-        storable_text(r.topic),
-        r.partition,
-        r.offset,
-        r.key,
-        r.value,
-        [storable_text(key) for key, _ in r.headers],
-        [value for _, value in r.headers],
-        storable_timestamp_ms(r.kafka_timestamp_ms),
-        stage,
-        storable_text(r.error_class),
-        storable_text(r.error_message),
-        r.sqlstate,
-        storable_text(r.event_id),
-        storable_text(r.event_type),
-        storable_text(r.correlation_id),
-        storable_text(dead_letter.consumer_group),
+        *dead_letter_params(r, dead_letter.consumer_group),
         dead_letter.attempts,
         dead_letter.dead_lettered_at,
     )
@@ -466,7 +441,7 @@ def with_table_state(
     the missing ones to the table first. Order is kept; missing ones stay as they were."""
     if record:
         with conn.transaction(), conn.cursor() as cursor:
-            cursor.executemany(_IMPORT, [_import_params(d) for d in page])
+            cursor.executemany(IMPORT_DEAD_LETTER, [_import_params(d) for d in page])
     query = sql.SQL(
         "{} WHERE (kafka_topic, kafka_partition, kafka_offset) IN "
         "(SELECT * FROM unnest(%s::text[], %s::int[], %s::int8[]))"

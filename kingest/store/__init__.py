@@ -5,7 +5,8 @@
 * :mod:`kingest.store.rows` turns Kafka records into column buffers (a
   :class:`RowBatch`), and undecodable or invalid messages into :class:`Rejection`\\ s;
 * :mod:`kingest.store.headers` reads a message's Kafka headers without ever raising
-  (:func:`message_headers`, :func:`unreadable_headers`);
+  (:func:`message_headers`, :func:`unreadable_headers`) and keeps them as a dead letter
+  does (:func:`header_tuple`);
 * :mod:`kingest.store.event_ids` derives the idempotency key of an event sent without
   ``event_id``, from its coordinates or, for a replayed dead letter whose replay
   headers check out, from the original's (:func:`verified_replay_of`);
@@ -33,6 +34,7 @@ from kingest.store.event_ids import (
 from kingest.store.headers import (
     Headers,
     UnreadableHeaders,
+    header_tuple,
     message_headers,
     unreadable_headers,
 )
@@ -45,16 +47,24 @@ from kingest.store.migrate import (
     pending_migrations,
 )
 from kingest.store.rows import KafkaRecord, Rejection, RowBatch, storable_timestamp_ms
-from kingest.store.tables import FACT_TABLES, INSERT_DEAD_LETTER, SCHEMA, WRITE_PLAN
+from kingest.store.tables import (
+    FACT_TABLES,
+    IMPORT_DEAD_LETTER,
+    INSERT_DEAD_LETTER,
+    SCHEMA,
+    WRITE_PLAN,
+)
 from kingest.store.write import (
     WriteResult,
     dead_letter_params,
+    storable_text,
     store_unpublished_dead_letters,
     write_batch,
 )
 
 __all__ = [
     "FACT_TABLES",
+    "IMPORT_DEAD_LETTER",
     "INSERT_DEAD_LETTER",
     "REPLAY_DIGEST_HEADER",
     "REPLAY_OF_HEADER",
@@ -74,6 +84,7 @@ __all__ = [
     "dead_letter_params",
     "derive_event_id",
     "first_line",
+    "header_tuple",
     "is_outage",
     "is_schema_error",
     "load_migrations",
@@ -82,6 +93,7 @@ __all__ = [
     "pending_migrations",
     "replay_digest",
     "sqlstate_of",
+    "storable_text",
     "storable_timestamp_ms",
     "store_unpublished_dead_letters",
     "unreadable_headers",

@@ -133,10 +133,9 @@ def is_outage(exc: BaseException) -> bool:
     sqlstate = sqlstate_of(exc)
     if sqlstate is not None:
         return sqlstate in _OUTAGE_STATES or sqlstate[:2] in _OUTAGE_CLASSES
-    if isinstance(exc, psycopg.DataError):
-        return False
     # Without SQLSTATE: psycopg's connection errors (OperationalError, InterfaceError),
-    # psycopg_pool's PoolTimeout (an OperationalError) and socket errors.
+    # psycopg_pool's PoolTimeout (an OperationalError) and socket errors; not a value
+    # psycopg refused to send (a DataError).
     return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError)
 
 

@@ -41,6 +41,7 @@ import attrs
 __all__ = [
     "ENVELOPE",
     "FACT_TABLES",
+    "IMPORT_DEAD_LETTER",
     "INSERT_DEAD_LETTER",
     "INSERT_UNPUBLISHED_DEAD_LETTER",
     "RUN_STATUS_PRECEDENCE",
@@ -516,6 +517,15 @@ INSERT INTO {SCHEMA}.dead_letters ({_DEAD_LETTER_COLUMNS}, publish_error
 )
 ON CONFLICT (kafka_topic, kafka_partition, kafka_offset)
 DO UPDATE SET publish_error = EXCLUDED.publish_error"""
+
+#: A dead letter read back from a dead-letter topic to be replayed (the parameters of
+#: :data:`INSERT_DEAD_LETTER`, then its ``attempts`` and ``dead_lettered_at``). A row
+#: already stored for it is left as it is: it holds the replay history.
+IMPORT_DEAD_LETTER = f"""
+INSERT INTO {SCHEMA}.dead_letters ({_DEAD_LETTER_COLUMNS}, attempts, dead_lettered_at
+) VALUES ({_DEAD_LETTER_VALUES}, %s, %s
+)
+ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING"""
 
 
 def iter_statement_tables() -> Iterator[FactTable]:

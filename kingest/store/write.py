@@ -45,7 +45,13 @@ from kingest.store.tables import (
     ColumnType,
 )
 
-__all__ = ["WriteResult", "dead_letter_params", "store_unpublished_dead_letters", "write_batch"]
+__all__ = [
+    "WriteResult",
+    "dead_letter_params",
+    "storable_text",
+    "store_unpublished_dead_letters",
+    "write_batch",
+]
 
 
 @attrs.frozen
@@ -242,7 +248,8 @@ def _clean_text(value: str) -> str:
     return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
-def _optional_text(value: str | None) -> str | None:
+def storable_text(value: str | None) -> str | None:
+    """Text PostgreSQL accepts, None kept: NUL becomes U+FFFD (see :func:`_clean_text`)."""
     return None if value is None else _clean_text(value)
 
 
@@ -262,10 +269,10 @@ def dead_letter_params(rejection: Rejection, consumer_group: str | None) -> tupl
         _clean_text(rejection.error_class),
         _clean_text(rejection.error_message),
         rejection.sqlstate,
-        _optional_text(rejection.event_id),
-        _optional_text(rejection.event_type),
-        _optional_text(rejection.correlation_id),
-        _optional_text(consumer_group),
+        storable_text(rejection.event_id),
+        storable_text(rejection.event_type),
+        storable_text(rejection.correlation_id),
+        storable_text(consumer_group),
     )
 
 
