@@ -34,6 +34,7 @@ from kingest.store.event_ids import (
 from kingest.store.headers import (
     Headers,
     UnreadableHeaders,
+    header_pairs,
     header_tuple,
     message_headers,
     unreadable_headers,
@@ -84,6 +85,7 @@ __all__ = [
     "dead_letter_params",
     "derive_event_id",
     "first_line",
+    "header_pairs",
     "header_tuple",
     "is_outage",
     "is_schema_error",

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import itertools
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from opentelemetry.trace import Link, SpanContext, TraceFlags
 
-from kingest.store import message_headers
+from kingest.store import header_pairs, message_headers
 from kingest.telemetry.tracing.conventions import TRACEPARENT_HEADER
 from kingest.telemetry.tracing.setup import tracing_active
 
@@ -78,11 +78,7 @@ class TraceCollector:
         traceparents = self.traceparents
         received_ns = 0
         for record in records:
-            headers = message_headers(record)
-            if not headers:
-                continue
-            pairs = headers.items() if isinstance(headers, Mapping) else headers
-            for key, value in pairs:
+            for key, value in header_pairs(message_headers(record)):
                 if key != TRACEPARENT_HEADER or not value:
                     continue
                 raw = value.encode() if isinstance(value, str) else value
