@@ -26,6 +26,10 @@ from types import ModuleType
 #: ``<output_root>/a/b_pb2.py``).
 PROTO_SOURCE_DIR = Path(__file__).resolve().parents[2] / "proto"
 
+#: The built-in catalog: every source compiled to one ``FileDescriptorSet`` with its
+#: imports and source info (comments), which :mod:`kingest.catalog` reads at start-up.
+BUILTIN_CATALOG = Path("kingest/schema/v1/catalog.binpb")
+
 #: Where ``python -m kingest.schema.codegen`` writes: the source tree root, so that the
 #: committed modules are replaced in place.
 SOURCE_TREE_ROOT = Path(__file__).resolve().parents[2]
@@ -65,7 +69,8 @@ def proto_sources(proto_dir: Path = PROTO_SOURCE_DIR) -> list[Path]:
 def generate(output_root: Path, *, proto_dir: Path = PROTO_SOURCE_DIR) -> list[Path]:
     """Compile every ``.proto`` under ``proto_dir`` into ``output_root``.
 
-    Returns the written ``*_pb2.py`` and ``*_pb2.pyi`` paths. Raises ``CodegenError``
+    Returns the written ``*_pb2.py`` and ``*_pb2.pyi`` paths, then the descriptor set
+    (:data:`BUILTIN_CATALOG` under ``output_root``). Raises ``CodegenError``
     when the compiler fails and ``ModuleNotFoundError`` when ``grpcio-tools`` is not
     installed.
     """
@@ -74,13 +79,17 @@ def generate(output_root: Path, *, proto_dir: Path = PROTO_SOURCE_DIR) -> list[P
     if not sources:
         raise CodegenError(f"no .proto files under {proto_dir}")
     well_known_types = importlib.resources.files("grpc_tools") / "_proto"
-    output_root.mkdir(parents=True, exist_ok=True)
+    descriptor_set = output_root / BUILTIN_CATALOG
+    descriptor_set.parent.mkdir(parents=True, exist_ok=True)
     arguments = [
         "protoc",  # argv[0]; ignored by the compiler
         f"-I{proto_dir}",
         f"-I{well_known_types}",
         f"--python_out={output_root}",
         f"--pyi_out={output_root}",
+        f"--descriptor_set_out={descriptor_set}",
+        "--include_imports",
+        "--include_source_info",
         *(str(source) for source in sources),
     ]
     status = protoc.main(arguments)
@@ -91,7 +100,7 @@ def generate(output_root: Path, *, proto_dir: Path = PROTO_SOURCE_DIR) -> list[P
         module_base = source.relative_to(proto_dir).with_suffix("")
         stem = output_root / module_base.parent / f"{module_base.name}_pb2"
         written += [stem.with_suffix(".py"), stem.with_suffix(".pyi")]
-    return written
+    return [*written, descriptor_set]
 
 
 def main() -> int:

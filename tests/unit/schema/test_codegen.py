@@ -31,7 +31,8 @@ def test_committed_generated_code_is_fresh(tmp_path: Path) -> None:
 def test_every_proto_source_yields_a_module_and_its_stub(tmp_path: Path) -> None:
     written = {p.relative_to(tmp_path).as_posix() for p in codegen.generate(tmp_path)}
     assert {"kingest/schema/v1/events_pb2.py", "kingest/schema/v1/events_pb2.pyi"} <= written
-    assert len(written) == 2 * len(codegen.proto_sources())
+    assert "kingest/schema/v1/catalog.binpb" in written
+    assert len(written) == 2 * len(codegen.proto_sources()) + 1
 
 
 def test_compiling_installs_no_import_hook(tmp_path: Path) -> None:
