@@ -10,12 +10,14 @@
 * :mod:`kingest.store.event_ids` derives the idempotency key of an event sent without
   ``event_id``, from its coordinates or, for a replayed dead letter whose replay
   headers check out, from the original's (:func:`verified_replay_of`);
-* :mod:`kingest.store.tables` describes the tables and generates the write statements;
+* :mod:`kingest.store.tables` derives the write tables and statements from a catalog
+  (:func:`write_plan`); :mod:`kingest.store.dead_letter_sql` holds the dead letters' own;
 * :mod:`kingest.store.write` writes a RowBatch in one transaction (:func:`write_batch`);
 * :mod:`kingest.store.errors` tells transient database errors (retry) from permanent
   ones (bisect the batch and dead-letter the offending rows).
 """
 
+from kingest.store.dead_letter_sql import IMPORT_DEAD_LETTER, INSERT_DEAD_LETTER, SCHEMA
 from kingest.store.errors import (
     ErrorKind,
     classify_db_error,
@@ -48,13 +50,7 @@ from kingest.store.migrate import (
     pending_migrations,
 )
 from kingest.store.rows import KafkaRecord, Rejection, RowBatch, storable_timestamp_ms
-from kingest.store.tables import (
-    FACT_TABLES,
-    IMPORT_DEAD_LETTER,
-    INSERT_DEAD_LETTER,
-    SCHEMA,
-    WRITE_PLAN,
-)
+from kingest.store.tables import FACT_TABLES, WRITE_PLAN, WritePlan, builtin_plan, write_plan
 from kingest.store.write import (
     WriteResult,
     dead_letter_params,
@@ -79,8 +75,10 @@ __all__ = [
     "Rejection",
     "RowBatch",
     "UnreadableHeaders",
+    "WritePlan",
     "WriteResult",
     "apply_migrations",
+    "builtin_plan",
     "classify_db_error",
     "dead_letter_params",
     "derive_event_id",
@@ -101,4 +99,5 @@ __all__ = [
     "unreadable_headers",
     "verified_replay_of",
     "write_batch",
+    "write_plan",
 ]
