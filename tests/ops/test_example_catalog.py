@@ -6,6 +6,7 @@ the virtualenv's ``bin`` next to the interpreter when that is not on ``PATH``.
 
 from __future__ import annotations
 
+import random
 import shutil
 import subprocess
 import sys
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from google.protobuf import descriptor_pb2
+
+from kingest.dev import CatalogSynth, load_descriptor_set_pool
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "examples/llm-serving"
@@ -104,3 +107,10 @@ def test_every_message_field_and_enum_has_a_comment_kept_in_the_catalog(
     comments = _comments(_file(built, EVENTS))
     assert comments[(MESSAGE_TYPE, 0)] == "The envelope of every event of the gateway."
 
+
+def test_buf_output_feeds_the_synthetic_messages(built: descriptor_pb2.FileDescriptorSet) -> None:
+    loaded = load_descriptor_set_pool(built.SerializeToString())
+    for name in loaded.message_names():
+        synth = CatalogSynth(loaded.message_type(name), random.Random(0))
+        message = synth.message()
+        assert type(message).FromString(message.SerializeToString()) == message
