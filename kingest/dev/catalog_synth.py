@@ -220,6 +220,7 @@ def _is_envelope(descriptor: Descriptor) -> bool:
     return table.envelope
 
 
+@functools.cache
 def _envelope_oneof(descriptor: Descriptor) -> OneofDescriptor | None:
     """The oneof of messages of an envelope message; ``None`` for any other message."""
     if not _is_envelope(descriptor):
@@ -264,6 +265,7 @@ def _descriptor_of(message: Message) -> Descriptor:
     return cast(Descriptor, message.DESCRIPTOR)
 
 
+@functools.cache
 def _is_map(field: FieldDescriptor) -> bool:
     return field.message_type is not None and field.message_type.GetOptions().map_entry
 
@@ -338,10 +340,13 @@ class CatalogSynth:
     def message(self) -> Message:
         """The next message."""
         message = self._class()
-        if self._envelope is None:
-            self._fill(message, depth=0)
-        else:
-            self._fill_envelope(message, self._envelope)
+        self._fill(message, depth=0, top=True)
+        envelope = self._envelope
+        if envelope is not None:
+            member = envelope.fields[self._index % len(envelope.fields)]
+            payload = getattr(message, member.name)
+            self._fill(payload, depth=1)
+            payload.SetInParent()
         self._index += 1
         return message
 
@@ -350,43 +355,44 @@ class CatalogSynth:
         message = self.message()
         return record_key(message), message.SerializeToString(deterministic=True)
 
-    # -- envelopes --------------------------------------------------------------------
-
-    def _fill_envelope(self, message: Message, oneof: OneofDescriptor) -> None:
-        for field in _descriptor_of(message).fields:
-            if field.containing_oneof is not None and field.containing_oneof.name == oneof.name:
-                continue
-            role = self._roles.get(field.name, 0)
-            if role in {options_pb2.ROLE_EVENT_ID, options_pb2.ROLE_CORRELATION_ID} and (
-                field.type == FieldDescriptor.TYPE_STRING
-            ):
-                setattr(message, field.name, self._envelope_id(role))
-            elif role == options_pb2.ROLE_SOURCE and field.type == FieldDescriptor.TYPE_STRING:
-                setattr(message, field.name, text_for("source", self._rng))
-            else:
-                self._fill_field(message, field, depth=0)
-        member = oneof.fields[self._index % len(oneof.fields)]
-        payload = getattr(message, member.name)
-        self._fill(payload, depth=1)
-        payload.SetInParent()
-
-    def _envelope_id(self, role: int) -> str:
-        if role == options_pb2.ROLE_EVENT_ID:
-            return uuid4(self._rng)
-        if not self._correlation_id or self._rng.random() >= _CORRELATION_REUSE_SHARE:
-            self._correlation_id = uuid4(self._rng)
-        return self._correlation_id
-
-    # -- messages and fields ----------------------------------------------------------
-
-    def _fill(self, message: Message, depth: int) -> None:
+    def _fill(self, message: Message, depth: int, *, top: bool = False) -> None:
+        """Fill every field; one member of each oneof (the envelope's is the caller's)."""
         descriptor = _descriptor_of(message)
-        chosen = {oneof.name: self._rng.choice(oneof.fields) for oneof in _real_oneofs(descriptor)}
+        skipped = self._envelope.name if top and self._envelope is not None else None
+        chosen = {
+            oneof.name: self._rng.choice(oneof.fields)
+            for oneof in _real_oneofs(descriptor)
+            if oneof.name != skipped
+        }
         for field in descriptor.fields:
             oneof = field.containing_oneof
-            if oneof is not None and oneof.name in chosen and chosen[oneof.name] is not field:
+            if oneof is not None and (
+                oneof.name == skipped or (oneof.name in chosen and chosen[oneof.name] is not field)
+            ):
                 continue
-            self._fill_field(message, field, depth)
+            if not (top and self._fill_envelope_field(message, field)):
+                self._fill_field(message, field, depth)
+
+    def _fill_envelope_field(self, message: Message, field: FieldDescriptor) -> bool:
+        """Set an envelope text field of the message itself (by role); False for others.
+
+        ``occurred_at`` is a ``Timestamp``, placed by :meth:`_timestamp` like any other.
+        """
+        role = self._roles.get(field.name, 0)
+        if field.type != FieldDescriptor.TYPE_STRING or not role:
+            return False
+        if role == options_pb2.ROLE_EVENT_ID:
+            value = uuid4(self._rng)
+        elif role == options_pb2.ROLE_CORRELATION_ID:
+            if not self._correlation_id or self._rng.random() >= _CORRELATION_REUSE_SHARE:
+                self._correlation_id = uuid4(self._rng)
+            value = self._correlation_id
+        elif role == options_pb2.ROLE_SOURCE:
+            value = text_for("source", self._rng)
+        else:
+            return False
+        setattr(message, field.name, value)
+        return True
 
     def _fill_field(self, message: Message, field: FieldDescriptor, depth: int) -> None:
         rules = column_rules(field)

@@ -14,6 +14,7 @@ gives the same values.
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import struct
@@ -130,8 +131,9 @@ class ColumnRules:
     role: int = 0
 
 
+@functools.cache
 def column_rules(field: FieldDescriptor) -> ColumnRules:
-    """The column options of ``field`` (the defaults when it has none)."""
+    """The column options of ``field`` (the defaults when it has none); read once a field."""
     field_options = field.GetOptions()
     if not field_options.HasExtension(options_pb2.column):  # type: ignore[arg-type]
         return ColumnRules()
@@ -187,6 +189,7 @@ def _describe(rules: ColumnRules) -> str:
     return ", ".join(parts)
 
 
+@functools.cache
 def _number_hint(name: str) -> tuple[float, float]:
     lowered = name.lower()
     for fragments, bounds in _NUMBER_HINTS:

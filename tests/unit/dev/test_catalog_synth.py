@@ -348,6 +348,25 @@ def test_envelope_fields_are_found_by_their_role_option(example: bytes) -> None:
         assert message.HasField("ping")
 
 
+def test_a_message_without_an_envelope_has_its_envelope_fields_by_role_too(
+    example: bytes,
+) -> None:
+    sample = descriptor_pb2.DescriptorProto(
+        name="Sample",
+        field=[
+            _field("ref", 1, FieldDescriptor.TYPE_STRING, role=options_pb2.ROLE_EVENT_ID),
+            _field("trace", 2, FieldDescriptor.TYPE_STRING, role=options_pb2.ROLE_CORRELATION_ID),
+            _field("node_id", 3, FieldDescriptor.TYPE_STRING),
+        ],
+    )
+    catalog = _catalog_with(example, sample)
+    messages = messages_from_descriptor_set(catalog, "test.v1.Sample", 40)
+    assert all(uuid.UUID(m.ref).version == 4 for m in messages)
+    assert 1 < len({m.trace for m in messages}) < 40  # a correlation id now and then reused
+    assert len({m.node_id for m in messages}) <= 8
+    assert [record_key(m) for m in messages] == [m.node_id.encode() for m in messages]
+
+
 def test_recursive_messages_stop_at_the_depth_limit(example: bytes) -> None:
     node = descriptor_pb2.DescriptorProto(
         name="Node",
