@@ -42,6 +42,8 @@ def _protoc_descriptor_set(tmp_path: Path) -> bytes:
     finally:
         if previous is None:
             del os.environ["GRPC_PYTHON_DISABLE_DYNAMIC_STUBS"]
+        else:
+            os.environ["GRPC_PYTHON_DISABLE_DYNAMIC_STUBS"] = previous
     output = tmp_path / "catalog.binpb"
     sources = sorted(
         p.relative_to(EXAMPLE_PROTO).as_posix() for p in EXAMPLE_PROTO.rglob("*.proto")
