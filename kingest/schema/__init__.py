@@ -5,11 +5,21 @@
 of kingest uses.
 """
 
-from kingest.schema.codec import DecodeError, decode_event, encode_event, split_wire_format
+from kingest.schema.codec import (
+    DecodeError,
+    MessageDecoder,
+    catalog_classes,
+    catalog_decoders,
+    decode_event,
+    encode_event,
+    split_wire_format,
+)
 from kingest.schema.v1.events_pb2 import Event
 from kingest.schema.validate import (
     MAX_INDEXED_IDENTIFIER_BYTES,
+    EventValidator,
     ValidationError,
+    builtin_validator,
     event_type,
     validate_event,
     validate_payload,
@@ -19,7 +29,12 @@ __all__ = [
     "MAX_INDEXED_IDENTIFIER_BYTES",
     "DecodeError",
     "Event",
+    "EventValidator",
+    "MessageDecoder",
     "ValidationError",
+    "builtin_validator",
+    "catalog_classes",
+    "catalog_decoders",
     "decode_event",
     "encode_event",
     "event_type",

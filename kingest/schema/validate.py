@@ -374,6 +374,12 @@ class EventValidator:
             raise ValidationError("missing_payload", "payload", "event carries no payload")
         return kind
 
+    def payload_name(self, event: Message) -> str | None:
+        """The name of the oneof member set on an envelope (None when none is set, or
+        without an envelope); never raises."""
+        name: str | None = event.WhichOneof(self._oneof) if self._oneof else None
+        return name
+
     def fields_of(self, kind: str) -> Callable[[Message], tuple[str, str, str]]:
         """The envelope-fields reader of a topic's message type (per-topic mode)."""
         if self.envelope_fields is not None:

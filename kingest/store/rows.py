@@ -5,7 +5,14 @@ Python list per column per table (the writer sends each list as one array parame
 and the loop does the least per event it can: no ``datetime`` (timestamps are epoch
 microseconds, converted by PostgreSQL), no per-row dict or attrs object, no JSON
 encoding of empty maps, ``''`` rather than ``None`` for missing optional text (SQL
-turns it into NULL), and the mapping of each payload type written out by hand.
+turns it into NULL), and the mapping of each payload type compiled from the catalog
+into a function written as by hand (:mod:`kingest.store.mapping`).
+
+The catalog decides how a record is read: in envelope mode every value is the envelope
+message, whose oneof names the event type; a typed topic (``KINGEST_TOPIC_TYPES``)
+carries one message type (or, framed, any fact message of that type's file). An event
+without an ``occurred_at`` field (or, where not required, with it unset) takes its
+Kafka timestamp.
 
 A message that cannot become a row (undecodable, invalid) becomes a
 :class:`Rejection` in the same batch, so it is dead-lettered in the same transaction
@@ -25,33 +32,14 @@ reading headers (never raising) and the correlation id they may carry:
 
 from __future__ import annotations
 
-import json
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, Final, Protocol
 
 import attrs
+from google.protobuf.message import Message
 
-from kingest.schema import (
-    DecodeError,
-    ValidationError,
-    decode_event,
-    validate_payload,
-)
-from kingest.schema.v1.events_pb2 import (
-    DataDriftDetected,
-    DriftSeverity,
-    EvaluationCompleted,
-    Event,
-    InferenceCompleted,
-    InferenceStatus,
-    MetricLogged,
-    ModelDeployed,
-    ModelVersionRegistered,
-    RunStatus,
-    TrainingRunFinished,
-    TrainingRunStarted,
-)
+from kingest.schema import DecodeError, ValidationError
 from kingest.store.event_ids import derived_event_id_of
 from kingest.store.headers import (
     Headers,
@@ -60,7 +48,8 @@ from kingest.store.headers import (
     header_tuple,
     message_headers,
 )
-from kingest.store.tables import ENVELOPE, FACT_TABLES, TABLES_BY_EVENT_TYPE, WriteTable
+from kingest.store.mapping import RowReader, row_reader
+from kingest.store.tables import WritePlan, WriteTable
 
 __all__ = [
     "KAFKA_NO_TIMESTAMP",
@@ -79,7 +68,6 @@ __all__ = [
 _ROW_OVERHEAD_BYTES: Final = 700
 _REJECTION_OVERHEAD_BYTES: Final = 400
 
-_ENVELOPE_WIDTH: Final = 7
 _NO_TIMESTAMP: Final = 0  # confluent_kafka.TIMESTAMP_NOT_AVAILABLE
 #: Kafka's timestamp of a message that has none (RecordBatch.NO_TIMESTAMP).
 KAFKA_NO_TIMESTAMP: Final = -1
@@ -87,24 +75,6 @@ KAFKA_NO_TIMESTAMP: Final = -1
 #: that both PostgreSQL's timestamptz and Python's datetime can hold.
 MIN_STORABLE_TIMESTAMP_MS: Final = -62_135_596_800_000
 MAX_STORABLE_TIMESTAMP_MS: Final = 253_402_300_799_999
-_EMPTY_JSON_OBJECT: Final = "{}"
-
-_RUN_STATUS: Final = {
-    RunStatus.RUN_STATUS_SUCCEEDED: "succeeded",
-    RunStatus.RUN_STATUS_FAILED: "failed",
-    RunStatus.RUN_STATUS_CANCELLED: "cancelled",
-}
-_INFERENCE_STATUS: Final = {
-    InferenceStatus.INFERENCE_STATUS_OK: "ok",
-    InferenceStatus.INFERENCE_STATUS_ERROR: "error",
-    InferenceStatus.INFERENCE_STATUS_TIMEOUT: "timeout",
-}
-_DRIFT_SEVERITY: Final = {
-    DriftSeverity.DRIFT_SEVERITY_UNSPECIFIED: "",
-    DriftSeverity.DRIFT_SEVERITY_LOW: "low",
-    DriftSeverity.DRIFT_SEVERITY_MEDIUM: "medium",
-    DriftSeverity.DRIFT_SEVERITY_HIGH: "high",
-}
 
 
 class KafkaRecord(Protocol):
@@ -168,10 +138,6 @@ def storable_timestamp_ms(timestamp_ms: int | None) -> int | None:
     return timestamp_ms
 
 
-def _json_object(entries: Mapping[str, Any]) -> str:
-    return json.dumps(dict(entries)) if entries else _EMPTY_JSON_OBJECT
-
-
 def _rejection(
     record: KafkaRecord,
     *,
@@ -207,6 +173,16 @@ def _rejection(
     )
 
 
+def _kafka_time_micros(record: KafkaRecord) -> int | None:
+    """The Kafka timestamp in epoch microseconds, standing in for an event without
+    occurred_at; None when the record has none kingest could store."""
+    timestamp_type, timestamp_ms = record.timestamp()
+    if timestamp_type == _NO_TIMESTAMP:
+        return None
+    storable = storable_timestamp_ms(timestamp_ms)
+    return None if storable is None else storable * 1000
+
+
 def _rejection_size(rejection: Rejection) -> int:
     headers = sum(len(key) + len(value or b"") for key, value in rejection.headers)
     return (
@@ -216,107 +192,6 @@ def _rejection_size(rejection: Rejection) -> int:
         + headers
         + len(rejection.error_message)
     )
-
-
-# --- payload mappers ---------------------------------------------------------------------
-#
-# One per event type: append the payload's columns to ``c`` at the positions of its
-# WriteTable's columns (the envelope takes 0-6), in order. Enum lookups come first, so
-# that an unknown value (KeyError) leaves the buffers untouched.
-
-
-def _map_training_run_started(p: TrainingRunStarted, c: list[list[Any]]) -> None:
-    c[7].append(p.run_id)
-    c[8].append(p.experiment)
-    c[9].append(p.model_name)
-    c[10].append(p.framework)
-    c[11].append(p.dataset)
-    c[12].append(p.owner)
-    c[13].append(p.gpu_count)
-    c[14].append(_json_object(p.hyperparameters))
-
-
-def _map_training_run_finished(p: TrainingRunFinished, c: list[list[Any]]) -> None:
-    status = _RUN_STATUS[p.status]
-    c[7].append(p.run_id)
-    c[8].append(status)
-    c[9].append(p.duration_seconds)
-    c[10].append(_json_object(p.summary_metrics))
-    c[11].append(p.error_message)
-
-
-def _map_metric_logged(p: MetricLogged, c: list[list[Any]]) -> None:
-    c[7].append(p.run_id)
-    c[8].append(p.key)
-    c[9].append(p.value)
-    c[10].append(p.step)
-    c[11].append(p.epoch)
-
-
-def _map_model_version_registered(p: ModelVersionRegistered, c: list[list[Any]]) -> None:
-    c[7].append(p.model_name)
-    c[8].append(p.version)
-    c[9].append(p.run_id)
-    c[10].append(p.artifact_uri)
-    c[11].append(p.size_bytes)
-    c[12].append(_json_object(p.tags))
-
-
-def _map_model_deployed(p: ModelDeployed, c: list[list[Any]]) -> None:
-    c[7].append(p.model_name)
-    c[8].append(p.version)
-    c[9].append(p.environment)
-    c[10].append(p.endpoint)
-    c[11].append(p.replicas)
-    c[12].append(p.traffic_percent)
-
-
-def _map_inference_completed(p: InferenceCompleted, c: list[list[Any]]) -> None:
-    status = _INFERENCE_STATUS[p.status]
-    c[7].append(p.request_id)
-    c[8].append(p.model_name)
-    c[9].append(p.model_version)
-    c[10].append(p.environment)
-    c[11].append(p.latency_ms)
-    c[12].append(p.input_tokens)
-    c[13].append(p.output_tokens)
-    c[14].append(status)
-    c[15].append(p.error_code)
-
-
-def _map_evaluation_completed(p: EvaluationCompleted, c: list[list[Any]]) -> None:
-    c[7].append(p.evaluation_id)
-    c[8].append(p.model_name)
-    c[9].append(p.model_version)
-    c[10].append(p.dataset)
-    c[11].append(_json_object(p.metrics))
-    c[12].append(p.passed)
-
-
-def _map_data_drift_detected(p: DataDriftDetected, c: list[list[Any]]) -> None:
-    severity = _DRIFT_SEVERITY[p.severity]
-    c[7].append(p.model_name)
-    c[8].append(p.model_version)
-    c[9].append(p.feature)
-    c[10].append(p.method)
-    c[11].append(p.score)
-    c[12].append(p.threshold)
-    c[13].append(severity)
-
-
-_PAYLOAD_MAPPERS: Final[dict[str, Callable[[Any, list[list[Any]]], None]]] = {
-    "training_run_started": _map_training_run_started,
-    "training_run_finished": _map_training_run_finished,
-    "metric_logged": _map_metric_logged,
-    "model_version_registered": _map_model_version_registered,
-    "model_deployed": _map_model_deployed,
-    "inference_completed": _map_inference_completed,
-    "evaluation_completed": _map_evaluation_completed,
-    "data_drift_detected": _map_data_drift_detected,
-}
-
-assert len(ENVELOPE) == _ENVELOPE_WIDTH
-assert set(_PAYLOAD_MAPPERS) == set(TABLES_BY_EVENT_TYPE)
 
 
 def _empty_buffers(table: WriteTable) -> list[list[Any]]:
@@ -329,34 +204,56 @@ class RowBatch:
 
     Built by one thread (a partition actor), then handed over whole to a writer; not
     safe for concurrent use. ``now`` (Unix seconds) fixes the validator's clock,
-    for tests; by default each :meth:`add_records` call reads the clock once.
+    for tests; by default each :meth:`add_records` call reads the clock once. ``plan``
+    is the write plan of the catalog the records belong to (the built-in catalog's by
+    default).
     """
 
-    def __init__(self, *, now: float | None = None) -> None:
+    def __init__(self, *, now: float | None = None, plan: WritePlan | None = None) -> None:
         self._now = now
+        self._reader: RowReader = row_reader(plan)
         self._buffers: dict[str, list[list[Any]]] = {
-            table.event_type: _empty_buffers(table) for table in FACT_TABLES
+            table.event_type: _empty_buffers(table) for table in self._reader.plan.tables
         }
         self._rejections: list[Rejection] = []
         self._nbytes = 0
 
     # --- building ----------------------------------------------------------------------
 
+    @property
+    def plan(self) -> WritePlan:
+        """The write plan (and catalog) of the batch's tables."""
+        return self._reader.plan
+
     def add_records(self, records: Iterable[KafkaRecord]) -> None:
         """Decode, validate and map each record, in order; failures become rejections."""
         now = time.time() if self._now is None else self._now
+        reader = self._reader
         buffers = self._buffers
-        mappers = _PAYLOAD_MAPPERS
-        decode = decode_event
-        validate = validate_payload
+        rows = reader.rows
+        validate = reader.validator.validate
+        decode_envelope = None if reader.envelope is None else reader.envelope.decode
+        typed = reader.topics
+        kinds = reader.kinds
+        envelope_fields = reader.validator.envelope_fields
         correlation_of_headers = header_correlation_id
         rows_before = self.event_count
         value_bytes = 0
         try:
             for record in records:
                 value = record.value()
+                kind: str | None = None
                 try:
-                    event = decode(value)
+                    decoder = typed.get(record.topic() or "") if typed else None
+                    if decoder is not None:
+                        event = decoder.decode(value)
+                        kind = kinds[event.DESCRIPTOR.full_name]
+                    elif decode_envelope is not None:
+                        event = decode_envelope(value)
+                    else:
+                        raise DecodeError(
+                            "unknown_topic", f"topic {record.topic()!r} has no message type"
+                        )
                 except DecodeError as exc:
                     self._reject_undecodable(record, exc)
                     continue
@@ -364,9 +261,11 @@ class RowBatch:
                     # The value bounds every string in it (validation need not re-encode
                     # the event to know whether lengths must be checked), and a value
                     # without a zero byte cannot hold NUL (no text scan needed).
-                    kind, payload, occurred_micros = validate(event, now=now, encoded=value)
+                    kind, payload, occurred_micros = validate(
+                        event, kind=kind, now=now, encoded=value
+                    )
                 except ValidationError as exc:
-                    self._reject_invalid(record, event, exc.error_class, str(exc))
+                    self._reject_invalid(record, event, kind, exc.error_class, str(exc))
                     continue
                 # Everything that could fail comes before the first append, so a row is
                 # either wholly buffered or not at all.
@@ -374,19 +273,35 @@ class RowBatch:
                 topic = record.topic()
                 partition = record.partition()
                 offset = record.offset()
-                event_id = event.event_id or derived_event_id_of(record, topic, partition, offset)
-                correlation_id = event.correlation_id or correlation_of_headers(record) or event_id
+                if occurred_micros is None:
+                    occurred_micros = _kafka_time_micros(record)
+                    if occurred_micros is None:
+                        self._reject_invalid(
+                            record,
+                            event,
+                            kind,
+                            "missing_field",
+                            "occurred_at is not set and the Kafka timestamp cannot stand in",
+                        )
+                        continue
+                event_id, correlation_id, source = (envelope_fields or reader.fields_of(kind))(
+                    event
+                )
+                event_id = event_id or derived_event_id_of(record, topic, partition, offset)
+                correlation_id = correlation_id or correlation_of_headers(record) or event_id
                 try:
-                    mappers[kind](payload, columns)
+                    rows[kind](payload, columns)
                 except KeyError as exc:
                     # An enum number the mapping does not know (the validator should
                     # have said so); the mapper looks enums up before appending.
-                    self._reject_invalid(record, event, "unknown_enum", f"unmapped enum {exc}")
+                    self._reject_invalid(
+                        record, event, kind, "unknown_enum", f"unmapped enum {exc}"
+                    )
                     continue
                 columns[0].append(event_id)
                 columns[1].append(occurred_micros)
                 columns[2].append(correlation_id)
-                columns[3].append(event.source)
+                columns[3].append(source)
                 columns[4].append(topic)
                 columns[5].append(partition)
                 columns[6].append(offset)
@@ -409,18 +324,27 @@ class RowBatch:
         )
 
     def _reject_invalid(
-        self, record: KafkaRecord, event: Event, error_class: str, message: str
+        self,
+        record: KafkaRecord,
+        event: Message,
+        kind: str | None,
+        error_class: str,
+        message: str,
     ) -> None:
-        correlation_id = event.correlation_id or header_correlation_id(record) or None
+        reader = self._reader
+        kind = kind or reader.validator.payload_name(event)
+        event_id, correlation_id, _source = (
+            reader.fields_of(kind)(event) if kind or reader.envelope else ("", "", "")
+        )
         self.add_rejection(
             _rejection(
                 record,
                 stage="validate",
                 error_class=error_class,
                 message=message,
-                event_id=event.event_id or None,
-                event_type=event.WhichOneof("payload"),
-                correlation_id=correlation_id,
+                event_id=event_id or None,
+                event_type=kind,
+                correlation_id=correlation_id or header_correlation_id(record) or None,
             )
         )
 
@@ -443,17 +367,17 @@ class RowBatch:
     def halves(self) -> tuple[RowBatch, RowBatch]:
         """Split the rows in two batches of (nearly) equal size, preserving their order.
 
-        Rows are taken in write order (tables in :data:`FACT_TABLES` order, each table
+        Rows are taken in write order (tables in the plan's order, each table
         in arrival order); the first half gets the first ``event_count // 2`` of them
         and all the rejections, which must be stored exactly once. A writer bisects a
         batch that PostgreSQL rejects until the offending row is alone.
         """
         if self.event_count < 2:
             raise ValueError("halves() needs at least two rows")
-        first = RowBatch(now=self._now)
-        second = RowBatch(now=self._now)
+        first = RowBatch(now=self._now, plan=self.plan)
+        second = RowBatch(now=self._now, plan=self.plan)
         room = self.event_count // 2
-        for table in FACT_TABLES:
+        for table in self._reader.plan.tables:
             columns = self._buffers[table.event_type]
             size = len(columns[0])
             if not size:
@@ -479,10 +403,10 @@ class RowBatch:
         and coordinates, its event id (derived or not), type and correlation id, and
         the reason PostgreSQL gave. This batch's own rejections are carried over.
         """
-        rejected = RowBatch(now=self._now)
+        rejected = RowBatch(now=self._now, plan=self.plan)
         for rejection in self._rejections:
             rejected.add_rejection(rejection)
-        for table in FACT_TABLES:
+        for table in self._reader.plan.tables:
             columns = self._buffers[table.event_type]
             for event_id, correlation_id, record in zip(
                 columns[0], columns[2], columns[-1], strict=True
@@ -521,7 +445,7 @@ class RowBatch:
 
     def iter_tables(self) -> Iterator[WriteTable]:
         """The fact tables that have rows, in write order."""
-        return (table for table in FACT_TABLES if self._buffers[table.event_type][0])
+        return (table for table in self.plan.tables if self._buffers[table.event_type][0])
 
     @property
     def event_count(self) -> int:

@@ -89,7 +89,9 @@ class ColumnType(enum.Enum):
     FLOAT8 = ("float8[]", "{}")
     BOOL = ("bool[]", "{}")
     EPOCH_MICROS = ("int8[]", "'epoch'::timestamptz + {} * '1 microsecond'::interval")
-    CAST = ("text[]", "{}")
+    #: Text or NULL, turned into the value by :attr:`WriteColumn.cast` (its own expression
+    #: here only keeps the member distinct from ``TEXT``).
+    CAST = ("text[]", "CAST({} AS text)")
 
     @property
     def array_type(self) -> str:
@@ -163,9 +165,12 @@ class Statement:
     sql: str
 
 
-@attrs.frozen
+@attrs.frozen(eq=False)
 class WritePlan:
-    """A catalog's fact tables in write order, by event type, and its statements."""
+    """A catalog's fact tables in write order, by event type, and its statements.
+
+    Compared (and hashed) by identity: one plan per catalog, made once at start-up.
+    """
 
     catalog: Catalog = attrs.field(repr=False)
     tables: tuple[WriteTable, ...]

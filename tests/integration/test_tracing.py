@@ -22,7 +22,7 @@ from kingest.dev import SyntheticStream, create_topic
 from kingest.pipeline.consumer import RunOutcome
 from kingest.schema.codec import encode_event
 from kingest.schema.v1.events_pb2 import Event, InferenceCompleted, InferenceStatus
-from kingest.schema.validate import payload_of
+from kingest.schema.validate import EventValidator, payload_of
 from kingest.store.migrate import apply_migrations
 from kingest.telemetry.tracing import parse_traceparent
 from tests.integration.support import InProcessKingest, all_committed, kingest_env, wait_for
@@ -140,7 +140,7 @@ def test_a_traced_stream_end_to_end(
 ) -> None:
     # The validator refuses a NUL character itself; blinded, the event reaches PostgreSQL,
     # which rejects it: the writer bisects and dead-letters it (write stage).
-    monkeypatch.setattr("kingest.store.rows.validate_payload", lambda event, **_: payload_of(event))
+    monkeypatch.setattr(EventValidator, "validate", lambda _self, event, **_: payload_of(event))
     topic = topic_factory(PARTITIONS)
     dlq = f"{topic}.dlq"
     create_topic(kafka_bootstrap, dlq, 1)

@@ -29,7 +29,7 @@ from kingest.schema.v1.events_pb2 import (
     TrainingRunFinished,
     TrainingRunStarted,
 )
-from kingest.schema.validate import payload_of
+from kingest.schema.validate import EventValidator, payload_of
 from kingest.store.errors import ErrorKind, classify_db_error, is_schema_error, sqlstate_of
 from kingest.store.event_ids import (
     REPLAY_DIGEST_HEADER,
@@ -798,6 +798,7 @@ def test_a_dead_letter_is_stored_once_with_the_original_message(
 
 
 def test_invalid_event_dead_letter_names_the_event(conn: psycopg.Connection[Any]) -> None:
+    # Two rules fail (latency_ms < 0, status UNSPECIFIED): the first in field order is named.
     invalid = message(1, inference_completed=InferenceCompleted(model_name="m", latency_ms=-1))
     result = write_batch(conn, batch(invalid))
     assert result.dead_lettered == 1
@@ -805,7 +806,7 @@ def test_invalid_event_dead_letter_names_the_event(conn: psycopg.Connection[Any]
         conn,
         "SELECT error_stage, error_class, event_id, event_type, correlation_id"
         " FROM kingest.dead_letters",
-    ) == [("validate", "missing_field", eid(1), "inference_completed", "flow-1")]
+    ) == [("validate", "out_of_range", eid(1), "inference_completed", "flow-1")]
 
 
 @pytest.fixture
@@ -817,10 +818,10 @@ def validator_blind_to_postgres_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     it cannot see (a correlation-id header); here every event passes unchecked.
     """
 
-    def lenient(event: Event, **_: object) -> tuple[str, Message, int]:
+    def lenient(_self: EventValidator, event: Event, **_: object) -> tuple[str, Message, int]:
         return payload_of(event)
 
-    monkeypatch.setattr("kingest.store.rows.validate_payload", lenient)
+    monkeypatch.setattr(EventValidator, "validate", lenient)
 
 
 def nul_inference(n: int) -> Event:

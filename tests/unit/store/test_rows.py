@@ -25,7 +25,7 @@ from kingest.schema.v1.events_pb2 import (
     TrainingRunFinished,
     TrainingRunStarted,
 )
-from kingest.schema.validate import payload_of
+from kingest.schema.validate import EventValidator, payload_of
 from kingest.store.event_ids import DERIVED_EVENT_ID_NAMESPACE, derive_event_id
 from kingest.store.rows import KafkaRecord, Rejection, RowBatch
 from kingest.store.tables import FACT_TABLES, TABLES_BY_EVENT_TYPE, WriteTable
@@ -604,7 +604,7 @@ def test_an_enum_the_mapping_does_not_know_is_rejected_not_buffered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Defence in depth: should validation ever let an unknown enum through."""
-    monkeypatch.setattr("kingest.store.rows.validate_payload", lambda event, **_: payload_of(event))
+    monkeypatch.setattr(EventValidator, "validate", lambda _self, event, **_: payload_of(event))
     unknown = InferenceCompleted(model_name="m", status=99)  # type: ignore[arg-type]
     good = InferenceCompleted(model_name="m", status=InferenceStatus.INFERENCE_STATUS_OK)
     rows = batch_of(
