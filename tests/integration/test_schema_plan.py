@@ -1,0 +1,237 @@
+"""A catalog's tables on a real PostgreSQL: identical to the migrations, evolved additively,
+breaking changes refused."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from typer.testing import CliRunner
+
+from kingest.catalog import (
+    Catalog,
+    catalog_ddl,
+    column_definition,
+    comment_ddl,
+    create_index_ddl,
+    create_table_ddl,
+    load_catalog,
+)
+from kingest.cli.commands import app
+from kingest.store.introspect import introspect_schema, schema_differences
+from kingest.store.migrate import apply_migrations
+from kingest.store.schema_plan import SchemaPlanError, apply_schema, plan_schema
+from tests.protoc import ORDERS_V1, compile_catalog
+
+pytestmark = pytest.mark.integration
+
+
+def orders(tmp_path: Path, *replacements: tuple[str, str]) -> Catalog:
+    source = ORDERS_V1
+    for old, new in replacements:
+        assert old in source, old
+        source = source.replace(old, new)
+    return load_catalog(compile_catalog(tmp_path, source), schema="acme")
+
+
+def recorded(conn: psycopg.Connection[Any], schema: str) -> list[tuple[str, str]]:
+    rows = conn.execute(
+        "SELECT digest, applied_ddl FROM kingest.catalogs WHERE schema_name = %s ORDER BY id",
+        (schema,),
+    ).fetchall()
+    return [(str(digest), str(ddl)) for digest, ddl in rows]
+
+
+def test_the_builtin_catalog_makes_exactly_the_migrated_tables(any_database_url: str) -> None:
+    apply_migrations(any_database_url)
+    builtin = load_catalog()
+    with psycopg.connect(any_database_url, autocommit=True) as conn:
+        migrated = introspect_schema(conn, "kingest")
+        with conn.transaction():
+            for statement in catalog_ddl(load_catalog(schema="catalog_check")):
+                conn.execute(statement.encode())
+        derived = introspect_schema(conn, "catalog_check")
+        names = {table.name for table in builtin.tables}
+        assert names <= set(migrated.tables)
+        assert set(derived.tables) == names
+        assert (
+            schema_differences(migrated, derived, labels=("migrations", "catalog"), tables=names)
+            == []
+        )
+
+        plan = plan_schema(conn, builtin)
+        assert (plan.statements, plan.breaking) == ((), ())
+        assert plan.holds_catalog
+        assert not plan.recorded
+        # Applying records the catalog once, without running anything.
+        apply_schema(conn, builtin)
+        apply_schema(conn, builtin)
+        assert recorded(conn, "kingest") == [(builtin.digest, "")]
+        assert plan_schema(conn, builtin).recorded
+        # The plan left no scratch schema behind.
+        schemas = conn.execute(
+            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'kingest_plan_%'"
+        ).fetchone()
+        assert schemas == (0,)
+
+
+def test_a_catalog_evolves_by_additions_only(any_database_url: str, tmp_path: Path) -> None:
+    apply_migrations(any_database_url)
+    v1 = orders(tmp_path)
+    v2 = orders(
+        tmp_path,
+        ("Channel channel = 4;", "Channel channel = 4;\n  // A coupon code.\n  string coupon = 5;"),
+        (
+            "OrderPlaced order_placed = 10;",
+            "OrderPlaced order_placed = 10;\n    OrderShipped order_shipped = 11;",
+        ),
+        (
+            "enum Channel {",
+            "// An order left.\nmessage OrderShipped { string order_id = 1; }\n\nenum Channel {",
+        ),
+        ("CHANNEL_STORE = 2;", "CHANNEL_STORE = 2;\n  CHANNEL_PHONE = 3;"),
+    )
+    with psycopg.connect(any_database_url, autocommit=True) as conn:
+        first = apply_schema(conn, v1)
+        assert first.statements == tuple(catalog_ddl(v1))
+        assert plan_schema(conn, v1).holds_catalog
+
+        plan = plan_schema(conn, v2)
+        placed, shipped = v2.table("order_placed"), v2.table("order_shipped")
+        coupon = next(c for c in placed.columns if c.name == "coupon")
+        expected = [
+            f'ALTER TABLE "acme"."order_placed" ADD COLUMN {column_definition(placed, coupon)}',
+            comment_ddl(v2, placed, coupon),
+            'ALTER TABLE "acme"."order_placed" DROP CONSTRAINT "order_placed_channel_check", '
+            'ADD CONSTRAINT "order_placed_channel_check" '
+            "CHECK ((channel = ANY (ARRAY['web'::text, 'store'::text, 'phone'::text])))",
+            create_table_ddl(v2, shipped),
+            *(create_index_ddl(v2, shipped, index) for index in shipped.indexes),
+            *(
+                comment_ddl(v2, shipped, column)
+                for column in (None, *shipped.columns)
+                if comment_ddl(v2, shipped, column) is not None
+            ),
+        ]
+        assert list(plan.statements) == expected
+        assert plan.breaking == ()
+
+        apply_schema(conn, v2)
+        assert plan_schema(conn, v2).holds_catalog
+        assert [digest for digest, _ in recorded(conn, "acme")] == [v1.digest, v2.digest]
+        assert recorded(conn, "acme")[1][1] == "".join(f"{s};\n" for s in expected)
+        conn.execute(
+            "INSERT INTO acme.order_placed (event_id, occurred_at, correlation_id, source,"
+            " kafka_topic, kafka_partition, kafka_offset, order_id, shop, amount_cents,"
+            " channel, coupon) VALUES (gen_random_uuid(), now(), 'c', 's', 't', 0, 0, 'o1',"
+            " 'shop', 100, 'phone', 'SAVE10')"
+        )
+
+
+BREAKING = {
+    "FIELD_SAME_TYPE": [("int64 amount_cents = 3;", "double amount_cents = 3;")],
+    "FIELD_SAME_NAME": [("int64 amount_cents = 3;", "int64 total_cents = 3;")],
+    "FIELD_NO_DELETE": [("int64 amount_cents = 3;", "")],
+    "TABLE_NO_DELETE": [
+        ("OrderPlaced order_placed = 10;", "OrderShipped order_shipped = 11;"),
+        ("string source = 4;", 'string source = 4;\n  reserved 10;\n  reserved "order_placed";'),
+        ("enum Channel {", "message OrderShipped { string order_id = 1; }\n\nenum Channel {"),
+    ],
+    "TABLE_SAME_KEY": [('key: ["order_id"]', 'key: ["shop", "order_id"]')],
+    "COLUMN_CHECK_NO_NARROWING": [("  CHANNEL_STORE = 2;\n", "")],
+}
+
+
+def test_breaking_changes_are_refused_each_with_its_reason(
+    any_database_url: str, tmp_path: Path
+) -> None:
+    apply_migrations(any_database_url)
+    v1 = orders(tmp_path)
+    with psycopg.connect(any_database_url, autocommit=True) as conn:
+        apply_schema(conn, v1)
+        before = introspect_schema(conn, "acme")
+        for rule, replacements in BREAKING.items():
+            with pytest.raises(SchemaPlanError) as refused:
+                apply_schema(conn, orders(tmp_path, *replacements))
+            assert refused.value.plan is not None
+            assert rule in [f.rule for f in refused.value.plan.breaking], rule
+            assert f"[{rule}] To proceed:" in str(refused.value)
+        assert schema_differences(before, introspect_schema(conn, "acme")) == []
+        assert len(recorded(conn, "acme")) == 1
+
+        # Without a recorded catalog the database itself still refuses what would break.
+        conn.execute("DELETE FROM kingest.catalogs")
+        retyped = plan_schema(conn, orders(tmp_path, *BREAKING["FIELD_SAME_TYPE"]))
+        assert [f.rule for f in retyped.breaking] == ["COLUMN_SAME_TYPE"]
+        required = orders(
+            tmp_path,
+            (
+                "Channel channel = 4;",
+                "Channel channel = 4;\n  string coupon = 5 "
+                "[(kingest.options.v1.column).required = true];",
+            ),
+        )
+        assert [f.rule for f in plan_schema(conn, required).breaking] == [
+            "COLUMN_NOT_NULL_WITHOUT_DEFAULT"
+        ]
+
+
+def test_a_removal_done_by_hand_is_no_longer_refused(any_database_url: str, tmp_path: Path) -> None:
+    apply_migrations(any_database_url)
+    reserved = orders(
+        tmp_path, ("int64 amount_cents = 3;", 'reserved 3;\n  reserved "amount_cents";')
+    )
+    with psycopg.connect(any_database_url, autocommit=True) as conn:
+        apply_schema(conn, orders(tmp_path))
+        rules = [f.rule for f in plan_schema(conn, reserved).breaking]
+        assert rules == ["COLUMN_NO_DELETE"]
+        conn.execute("ALTER TABLE acme.order_placed DROP COLUMN amount_cents")
+        assert apply_schema(conn, reserved).statements == ()
+        assert len(recorded(conn, "acme")) == 2
+
+
+def test_the_schema_commands(database_url: str, tmp_path: Path) -> None:
+    apply_migrations(database_url)
+    runner = CliRunner()
+    env = {"KINGEST_DATABASE_URL": database_url}
+    catalog_file = tmp_path / "orders.binpb"
+    catalog_file.write_bytes(compile_catalog(tmp_path, ORDERS_V1))
+
+    plan = runner.invoke(
+        app, ["schema", "plan", "--catalog", str(catalog_file), "--schema", "acme"], env=env
+    )
+    assert plan.exit_code == 0, plan.output
+    assert plan.output.startswith("CREATE SCHEMA IF NOT EXISTS")
+    apply = runner.invoke(
+        app,
+        ["schema", "apply"],
+        env={**env, "KINGEST_CATALOG": str(catalog_file), "KINGEST_DATABASE_SCHEMA": "acme"},
+    )
+    assert apply.exit_code == 0, apply.output
+    assert "recorded catalog" in apply.output
+    again = runner.invoke(
+        app, ["schema", "plan", "--catalog", str(catalog_file), "--schema", "acme"], env=env
+    )
+    assert again.output == "the database already holds the catalog\n"
+
+    catalog_file.write_bytes(
+        compile_catalog(tmp_path, ORDERS_V1.replace("int64 amount_cents", "double amount_cents"))
+    )
+    refused = runner.invoke(
+        app, ["schema", "apply", "--catalog", str(catalog_file), "--schema", "acme"], env=env
+    )
+    assert refused.exit_code == 1
+    assert "refused" in refused.output
+    assert "FIELD_SAME_TYPE" in refused.output
+
+    catalog_file.write_bytes(b"not a descriptor set")
+    bad = runner.invoke(
+        app,
+        ["schema", "plan", "--catalog", str(catalog_file), "--topic-type", "no-equals-sign"],
+        env=env,
+    )
+    assert bad.exit_code == 2
+    assert "--topic-type 'no-equals-sign'" in bad.output
+    assert "Traceback" not in bad.output
