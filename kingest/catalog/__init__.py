@@ -6,7 +6,55 @@ named by ``KINGEST_CATALOG``) whose messages carry the options of
 :class:`Catalog`: fact tables (one per event message), current-state tables (updated
 from the facts by column group), their columns with PostgreSQL types, constraints,
 indexes and comments. :func:`catalog_ddl` renders the DDL that creates them. Nothing
-here touches the database or Kafka.
+here touches the database or Kafka, so everything above may depend on it.
 """
 
-__all__: list[str] = []
+from kingest.catalog.ddl import (
+    catalog_ddl,
+    column_definition,
+    comment_ddl,
+    create_index_ddl,
+    create_table_ddl,
+    quote_identifier,
+    quote_literal,
+)
+from kingest.catalog.fields import enum_labels, snake_case
+from kingest.catalog.load import BUILTIN_CATALOG_PATH, ENVELOPE_COLUMNS, CatalogError, load_catalog
+from kingest.catalog.model import (
+    Catalog,
+    Column,
+    FactTable,
+    FieldMapping,
+    Index,
+    Rank,
+    StateAssignment,
+    StateTable,
+    StateUpdate,
+    ValueKind,
+)
+
+__all__ = [
+    "BUILTIN_CATALOG_PATH",
+    "ENVELOPE_COLUMNS",
+    "Catalog",
+    "CatalogError",
+    "Column",
+    "FactTable",
+    "FieldMapping",
+    "Index",
+    "Rank",
+    "StateAssignment",
+    "StateTable",
+    "StateUpdate",
+    "ValueKind",
+    "catalog_ddl",
+    "column_definition",
+    "comment_ddl",
+    "create_index_ddl",
+    "create_table_ddl",
+    "enum_labels",
+    "load_catalog",
+    "quote_identifier",
+    "quote_literal",
+    "snake_case",
+]

@@ -103,6 +103,35 @@ def generate(output_root: Path, *, proto_dir: Path = PROTO_SOURCE_DIR) -> list[P
     return [*written, descriptor_set]
 
 
+def compile_descriptor_set(proto_dir: Path, output: Path) -> bytes:
+    """Compile every ``.proto`` under ``proto_dir`` into one descriptor set (a catalog).
+
+    Imports resolve against ``proto_dir``, the kingest options (this checkout's
+    ``proto/``) and the well-known types; the set includes its imports and comments, as
+    ``buf build`` makes it. Returns the bytes written to ``output``.
+    """
+    protoc = _import_protoc()
+    sources = proto_sources(proto_dir)
+    if not sources:
+        raise CodegenError(f"no .proto files under {proto_dir}")
+    well_known_types = importlib.resources.files("grpc_tools") / "_proto"
+    status = protoc.main(
+        [
+            "protoc",
+            f"-I{proto_dir}",
+            f"-I{PROTO_SOURCE_DIR}",
+            f"-I{well_known_types}",
+            f"--descriptor_set_out={output}",
+            "--include_imports",
+            "--include_source_info",
+            *(str(source) for source in sources),
+        ]
+    )
+    if status != 0:
+        raise CodegenError(f"protoc exited with status {status} (diagnostics on stderr)")
+    return output.read_bytes()
+
+
 def main() -> int:
     """Regenerate the committed modules in place (``python -m kingest.schema.codegen``)."""
     try:

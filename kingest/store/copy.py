@@ -31,7 +31,7 @@ import psycopg
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
 
-from kingest.store.tables import ColumnType, FactTable
+from kingest.store.tables import ColumnType, WriteTable
 
 __all__ = ["copy_rows"]
 
@@ -97,7 +97,7 @@ _FIELDS: Final[dict[ColumnType, tuple[str, Callable[[Any], Sequence[Any]] | None
 
 
 def copy_rows(
-    cursor: psycopg.Cursor[Any], table: FactTable, columns: Sequence[Sequence[Any]]
+    cursor: psycopg.Cursor[Any], table: WriteTable, columns: Sequence[Sequence[Any]]
 ) -> int:
     """COPY the rows given column by column (``RowBatch.columns`` order) into ``table``.
 

@@ -60,7 +60,7 @@ from kingest.store.headers import (
     header_tuple,
     message_headers,
 )
-from kingest.store.tables import ENVELOPE, FACT_TABLES, TABLES_BY_EVENT_TYPE, FactTable
+from kingest.store.tables import ENVELOPE, FACT_TABLES, TABLES_BY_EVENT_TYPE, WriteTable
 
 __all__ = [
     "KAFKA_NO_TIMESTAMP",
@@ -221,7 +221,7 @@ def _rejection_size(rejection: Rejection) -> int:
 # --- payload mappers ---------------------------------------------------------------------
 #
 # One per event type: append the payload's columns to ``c`` at the positions of its
-# FactTable's columns (the envelope takes 0-6), in order. Enum lookups come first, so
+# WriteTable's columns (the envelope takes 0-6), in order. Enum lookups come first, so
 # that an unknown value (KeyError) leaves the buffers untouched.
 
 
@@ -319,7 +319,7 @@ assert len(ENVELOPE) == _ENVELOPE_WIDTH
 assert set(_PAYLOAD_MAPPERS) == set(TABLES_BY_EVENT_TYPE)
 
 
-def _empty_buffers(table: FactTable) -> list[list[Any]]:
+def _empty_buffers(table: WriteTable) -> list[list[Any]]:
     """One list per column, plus the source records last."""
     return [[] for _ in range(len(table.columns) + 1)]
 
@@ -503,23 +503,23 @@ class RowBatch:
 
     # --- reading -------------------------------------------------------------------------
 
-    def columns(self, table: FactTable) -> list[list[Any]]:
-        """The column lists of ``table``, in :attr:`FactTable.columns` order (no copy)."""
+    def columns(self, table: WriteTable) -> list[list[Any]]:
+        """The column lists of ``table``, in :attr:`WriteTable.columns` order (no copy)."""
         return self._buffers[table.event_type][:-1]
 
-    def source_records(self, table: FactTable) -> list[KafkaRecord]:
+    def source_records(self, table: WriteTable) -> list[KafkaRecord]:
         """The Kafka record behind each row of ``table``, row for row (no copy)."""
         records: list[KafkaRecord] = self._buffers[table.event_type][-1]
         return records
 
-    def rows(self, table: FactTable) -> list[dict[str, Any]]:
+    def rows(self, table: WriteTable) -> list[dict[str, Any]]:
         """Rows of ``table`` as dicts keyed by column name (for tests and debugging)."""
         names = table.column_names
         return [
             dict(zip(names, row, strict=True)) for row in zip(*self.columns(table), strict=True)
         ]
 
-    def iter_tables(self) -> Iterator[FactTable]:
+    def iter_tables(self) -> Iterator[WriteTable]:
         """The fact tables that have rows, in write order."""
         return (table for table in FACT_TABLES if self._buffers[table.event_type][0])
 

@@ -47,10 +47,10 @@ __all__ = [
     "RUN_STATUS_PRECEDENCE",
     "TABLES_BY_EVENT_TYPE",
     "WRITE_PLAN",
-    "Column",
     "ColumnType",
-    "FactTable",
     "Statement",
+    "WriteColumn",
+    "WriteTable",
     "iter_statement_tables",
 ]
 
@@ -83,13 +83,13 @@ class ColumnType(enum.Enum):
 
 
 @attrs.frozen
-class Column:
+class WriteColumn:
     name: str
     type: ColumnType
 
 
 @attrs.frozen
-class FactTable:
+class WriteTable:
     """An append-only fact table fed by one event type.
 
     ``columns`` is the buffer order of :class:`kingest.store.rows.RowBatch` (envelope
@@ -98,7 +98,7 @@ class FactTable:
 
     name: str
     event_type: str
-    columns: tuple[Column, ...]
+    columns: tuple[WriteColumn, ...]
 
     @property
     def qualified_name(self) -> str:
@@ -117,8 +117,8 @@ class FactTable:
         )
 
 
-def _columns(*spec: tuple[str, ColumnType]) -> tuple[Column, ...]:
-    return tuple(Column(name, column_type) for name, column_type in spec)
+def _columns(*spec: tuple[str, ColumnType]) -> tuple[WriteColumn, ...]:
+    return tuple(WriteColumn(name, column_type) for name, column_type in spec)
 
 
 T = ColumnType
@@ -134,7 +134,7 @@ ENVELOPE = _columns(
     ("kafka_offset", T.INT8),
 )
 
-TRAINING_RUN_STARTS = FactTable(
+TRAINING_RUN_STARTS = WriteTable(
     "training_run_starts",
     "training_run_started",
     ENVELOPE
@@ -149,7 +149,7 @@ TRAINING_RUN_STARTS = FactTable(
         ("hyperparameters", T.JSONB),
     ),
 )
-TRAINING_RUN_FINISHES = FactTable(
+TRAINING_RUN_FINISHES = WriteTable(
     "training_run_finishes",
     "training_run_finished",
     ENVELOPE
@@ -161,7 +161,7 @@ TRAINING_RUN_FINISHES = FactTable(
         ("error_message", T.OPTIONAL_TEXT),
     ),
 )
-METRICS = FactTable(
+METRICS = WriteTable(
     "metrics",
     "metric_logged",
     ENVELOPE
@@ -173,7 +173,7 @@ METRICS = FactTable(
         ("epoch", T.INT8),
     ),
 )
-MODEL_VERSIONS = FactTable(
+MODEL_VERSIONS = WriteTable(
     "model_versions",
     "model_version_registered",
     ENVELOPE
@@ -186,7 +186,7 @@ MODEL_VERSIONS = FactTable(
         ("tags", T.JSONB),
     ),
 )
-DEPLOYMENTS = FactTable(
+DEPLOYMENTS = WriteTable(
     "deployments",
     "model_deployed",
     ENVELOPE
@@ -199,7 +199,7 @@ DEPLOYMENTS = FactTable(
         ("traffic_percent", T.FLOAT8),
     ),
 )
-INFERENCES = FactTable(
+INFERENCES = WriteTable(
     "inferences",
     "inference_completed",
     ENVELOPE
@@ -215,7 +215,7 @@ INFERENCES = FactTable(
         ("error_code", T.OPTIONAL_TEXT),
     ),
 )
-EVALUATIONS = FactTable(
+EVALUATIONS = WriteTable(
     "evaluations",
     "evaluation_completed",
     ENVELOPE
@@ -228,7 +228,7 @@ EVALUATIONS = FactTable(
         ("passed", T.BOOL),
     ),
 )
-DRIFT_ALERTS = FactTable(
+DRIFT_ALERTS = WriteTable(
     "drift_alerts",
     "data_drift_detected",
     ENVELOPE
@@ -244,7 +244,7 @@ DRIFT_ALERTS = FactTable(
 )
 
 #: Every fact table, in write order.
-FACT_TABLES: tuple[FactTable, ...] = (
+FACT_TABLES: tuple[WriteTable, ...] = (
     TRAINING_RUN_STARTS,
     TRAINING_RUN_FINISHES,
     METRICS,
@@ -254,7 +254,7 @@ FACT_TABLES: tuple[FactTable, ...] = (
     EVALUATIONS,
     DRIFT_ALERTS,
 )
-TABLES_BY_EVENT_TYPE: dict[str, FactTable] = {table.event_type: table for table in FACT_TABLES}
+TABLES_BY_EVENT_TYPE: dict[str, WriteTable] = {table.event_type: table for table in FACT_TABLES}
 
 
 @attrs.frozen
@@ -267,7 +267,7 @@ class Statement:
     table.
     """
 
-    fact_tables: tuple[FactTable, ...]
+    fact_tables: tuple[WriteTable, ...]
     state_tables: tuple[str, ...]
     sql: str
 
@@ -275,7 +275,7 @@ class Statement:
 # --- SQL generation ------------------------------------------------------------------
 
 
-def _batch_select(table: FactTable) -> str:
+def _batch_select(table: WriteTable) -> str:
     """SELECT turning the table's array parameters into typed rows."""
     names = table.column_names
     expressions = ", ".join(
@@ -285,7 +285,7 @@ def _batch_select(table: FactTable) -> str:
     return f"SELECT {expressions} FROM unnest({parameters}) AS u({', '.join(names)})"
 
 
-def _insert_facts(table: FactTable, source: str) -> str:
+def _insert_facts(table: WriteTable, source: str) -> str:
     names = ", ".join(table.column_names)
     return (
         f"INSERT INTO {table.qualified_name} ({names}) SELECT {names} FROM {source} "
@@ -337,7 +337,7 @@ def _latest_per_key(source: str, keys: str, *, rank: str = "") -> str:
     )
 
 
-def _plain_statement(table: FactTable) -> Statement:
+def _plain_statement(table: WriteTable) -> Statement:
     return Statement(
         fact_tables=(table,),
         state_tables=(),
@@ -528,7 +528,7 @@ INSERT INTO {SCHEMA}.dead_letters ({_DEAD_LETTER_COLUMNS}, attempts, dead_letter
 ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING"""
 
 
-def iter_statement_tables() -> Iterator[FactTable]:
+def iter_statement_tables() -> Iterator[WriteTable]:
     """Every fact table in the order the write plan writes them (for checks and tests)."""
     for statement in WRITE_PLAN:
         yield from statement.fact_tables

@@ -54,6 +54,8 @@ PASSWORD = "pa55-W0rd-h1-secret"
 #: Modules allowed to build SQL text from Python strings, and why.
 GENERATED_SQL_MODULES = {
     "kingest/store/tables.py": "write statements generated once from constant table specs",
+    "kingest/catalog/ddl.py": "DDL of the operator's catalog: identifiers through "
+    "quote_identifier, text through quote_literal",
 }
 # SQL keywords are upper case throughout kingest (a convention this scan relies on, so
 # that English messages such as f"{path} is {value}, where ..." are not taken for SQL).

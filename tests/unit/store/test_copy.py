@@ -24,7 +24,7 @@ from kingest.schema.codec import encode_event
 from kingest.schema.v1.events_pb2 import Event, MetricLogged, ModelDeployed
 from kingest.store import RowBatch, write_batch
 from kingest.store.copy import copy_rows
-from kingest.store.tables import DEPLOYMENTS, METRICS, WRITE_PLAN, FactTable, Statement
+from kingest.store.tables import DEPLOYMENTS, METRICS, WRITE_PLAN, Statement, WriteTable
 from tests.fakes import FakeRecord
 
 NOW = 1_750_000_000.0
@@ -143,7 +143,7 @@ class FakeConnection:
     def cursor(self) -> FakeCursor:
         return FakeCursor(self)
 
-    def statements(self) -> list[FactTable]:
+    def statements(self) -> list[WriteTable]:
         return [table for statement, _, _ in self.executed for table in statement.fact_tables]
 
 

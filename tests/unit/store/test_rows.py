@@ -28,7 +28,7 @@ from kingest.schema.v1.events_pb2 import (
 from kingest.schema.validate import payload_of
 from kingest.store.event_ids import DERIVED_EVENT_ID_NAMESPACE, derive_event_id
 from kingest.store.rows import KafkaRecord, Rejection, RowBatch
-from kingest.store.tables import FACT_TABLES, TABLES_BY_EVENT_TYPE, FactTable
+from kingest.store.tables import FACT_TABLES, TABLES_BY_EVENT_TYPE, WriteTable
 from tests.fakes import FakeRecord
 
 NOW = 1_750_000_000.0
@@ -59,7 +59,7 @@ def batch_of(*records: KafkaRecord) -> RowBatch:
     return rows
 
 
-def only_row(rows: RowBatch, table: FactTable) -> dict[str, Any]:
+def only_row(rows: RowBatch, table: WriteTable) -> dict[str, Any]:
     (row,) = rows.rows(table)
     return row
 

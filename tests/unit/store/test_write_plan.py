@@ -23,8 +23,8 @@ from kingest.store.tables import (
     INSERT_UNPUBLISHED_DEAD_LETTER,
     SCHEMA,
     WRITE_PLAN,
-    FactTable,
     Statement,
+    WriteTable,
     iter_statement_tables,
 )
 from tests.fakes import FakeRecord
@@ -71,7 +71,7 @@ def schema() -> dict[str, Table]:
     return tables
 
 
-def statement_of(table: FactTable) -> Statement:
+def statement_of(table: WriteTable) -> Statement:
     (statement,) = [s for s in WRITE_PLAN if table in s.fact_tables]
     return statement
 
@@ -90,7 +90,7 @@ def test_every_fact_table_is_written_once_in_write_order() -> None:
 
 
 @pytest.mark.parametrize("table", FACT_TABLES, ids=lambda t: t.name)
-def test_each_fact_table_has_its_idempotent_insert(table: FactTable) -> None:
+def test_each_fact_table_has_its_idempotent_insert(table: WriteTable) -> None:
     sql = statement_of(table).sql
     names = ", ".join(table.column_names)
     insert = f"INSERT INTO {table.qualified_name} ({names}) SELECT {names} FROM "
@@ -104,7 +104,7 @@ def test_each_fact_table_has_its_idempotent_insert(table: FactTable) -> None:
 
 
 @pytest.mark.parametrize("table", FACT_TABLES, ids=lambda t: t.name)
-def test_fact_columns_exist_and_start_with_the_envelope(table: FactTable) -> None:
+def test_fact_columns_exist_and_start_with_the_envelope(table: WriteTable) -> None:
     assert table.columns[: len(ENVELOPE)] == ENVELOPE
     assert set(table.column_names) <= set(schema()[table.name].columns)
     assert len(set(table.column_names)) == len(table.columns)
