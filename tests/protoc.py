@@ -22,8 +22,18 @@ def _protoc() -> ModuleType:
     return importlib.import_module("grpc_tools.protoc")
 
 
+_COMPILED: dict[tuple[str, str], bytes] = {}
+
+
 def compile_catalog(directory: Path, source: str, name: str = "acme/v1/events.proto") -> bytes:
-    """The descriptor set (with imports and comments) of one ``.proto`` file's text."""
+    """The descriptor set (with imports and comments) of one ``.proto`` file's text
+    (compiled once per text and name in a test session)."""
+    if (source, name) not in _COMPILED:
+        _COMPILED[source, name] = _compile(directory, source, name)
+    return _COMPILED[source, name]
+
+
+def _compile(directory: Path, source: str, name: str) -> bytes:
     root = directory / f"protoc-{len(list(directory.glob('protoc-*')))}"
     path = root / name
     path.parent.mkdir(parents=True)

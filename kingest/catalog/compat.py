@@ -143,12 +143,25 @@ class _Columns:
     def __init__(self, catalog: Catalog) -> None:
         self._by_field: dict[tuple[str, str], list[tuple[str, str]]] = {}
         self._tables_by_message: dict[str, str] = {}
+        self._state_columns: dict[tuple[str, str], set[tuple[str, str]]] = {}
         for table in catalog.fact_tables:
+            for update in table.updates:
+                pairs = [(a.source, a.column) for a in update.assignments if a.source]
+                for source, column_name in [*pairs, *((k, k) for k in update.key)]:
+                    derived = self._state_columns.setdefault((table.name, source), set())
+                    derived.add((update.table, column_name))
             self._tables_by_message[table.message] = table.name
             for column in table.columns:
                 if column.field is not None:
                     key = (table.message, column.field.path[0])
                     self._by_field.setdefault(key, []).append((table.name, column.name))
+
+    def derived(self, table: str, columns: tuple[str, ...]) -> set[tuple[str, str]]:
+        """The state columns that the fact columns ``columns`` of ``table`` set."""
+        found: set[tuple[str, str]] = set()
+        for column in columns:
+            found |= self._state_columns.get((table, column), set())
+        return found
 
     def of(self, message: str, field: _Field) -> tuple[str | None, tuple[str, ...]]:
         """(table, columns) a field fills: its own columns, or a whole fact table when it
@@ -255,8 +268,7 @@ def _enum_findings(
             )
 
 
-def _descriptor_findings(old: Catalog, new: Catalog) -> list[Incompatibility]:
-    columns = _Columns(old)
+def _descriptor_findings(old: Catalog, new: Catalog, columns: _Columns) -> list[Incompatibility]:
     findings: list[Incompatibility] = []
     new_messages = _messages(new)
     for name, message in _messages(old).items():
@@ -329,10 +341,14 @@ def catalog_incompatibilities(old: Catalog, new: Catalog) -> list[Incompatibilit
 
     Field and enum findings come first (the descriptors), then table findings for what
     they do not already explain: a column whose field was removed or retyped is reported
-    once, as the field.
+    once, as the field (with the state columns its fact column sets).
     """
-    findings = _descriptor_findings(old, new)
+    columns = _Columns(old)
+    findings = _descriptor_findings(old, new, columns)
     covered = {(f.table, column) for f in findings if f.table for column in f.columns}
+    for finding in findings:
+        if finding.table:
+            covered |= columns.derived(finding.table, finding.columns)
     covered |= {(f.table, "*") for f in findings if f.table and not f.columns}
     new_tables = {table.name: table for table in new.tables}
     for old_table in old.tables:

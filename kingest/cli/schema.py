@@ -95,8 +95,11 @@ def _catalog(path: Path | None, schema: str, topic_types: list[str] | None) -> C
     try:
         return load_catalog(path, schema=schema, topic_types=types or None)
     except CatalogError as error:
-        detail = str(error).splitlines() or [repr(error)]
-        _exit(EXIT_BAD_CONFIG, "[bold red]kingest schema: the catalog does not load[/]", detail)
+        _exit(
+            EXIT_BAD_CONFIG,
+            "[bold red]kingest schema: the catalog does not load[/]",
+            error.problems,
+        )
 
 
 @contextmanager

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import attrs
 import psycopg
 from psycopg import sql
 from psycopg.types.json import Jsonb
@@ -38,13 +39,16 @@ from kingest.catalog import (
     CatalogError,
     Column,
     FactTable,
+    FieldMapping,
     StateTable,
+    ValueKind,
     catalog_ddl,
     column_definition,
     comment_ddl,
     create_index_ddl,
     create_table_ddl,
     load_catalog,
+    quote_identifier,
 )
 from kingest.catalog.compat import REMOVAL_RULES, Incompatibility, catalog_incompatibilities
 from kingest.store.introspect import LiveSchema, LiveTable, introspect_schema
@@ -62,6 +66,43 @@ __all__ = [
 Table = FactTable | StateTable
 
 _CHECK_VALUE = re.compile(r"'((?:[^']|'')*)'")
+
+#: What a message encoded before a field existed holds for it: Protobuf's zero value, for
+#: the kinds of value that have one a column can hold.
+_ZERO_VALUES = {
+    ValueKind.INT: "0",
+    ValueKind.UINT64: "0",
+    ValueKind.FLOAT: "0",
+    ValueKind.BOOL: "false",
+    ValueKind.TEXT: "''",
+    ValueKind.BYTES: "''",
+    ValueKind.ARRAY: "'{}'",
+    ValueKind.JSON: "'{}'",
+}
+
+
+def _source_field(catalog: Catalog, table: Table, column: Column) -> FieldMapping | None:
+    """The field a column's values come from: its own, or for a state column the field of
+    the fact column that sets it."""
+    if column.field is not None or isinstance(table, FactTable):
+        return column.field
+    for fact in catalog.fact_tables:
+        for update in fact.updates:
+            for assignment in update.assignments:
+                sets_it = update.table == table.name and assignment.column == column.name
+                if sets_it and assignment.source is not None:
+                    return fact.column(assignment.source).field
+    return None
+
+
+def _zero_value(catalog: Catalog, table: Table, column: Column) -> str | None:
+    """The value rows stored before a new NOT NULL column get: the zero value of an
+    optional field (old messages had it implicitly), None for a required field or one
+    without a zero value."""
+    field = _source_field(catalog, table, column)
+    if field is None or field.required:
+        return None
+    return _ZERO_VALUES.get(field.kind)
 
 
 class SchemaPlanError(RuntimeError):
@@ -143,14 +184,13 @@ def _expected_schema(conn: psycopg.Connection[Any], catalog: Catalog) -> LiveSch
 class _Planner:
     """Collects one plan's statements and findings, table by table."""
 
-    def __init__(self, conn: psycopg.Connection[Any], catalog: Catalog) -> None:
-        self.conn = conn
+    def __init__(self, catalog: Catalog) -> None:
         self.catalog = catalog
         self.statements: list[str] = []
         self.findings: list[Incompatibility] = []
 
     def qualified(self, *names: str) -> str:
-        return sql.Identifier(*names).as_string(self.conn)
+        return ".".join(quote_identifier(name) for name in names)
 
     def create(self, table: Table) -> None:
         catalog = self.catalog
@@ -167,37 +207,13 @@ class _Planner:
             if column.name in live.columns:
                 self.evolve_column(table, column, expected, live)
             elif column.not_null and column.default is None:
-                self.findings.append(
-                    Incompatibility(
-                        "COLUMN_NOT_NULL_WITHOUT_DEFAULT",
-                        f"column {table.name}.{column.name} is new and NOT NULL without a "
-                        "default: the rows already in the table would have no value.",
-                        "make the field optional (not required), or add the column by hand "
-                        "(ADD COLUMN ... DEFAULT ..., or fill it then SET NOT NULL) and "
-                        "apply again.",
-                        table.name,
-                        (column.name,),
-                    )
-                )
+                self.add_not_null(table, column)
             else:
                 self.statements.append(
                     f"ALTER TABLE {name} ADD COLUMN {column_definition(table, column)}"
                 )
                 self.comment(table, column)
-        for column_name, column in live.columns.items():
-            known = any(c.name == column_name for c in table.columns)
-            if not known and column.not_null and column.default is None:
-                self.findings.append(
-                    Incompatibility(
-                        "COLUMN_UNKNOWN_NOT_NULL",
-                        f"column {table.name}.{column_name} is NOT NULL without a default "
-                        "and the catalog does not have it: every insert would fail.",
-                        "put its field back in the catalog, or drop the column or give it "
-                        "a default by hand.",
-                        table.name,
-                        (column_name,),
-                    )
-                )
+        self.check_unknown_columns(table, live)
         if expected.primary_key != live.primary_key:
             self.findings.append(
                 Incompatibility(
@@ -219,6 +235,52 @@ class _Planner:
                 self.statements.append(create_index_ddl(self.catalog, table, index))
         if table.comment is not None and live.comment != expected.comment:
             self.statements.append(self.comment_of(table, None))
+
+    def add_not_null(self, table: Table, column: Column) -> None:
+        """A new NOT NULL column: added with the zero value old messages implicitly
+        held, for the rows already stored, then without a default like the catalog's;
+        refused when there is no such value (a required field)."""
+        zero = _zero_value(self.catalog, table, column)
+        if zero is None:
+            self.findings.append(
+                Incompatibility(
+                    "COLUMN_NOT_NULL_WITHOUT_DEFAULT",
+                    f"column {table.name}.{column.name} is new and NOT NULL without a "
+                    "default, and its field is required or has no zero value: the "
+                    "rows already in the table would have no value.",
+                    "make the field optional (not required), or add the column by hand "
+                    "(ADD COLUMN ... DEFAULT ..., or fill it then SET NOT NULL) and "
+                    "apply again.",
+                    table.name,
+                    (column.name,),
+                )
+            )
+            return
+        name = self.qualified(self.catalog.schema, table.name)
+        with_zero = attrs.evolve(column, default=zero)
+        self.statements.append(
+            f"ALTER TABLE {name} ADD COLUMN {column_definition(table, with_zero)}"
+        )
+        self.statements.append(
+            f"ALTER TABLE {name} ALTER COLUMN {self.qualified(column.name)} DROP DEFAULT"
+        )
+        self.comment(table, column)
+
+    def check_unknown_columns(self, table: Table, live: LiveTable) -> None:
+        for column_name, unknown in live.columns.items():
+            known = any(c.name == column_name for c in table.columns)
+            if not known and unknown.not_null and unknown.default is None:
+                self.findings.append(
+                    Incompatibility(
+                        "COLUMN_UNKNOWN_NOT_NULL",
+                        f"column {table.name}.{column_name} is NOT NULL without a default "
+                        "and the catalog does not have it: every insert would fail.",
+                        "put its field back in the catalog, or drop the column or give it "
+                        "a default by hand.",
+                        table.name,
+                        (column_name,),
+                    )
+                )
 
     def evolve_column(
         self, table: Table, column: Column, expected: LiveTable, live: LiveTable
@@ -350,7 +412,7 @@ def plan_schema(conn: psycopg.Connection[Any], catalog: Catalog) -> SchemaPlan:
     live = introspect_schema(conn, catalog.schema)
     previous = latest_recorded_catalog(conn, catalog.schema)
     notes: list[str] = []
-    planner = _Planner(conn, catalog)
+    planner = _Planner(catalog)
     if not live.exists:
         planner.statements.append(
             f"CREATE SCHEMA IF NOT EXISTS {planner.qualified(catalog.schema)}"

@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 from kingest.catalog import (
     Catalog,
     catalog_ddl,
-    column_definition,
     comment_ddl,
     create_index_ddl,
     create_table_ddl,
@@ -82,7 +81,11 @@ def test_a_catalog_evolves_by_additions_only(any_database_url: str, tmp_path: Pa
     v1 = orders(tmp_path)
     v2 = orders(
         tmp_path,
-        ("Channel channel = 4;", "Channel channel = 4;\n  // A coupon code.\n  string coupon = 5;"),
+        (
+            "Channel channel = 4;",
+            "Channel channel = 4;\n  // A coupon code.\n  string coupon = 5;\n"
+            "  // Items ordered.\n  uint32 quantity = 6;",
+        ),
         (
             "OrderPlaced order_placed = 10;",
             "OrderPlaced order_placed = 10;\n    OrderShipped order_shipped = 11;",
@@ -97,23 +100,34 @@ def test_a_catalog_evolves_by_additions_only(any_database_url: str, tmp_path: Pa
         first = apply_schema(conn, v1)
         assert first.statements == tuple(catalog_ddl(v1))
         assert plan_schema(conn, v1).holds_catalog
+        conn.execute(
+            "INSERT INTO acme.order_placed (event_id, occurred_at, correlation_id, source,"
+            " kafka_topic, kafka_partition, kafka_offset, order_id, shop, amount_cents,"
+            " channel) VALUES (gen_random_uuid(), now(), 'c', 's', 't', 0, 0, 'o1', 'shop',"
+            " 100, 'web')"
+        )
 
         plan = plan_schema(conn, v2)
-        placed, shipped = v2.table("order_placed"), v2.table("order_shipped")
-        coupon = next(c for c in placed.columns if c.name == "coupon")
+        shipped = v2.table("order_shipped")
+        widened = "CHECK ((channel = ANY (ARRAY['web'::text, 'store'::text, 'phone'::text])))"
         expected = [
-            f'ALTER TABLE "acme"."order_placed" ADD COLUMN {column_definition(placed, coupon)}',
-            comment_ddl(v2, placed, coupon),
-            'ALTER TABLE "acme"."order_placed" DROP CONSTRAINT "order_placed_channel_check", '
-            'ADD CONSTRAINT "order_placed_channel_check" '
-            "CHECK ((channel = ANY (ARRAY['web'::text, 'store'::text, 'phone'::text])))",
+            "ALTER TABLE acme.order_placed DROP CONSTRAINT order_placed_channel_check, "
+            f"ADD CONSTRAINT order_placed_channel_check {widened}",
+            "ALTER TABLE acme.order_placed ADD COLUMN coupon text",
+            "COMMENT ON COLUMN acme.order_placed.coupon IS 'A coupon code.'",
+            # A number field: the rows stored before it get the zero value old messages
+            # held, and new rows must say (as the catalog's column, without a default).
+            "ALTER TABLE acme.order_placed ADD COLUMN quantity bigint NOT NULL DEFAULT 0",
+            "ALTER TABLE acme.order_placed ALTER COLUMN quantity DROP DEFAULT",
+            "COMMENT ON COLUMN acme.order_placed.quantity IS 'Items ordered.'",
             create_table_ddl(v2, shipped),
             *(create_index_ddl(v2, shipped, index) for index in shipped.indexes),
-            *(
-                comment_ddl(v2, shipped, column)
-                for column in (None, *shipped.columns)
-                if comment_ddl(v2, shipped, column) is not None
-            ),
+            *filter(None, (comment_ddl(v2, shipped, c) for c in (None, *shipped.columns))),
+            "ALTER TABLE acme.orders DROP CONSTRAINT orders_channel_check, "
+            f"ADD CONSTRAINT orders_channel_check {widened}",
+            "ALTER TABLE acme.orders ADD COLUMN coupon text",
+            "ALTER TABLE acme.orders ADD COLUMN quantity bigint NOT NULL DEFAULT 0",
+            "ALTER TABLE acme.orders ALTER COLUMN quantity DROP DEFAULT",
         ]
         assert list(plan.statements) == expected
         assert plan.breaking == ()
@@ -122,23 +136,22 @@ def test_a_catalog_evolves_by_additions_only(any_database_url: str, tmp_path: Pa
         assert plan_schema(conn, v2).holds_catalog
         assert [digest for digest, _ in recorded(conn, "acme")] == [v1.digest, v2.digest]
         assert recorded(conn, "acme")[1][1] == "".join(f"{s};\n" for s in expected)
-        conn.execute(
-            "INSERT INTO acme.order_placed (event_id, occurred_at, correlation_id, source,"
-            " kafka_topic, kafka_partition, kafka_offset, order_id, shop, amount_cents,"
-            " channel, coupon) VALUES (gen_random_uuid(), now(), 'c', 's', 't', 0, 0, 'o1',"
-            " 'shop', 100, 'phone', 'SAVE10')"
-        )
+        stored = conn.execute("SELECT quantity, coupon FROM acme.order_placed").fetchall()
+        assert stored == [(0, None)]
+        with pytest.raises(psycopg.errors.NotNullViolation):
+            conn.execute(
+                "INSERT INTO acme.order_placed (event_id, occurred_at, correlation_id, source,"
+                " kafka_topic, kafka_partition, kafka_offset, order_id, shop, amount_cents)"
+                " VALUES (gen_random_uuid(), now(), 'c', 's', 't', 0, 1, 'o2', 'shop', 1)"
+            )
 
 
 BREAKING = {
     "FIELD_SAME_TYPE": [("int64 amount_cents = 3;", "double amount_cents = 3;")],
     "FIELD_SAME_NAME": [("int64 amount_cents = 3;", "int64 total_cents = 3;")],
     "FIELD_NO_DELETE": [("int64 amount_cents = 3;", "")],
-    "TABLE_NO_DELETE": [
-        ("OrderPlaced order_placed = 10;", "OrderShipped order_shipped = 11;"),
-        ("string source = 4;", 'string source = 4;\n  reserved 10;\n  reserved "order_placed";'),
-        ("enum Channel {", "message OrderShipped { string order_id = 1; }\n\nenum Channel {"),
-    ],
+    # The message's table renamed: the old one would no longer be written.
+    "TABLE_NO_DELETE": [("= {\n    updates:", '= {\n    name: "placed_orders"\n    updates:')],
     "TABLE_SAME_KEY": [('key: ["order_id"]', 'key: ["shop", "order_id"]')],
     "COLUMN_CHECK_NO_NARROWING": [("  CHANNEL_STORE = 2;\n", "")],
 }
@@ -164,7 +177,13 @@ def test_breaking_changes_are_refused_each_with_its_reason(
         # Without a recorded catalog the database itself still refuses what would break.
         conn.execute("DELETE FROM kingest.catalogs")
         retyped = plan_schema(conn, orders(tmp_path, *BREAKING["FIELD_SAME_TYPE"]))
-        assert [f.rule for f in retyped.breaking] == ["COLUMN_SAME_TYPE"]
+        assert [(f.rule, f.table) for f in retyped.breaking] == [
+            ("COLUMN_SAME_TYPE", "order_placed"),
+            ("COLUMN_SAME_TYPE", "orders"),
+        ]
+        assert "order_placed.amount_cents is bigint in the database, double precision in" in str(
+            retyped.breaking[0]
+        )
         required = orders(
             tmp_path,
             (
@@ -175,7 +194,7 @@ def test_breaking_changes_are_refused_each_with_its_reason(
         )
         assert [f.rule for f in plan_schema(conn, required).breaking] == [
             "COLUMN_NOT_NULL_WITHOUT_DEFAULT"
-        ]
+        ] * 2
 
 
 def test_a_removal_done_by_hand_is_no_longer_refused(any_database_url: str, tmp_path: Path) -> None:
@@ -185,9 +204,12 @@ def test_a_removal_done_by_hand_is_no_longer_refused(any_database_url: str, tmp_
     )
     with psycopg.connect(any_database_url, autocommit=True) as conn:
         apply_schema(conn, orders(tmp_path))
-        rules = [f.rule for f in plan_schema(conn, reserved).breaking]
-        assert rules == ["COLUMN_NO_DELETE"]
+        refused = [(f.rule, f.table) for f in plan_schema(conn, reserved).breaking]
+        assert refused == [("COLUMN_NO_DELETE", "order_placed"), ("COLUMN_NO_DELETE", "orders")]
         conn.execute("ALTER TABLE acme.order_placed DROP COLUMN amount_cents")
+        refused = [(f.rule, f.table) for f in plan_schema(conn, reserved).breaking]
+        assert refused == [("COLUMN_NO_DELETE", "orders")]
+        conn.execute("ALTER TABLE acme.orders DROP COLUMN amount_cents")
         assert apply_schema(conn, reserved).statements == ()
         assert len(recorded(conn, "acme")) == 2
 

@@ -70,7 +70,11 @@ def test_a_field_removed_and_reserved_still_leaves_its_column(tmp_path: Path) ->
     found = findings(
         tmp_path, ("int64 amount_cents = 3;", 'reserved 3;\n  reserved "amount_cents";')
     )
-    assert rules(found) == [("COLUMN_NO_DELETE", "order_placed", ("amount_cents",))]
+    # The fact column and the state column it sets.
+    assert rules(found) == [
+        ("COLUMN_NO_DELETE", "order_placed", ("amount_cents",)),
+        ("COLUMN_NO_DELETE", "orders", ("amount_cents",)),
+    ]
     assert "ALTER TABLE acme.order_placed DROP COLUMN amount_cents" in found[0].remedy
 
 
@@ -86,20 +90,17 @@ def test_a_json_name_change(tmp_path: Path) -> None:
     assert rules(found) == [("FIELD_SAME_JSON_NAME", "order_placed", ("amount_cents",))]
 
 
-def test_a_table_removed_with_its_envelope_member(tmp_path: Path) -> None:
-    # Without reserving the member, the envelope field's removal names the table.
-    found = findings(tmp_path, ("OrderPlaced order_placed = 10;", "OrderPlaced placed = 11;"))
-    assert ("FIELD_NO_DELETE", "order_placed", ()) in rules(found)
-    # Reserved, what remains is the table kingest would stop writing.
+def test_an_envelope_member_removed_names_its_table(tmp_path: Path) -> None:
+    found = findings(tmp_path, ("OrderPlaced order_placed = 10;", "OrderPlaced order_placed = 12;"))
+    assert rules(found) == [("FIELD_NO_DELETE", "order_placed", ())]
+
+
+def test_a_table_no_longer_in_the_catalog(tmp_path: Path) -> None:
     found = findings(
-        tmp_path,
-        ("OrderPlaced order_placed = 10;", "OrderPlaced placed = 11;"),
-        ("string source = 4;", 'string source = 4;\n  reserved 10;\n  reserved "order_placed";'),
+        tmp_path, ("= {\n    updates:", '= {\n    name: "placed_orders"\n    updates:')
     )
-    assert ("TABLE_NO_DELETE", "order_placed", ()) in rules(found)
-    assert "DROP TABLE acme.order_placed" in next(
-        f.remedy for f in found if f.rule == "TABLE_NO_DELETE"
-    )
+    assert rules(found) == [("TABLE_NO_DELETE", "order_placed", ())]
+    assert "DROP TABLE acme.order_placed" in found[0].remedy
 
 
 def test_a_state_table_whose_key_changed(tmp_path: Path) -> None:
@@ -112,13 +113,14 @@ def test_an_enum_value_removed(tmp_path: Path) -> None:
     assert rules(found) == [
         ("ENUM_VALUE_NO_DELETE", None, ()),
         ("COLUMN_CHECK_NO_NARROWING", "order_placed", ("channel",)),
+        ("COLUMN_CHECK_NO_NARROWING", "orders", ("channel",)),
     ]
     assert "no longer accepts 'store'" in found[1].message
     # Reserving the value satisfies the wire; the stored rows still hold its label.
     found = findings(
         tmp_path, ("  CHANNEL_STORE = 2;\n", '  reserved 2;\n  reserved "CHANNEL_STORE";\n')
     )
-    assert [f.rule for f in found] == ["COLUMN_CHECK_NO_NARROWING"]
+    assert [f.rule for f in found] == ["COLUMN_CHECK_NO_NARROWING"] * 2
 
 
 def test_an_enum_value_renamed(tmp_path: Path) -> None:
