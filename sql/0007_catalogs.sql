@@ -16,7 +16,6 @@ CREATE TABLE kingest.catalogs (
     topic_types    jsonb NOT NULL DEFAULT '{}',
     applied_ddl    text NOT NULL
 );
-CREATE INDEX catalogs_schema_name_id_idx ON kingest.catalogs (schema_name, id);
 
 COMMENT ON TABLE kingest.catalogs IS
     'Catalogs (compiled Protobuf descriptor sets) applied to this database by '

@@ -21,6 +21,7 @@ import psycopg
 import typer
 from rich.console import Console
 
+from kingest.cli.dlq import DatabaseUrl
 from kingest.config import redact_conninfo, safe_error_text
 from kingest.runtime import EXIT_BAD_CONFIG, EXIT_FAILED
 
@@ -37,12 +38,8 @@ schema_app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-err = Console(stderr=True, soft_wrap=True)
+_stderr = Console(stderr=True, soft_wrap=True)
 
-DatabaseUrl = Annotated[
-    str,
-    typer.Option(envvar="KINGEST_DATABASE_URL", help="PostgreSQL URL.", show_default=False),
-]
 CatalogPath = Annotated[
     Path | None,
     typer.Option(
@@ -70,9 +67,9 @@ TopicTypes = Annotated[
 
 
 def _exit(code: int, headline: str, lines: list[str]) -> NoReturn:
-    err.print(headline, highlight=False)
+    _stderr.print(headline, highlight=False)
     for line in lines:
-        err.print(f"  - {line}", markup=False, highlight=False)
+        _stderr.print(f"  - {line}", markup=False, highlight=False)
     raise typer.Exit(code)
 
 
@@ -118,7 +115,7 @@ def _database(database_url: str, command: str) -> Iterator[psycopg.Connection[An
 
 def _print_notes(plan: SchemaPlan) -> None:
     for note in plan.notes:
-        err.print(f"note: {note}", markup=False, highlight=False)
+        _stderr.print(f"note: {note}", markup=False, highlight=False)
 
 
 def _refuse(plan: SchemaPlan) -> NoReturn:

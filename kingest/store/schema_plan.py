@@ -63,7 +63,7 @@ __all__ = [
     "plan_schema",
 ]
 
-Table = FactTable | StateTable
+_Table = FactTable | StateTable
 
 _CHECK_VALUE = re.compile(r"'((?:[^']|'')*)'")
 
@@ -81,7 +81,7 @@ _ZERO_VALUES = {
 }
 
 
-def _source_field(catalog: Catalog, table: Table, column: Column) -> FieldMapping | None:
+def _source_field(catalog: Catalog, table: _Table, column: Column) -> FieldMapping | None:
     """The field a column's values come from: its own, or for a state column the field of
     the fact column that sets it."""
     if column.field is not None or isinstance(table, FactTable):
@@ -95,7 +95,7 @@ def _source_field(catalog: Catalog, table: Table, column: Column) -> FieldMappin
     return None
 
 
-def _zero_value(catalog: Catalog, table: Table, column: Column) -> str | None:
+def _zero_value(catalog: Catalog, table: _Table, column: Column) -> str | None:
     """The value rows stored before a new NOT NULL column get: the zero value of an
     optional field (old messages had it implicitly), None for a required field or one
     without a zero value."""
@@ -192,7 +192,7 @@ class _Planner:
     def qualified(self, *names: str) -> str:
         return ".".join(quote_identifier(name) for name in names)
 
-    def create(self, table: Table) -> None:
+    def create(self, table: _Table) -> None:
         catalog = self.catalog
         self.statements.append(create_table_ddl(catalog, table))
         self.statements += [create_index_ddl(catalog, table, index) for index in table.indexes]
@@ -201,7 +201,7 @@ class _Planner:
             if comment is not None:
                 self.statements.append(comment)
 
-    def evolve(self, table: Table, expected: LiveTable, live: LiveTable) -> None:
+    def evolve(self, table: _Table, expected: LiveTable, live: LiveTable) -> None:
         name = self.qualified(self.catalog.schema, table.name)
         for column in table.columns:
             if column.name in live.columns:
@@ -236,7 +236,7 @@ class _Planner:
         if table.comment is not None and live.comment != expected.comment:
             self.statements.append(self.comment_of(table, None))
 
-    def add_not_null(self, table: Table, column: Column) -> None:
+    def add_not_null(self, table: _Table, column: Column) -> None:
         """A new NOT NULL column: added with the zero value old messages implicitly
         held, for the rows already stored, then without a default like the catalog's;
         refused when there is no such value (a required field)."""
@@ -266,7 +266,7 @@ class _Planner:
         )
         self.comment(table, column)
 
-    def check_unknown_columns(self, table: Table, live: LiveTable) -> None:
+    def check_unknown_columns(self, table: _Table, live: LiveTable) -> None:
         for column_name, unknown in live.columns.items():
             known = any(c.name == column_name for c in table.columns)
             if not known and unknown.not_null and unknown.default is None:
@@ -283,7 +283,7 @@ class _Planner:
                 )
 
     def evolve_column(
-        self, table: Table, column: Column, expected: LiveTable, live: LiveTable
+        self, table: _Table, column: Column, expected: LiveTable, live: LiveTable
     ) -> None:
         wanted, present = expected.columns[column.name], live.columns[column.name]
         name = self.qualified(self.catalog.schema, table.name)
@@ -324,7 +324,7 @@ class _Planner:
             self.comment(table, column)
 
     def evolve_check(
-        self, table: Table, column: Column, expected: LiveTable, live: LiveTable
+        self, table: _Table, column: Column, expected: LiveTable, live: LiveTable
     ) -> None:
         check = f"{table.name}_{column.name}_check"
         wanted, present = expected.constraints.get(check), live.constraints.get(check)
@@ -353,14 +353,14 @@ class _Planner:
         drop = f"DROP CONSTRAINT {constraint}, " if present is not None else ""
         self.statements.append(f"ALTER TABLE {name} {drop}ADD CONSTRAINT {constraint} {wanted}")
 
-    def comment(self, table: Table, column: Column) -> None:
+    def comment(self, table: _Table, column: Column) -> None:
         """COMMENT ON the column, when the catalog has a comment for it (a comment the
         catalog dropped stays in the database)."""
         statement = comment_ddl(self.catalog, table, column)
         if statement is not None:
             self.statements.append(statement)
 
-    def comment_of(self, table: Table, column: Column | None) -> str:
+    def comment_of(self, table: _Table, column: Column | None) -> str:
         statement = comment_ddl(self.catalog, table, column)
         assert statement is not None  # only asked for what has a comment
         return statement
