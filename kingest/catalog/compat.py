@@ -17,7 +17,7 @@ database: the schema planner decides which findings still matter for the tables 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from google.protobuf import descriptor_pb2
 
@@ -39,13 +39,15 @@ _IMPORTED_PREFIXES = ("google/protobuf/", "kingest/options/")
 class Incompatibility:
     """One breaking change: ``rule`` (``buf breaking``'s name where it has one), what
     changed (``message``) and how to proceed (``remedy``); ``table`` and ``columns`` name
-    the stored data it concerns, when it concerns stored data."""
+    the stored data it concerns, when it concerns stored data; ``affects`` every
+    (table, column) it concerns, the state columns a fact column sets included."""
 
     rule: str
     message: str
     remedy: str
     table: str | None = None
     columns: tuple[str, ...] = ()
+    affects: frozenset[tuple[str, str]] = frozenset()
 
     def __str__(self) -> str:
         return f"{self.message} [{self.rule}] To proceed: {self.remedy}"
@@ -156,12 +158,12 @@ class _Columns:
                     key = (table.message, column.field.path[0])
                     self._by_field.setdefault(key, []).append((table.name, column.name))
 
-    def derived(self, table: str, columns: tuple[str, ...]) -> set[tuple[str, str]]:
+    def derived(self, table: str, columns: tuple[str, ...]) -> frozenset[tuple[str, str]]:
         """The state columns that the fact columns ``columns`` of ``table`` set."""
         found: set[tuple[str, str]] = set()
         for column in columns:
             found |= self._state_columns.get((table, column), set())
-        return found
+        return frozenset(found)
 
     def of(self, message: str, field: _Field) -> tuple[str | None, tuple[str, ...]]:
         """(table, columns) a field fills: its own columns, or a whole fact table when it
@@ -329,7 +331,7 @@ def _table_findings(
                 "COLUMN_CHECK_NO_NARROWING",
                 f"column {name}.{column.name} no longer accepts "
                 f"{', '.join(repr(v) for v in lost)}: its CHECK would refuse the stored "
-                "rows that hold them.",
+                "rows that hold any of them.",
                 "keep the values in the enumeration (deprecated if need be).",
                 name,
                 (column.name,),
@@ -344,11 +346,11 @@ def catalog_incompatibilities(old: Catalog, new: Catalog) -> list[Incompatibilit
     once, as the field (with the state columns its fact column sets).
     """
     columns = _Columns(old)
-    findings = _descriptor_findings(old, new, columns)
-    covered = {(f.table, column) for f in findings if f.table for column in f.columns}
-    for finding in findings:
-        if finding.table:
-            covered |= columns.derived(finding.table, finding.columns)
+    findings = [
+        replace(f, affects=_affected(f) | columns.derived(f.table, f.columns)) if f.table else f
+        for f in _descriptor_findings(old, new, columns)
+    ]
+    covered = {pair for f in findings for pair in f.affects}
     covered |= {(f.table, "*") for f in findings if f.table and not f.columns}
     new_tables = {table.name: table for table in new.tables}
     for old_table in old.tables:
@@ -368,4 +370,10 @@ def catalog_incompatibilities(old: Catalog, new: Catalog) -> list[Incompatibilit
             )
             continue
         findings += _table_findings(new.schema, old_table, new_table, covered)
-    return findings
+    return [replace(f, affects=f.affects | _affected(f)) for f in findings]
+
+
+def _affected(finding: Incompatibility) -> frozenset[tuple[str, str]]:
+    if finding.table is None:
+        return frozenset()
+    return frozenset((finding.table, column) for column in finding.columns)

@@ -343,7 +343,7 @@ class _Planner:
                         "COLUMN_CHECK_NO_NARROWING",
                         f"column {table.name}.{column.name} would no longer accept "
                         f"{', '.join(repr(v) for v in sorted(lost))}: the new CHECK would "
-                        "refuse the stored rows that hold them.",
+                        "refuse the stored rows that hold any of them.",
                         "keep the values in the enumeration (deprecated if need be).",
                         table.name,
                         (column.name,),
@@ -398,12 +398,11 @@ def _not_explained(
     findings: list[Incompatibility], by: list[Incompatibility]
 ) -> Iterator[Incompatibility]:
     """The database's findings that no compatibility finding already reports."""
+    explained = {pair for other in by for pair in other.affects}
     for finding in findings:
-        if not any(
-            other.table == finding.table
-            and (set(other.columns) & set(finding.columns) or other.rule == finding.rule)
-            for other in by
-        ):
+        same_rule = any(o.table == finding.table and o.rule == finding.rule for o in by)
+        concerns = {(finding.table, column) for column in finding.columns}
+        if not same_rule and not (concerns & explained):
             yield finding
 
 

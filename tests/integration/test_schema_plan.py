@@ -20,7 +20,7 @@ from kingest.catalog import (
 )
 from kingest.cli.commands import app
 from kingest.store.introspect import introspect_schema, schema_differences
-from kingest.store.migrate import apply_migrations
+from kingest.store.migrate import MIGRATION_LOCK_KEY, apply_migrations
 from kingest.store.schema_plan import SchemaPlanError, apply_schema, plan_schema
 from tests.protoc import ORDERS_V1, compile_catalog
 
@@ -257,3 +257,43 @@ def test_the_schema_commands(database_url: str, tmp_path: Path) -> None:
     assert bad.exit_code == 2
     assert "--topic-type 'no-equals-sign'" in bad.output
     assert "Traceback" not in bad.output
+
+
+def test_apply_refuses_to_run_without_its_preconditions(database_url: str, tmp_path: Path) -> None:
+    v1 = orders(tmp_path)
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        # Before `kingest migrate` there is nowhere to record the catalog.
+        assert "run `kingest migrate`" in " ".join(plan_schema(conn, v1).notes)
+        with pytest.raises(SchemaPlanError, match="run `kingest migrate` before applying"):
+            apply_schema(conn, v1)
+        assert introspect_schema(conn, "acme").exists is False
+    with psycopg.connect(database_url) as conn, pytest.raises(ValueError, match="autocommit"):
+        apply_schema(conn, v1)
+
+    apply_migrations(database_url)
+    with (
+        psycopg.connect(database_url, autocommit=True) as holder,
+        psycopg.connect(database_url, autocommit=True) as conn,
+    ):
+        holder.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+        with pytest.raises(SchemaPlanError, match="held the migration lock"):
+            apply_schema(conn, v1, lock_timeout_s=0.1)
+        holder.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+        apply_schema(conn, v1)
+
+        # A recorded catalog this version cannot load is noted, not held against the next.
+        conn.execute(
+            "UPDATE kingest.catalogs SET digest = 'unreadable', descriptor_set = 'garbage'"
+        )
+        plan = plan_schema(conn, v1)
+        assert plan.holds_catalog
+        assert "no longer loads" in " ".join(plan.notes)
+
+
+def test_the_schema_commands_report_an_unreachable_database(tmp_path: Path) -> None:
+    url = "postgresql://kingest:hunter2@127.0.0.1:1/nowhere?connect_timeout=2"
+    result = CliRunner().invoke(app, ["schema", "plan", "--database-url", url])
+    assert result.exit_code == 1
+    assert "kingest schema plan failed" in result.output
+    assert "hunter2" not in result.output
+    assert "Traceback" not in result.output

@@ -52,6 +52,8 @@ def test_a_field_whose_type_changes(tmp_path: Path) -> None:
         found[0]
     )
     assert "To proceed: add a new field with a new number" in str(found[0])
+    # The state column the fact column sets changes with it: one finding for both.
+    assert found[0].affects == {("order_placed", "amount_cents"), ("orders", "amount_cents")}
 
 
 def test_a_field_number_reused_with_another_name(tmp_path: Path) -> None:
@@ -141,3 +143,10 @@ def test_a_removed_field_is_reserved_only_by_both_number_and_name(
 ) -> None:
     found = findings(tmp_path, (f"int64 {field} = {number};", reserved))
     assert ("FIELD_NO_DELETE" in [f.rule for f in found]) is breaks
+
+
+def test_a_field_moved_into_a_oneof(tmp_path: Path) -> None:
+    found = findings(
+        tmp_path, ("int64 amount_cents = 3;", "oneof price {\n    int64 amount_cents = 3;\n  }")
+    )
+    assert "FIELD_SAME_ONEOF" in [f.rule for f in found]
