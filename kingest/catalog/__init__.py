@@ -19,10 +19,18 @@ from kingest.catalog.ddl import (
     quote_literal,
 )
 from kingest.catalog.fields import enum_labels, snake_case
-from kingest.catalog.load import BUILTIN_CATALOG_PATH, ENVELOPE_COLUMNS, CatalogError, load_catalog
+from kingest.catalog.load import (
+    BUILTIN_CATALOG_PATH,
+    ENVELOPE_COLUMNS,
+    CatalogError,
+    is_builtin,
+    load_catalog,
+)
+from kingest.catalog.messages import file_messages, message_class
 from kingest.catalog.model import (
     Catalog,
     Column,
+    EnvelopeFields,
     FactTable,
     FieldMapping,
     Index,
@@ -39,6 +47,7 @@ __all__ = [
     "Catalog",
     "CatalogError",
     "Column",
+    "EnvelopeFields",
     "FactTable",
     "FieldMapping",
     "Index",
@@ -53,7 +62,10 @@ __all__ = [
     "create_index_ddl",
     "create_table_ddl",
     "enum_labels",
+    "file_messages",
+    "is_builtin",
     "load_catalog",
+    "message_class",
     "quote_identifier",
     "quote_literal",
     "snake_case",

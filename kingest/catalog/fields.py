@@ -14,7 +14,7 @@ from google.protobuf.descriptor_pb2 import (
 )
 
 from kingest.catalog.extensions import column_options, enum_label
-from kingest.catalog.model import Column, FieldMapping, ValueKind
+from kingest.catalog.model import Column, EnvelopeFields, FieldMapping, ValueKind
 from kingest.catalog.types import SCALAR_TYPES, WELL_KNOWN_TYPES, WRAPPER_TYPES, F, proto_type_name
 from kingest.options.v1 import options_pb2
 
@@ -23,6 +23,7 @@ __all__ = [
     "FieldContext",
     "columns_of_message",
     "enum_labels",
+    "envelope_fields",
     "envelope_roles",
 ]
 
@@ -35,6 +36,9 @@ CONVENTIONAL_ROLES: Final = {
     Role.ROLE_OCCURRED_AT: "occurred_at",
     Role.ROLE_SOURCE: "source",
 }
+#: What protoc and buf accept as a field name (a descriptor set made otherwise is refused:
+#: the names end up in generated code and SQL).
+_FIELD_NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: How deep flattened messages may nest (a recursive message type ends there as jsonb).
 _MAX_FLATTEN_DEPTH: Final = 4
 
@@ -51,6 +55,18 @@ class FieldContext:
     def comment(self, full_name: str) -> str | None:
         text = self.comments.get(full_name, "")
         return " ".join(line.strip() for line in text.splitlines() if line.strip()) or None
+
+
+def envelope_fields(message: DescriptorProto) -> EnvelopeFields:
+    """The message's envelope fields by role name, and whether occurred_at is required."""
+    roles = envelope_roles(message)
+    names = {int(role): name for role, name in CONVENTIONAL_ROLES.items()}
+    fields = {names[role]: name for role, name in roles.items()}
+    required = any(
+        field.name == fields.get("occurred_at") and column_options(field).required
+        for field in message.field
+    )
+    return EnvelopeFields(fields=fields, occurred_at_required=required)
 
 
 def envelope_roles(message: DescriptorProto) -> dict[int, str]:
@@ -105,6 +121,9 @@ def columns_of_message(
         if field.name in skip:
             continue
         options = column_options(field)
+        if not _FIELD_NAME.fullmatch(field.name):
+            context.problems.append(f"{full_name[1:]}.{field.name}: not a field name")
+            continue
         name = prefix + (options.name or field.name)
         field_path = (*path, field.name)
         comment = context.comment(f"{full_name}.{field.name}")
@@ -178,7 +197,12 @@ def _column(
         )
 
     if _is_map(context, field):
-        return column("jsonb", True, ValueKind.JSON, default="'{}'")
+        entry = context.messages[field.type_name]
+        value = next(f for f in entry.field if f.name == "value")
+        value_kind = SCALAR_TYPES[value.type][1] if value.type in SCALAR_TYPES else ValueKind.JSON
+        if value.type == F.TYPE_ENUM:
+            value_kind = ValueKind.ENUM
+        return column("jsonb", True, ValueKind.JSON, default="'{}'", map_value=value_kind)
     repeated = field.label == F.LABEL_REPEATED
     if field.type == F.TYPE_ENUM:
         enum = context.enums.get(field.type_name)

@@ -19,6 +19,7 @@ Every problem found is collected, and :class:`CatalogError` lists them all.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterator, Mapping
@@ -36,10 +37,17 @@ from google.protobuf.descriptor_pb2 import (
 from google.protobuf.message import DecodeError
 
 from kingest.catalog.extensions import catalog_options, table_options
-from kingest.catalog.fields import FieldContext, columns_of_message, envelope_roles, snake_case
+from kingest.catalog.fields import (
+    FieldContext,
+    columns_of_message,
+    envelope_fields,
+    envelope_roles,
+    snake_case,
+)
 from kingest.catalog.model import (
     Catalog,
     Column,
+    EnvelopeFields,
     FactTable,
     Index,
     StateTable,
@@ -51,6 +59,7 @@ __all__ = [
     "BUILTIN_CATALOG_PATH",
     "ENVELOPE_COLUMNS",
     "CatalogError",
+    "is_builtin",
     "load_catalog",
 ]
 
@@ -119,6 +128,16 @@ class CatalogError(ValueError):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("the catalog is not usable:\n" + "\n".join(f"  - {p}" for p in problems))
         self.problems = problems
+
+
+@functools.cache
+def _builtin_digest() -> str:
+    return hashlib.sha256(BUILTIN_CATALOG_PATH.read_bytes()).hexdigest()
+
+
+def is_builtin(catalog: Catalog) -> bool:
+    """Whether ``catalog`` was read from the built-in descriptor set (any schema)."""
+    return catalog.digest == _builtin_digest()
 
 
 def _comment(text: str) -> str | None:
@@ -241,6 +260,9 @@ def load_catalog(
         fact_tables=tuple(fact_tables),
         state_tables=state_tables,
         envelope=envelope[1:] if envelope else None,
+        envelope_fields=(
+            envelope_fields(index.messages[envelope]) if envelope else EnvelopeFields()
+        ),
         topic_types={topic: name[1:] for topic, name in topics.items()},
         descriptor_set=raw,
         digest=hashlib.sha256(raw).hexdigest(),
@@ -346,6 +368,7 @@ def _fact_table(
         indexes=tuple(indexes),
         comment=comment,
         updates=tuple(state_update(update, name, payload, problems) for update in options.updates),
+        envelope=envelope_fields(message),
     )
 
 

@@ -16,6 +16,7 @@ import attrs
 __all__ = [
     "Catalog",
     "Column",
+    "EnvelopeFields",
     "FactTable",
     "FieldMapping",
     "Index",
@@ -51,7 +52,9 @@ class FieldMapping:
     for a flattened nested message); ``wrapped`` says the field is a wrapper message
     (``google.protobuf.Int64Value``...) whose ``value`` is read when it is set.
     ``present`` says the field tracks presence (proto3 ``optional``, a oneof member, a
-    message, a wrapper): unset is NULL rather than the type's zero.
+    message, a wrapper): unset is NULL rather than the type's zero. ``element`` is the
+    kind of a repeated field's items, ``map_value`` that of a map's values; ``labels``
+    maps an enumeration's numbers to the text stored.
     """
 
     path: tuple[str, ...]
@@ -62,6 +65,7 @@ class FieldMapping:
     present: bool = False
     wrapped: bool = False
     element: ValueKind | None = None
+    map_value: ValueKind | None = None
     labels: Mapping[int, str] = attrs.field(factory=dict)
     max_length: int | None = None
     gte: float | None = None
@@ -128,6 +132,21 @@ class StateUpdate:
 
 
 @attrs.frozen
+class EnvelopeFields:
+    """Which fields of a message hold the envelope values, by role.
+
+    ``fields`` maps a role (``event_id``, ``correlation_id``, ``occurred_at``,
+    ``source``) to the field's name; a role without a field is derived by kingest (event
+    id from the Kafka coordinates, occurred_at from the Kafka timestamp, correlation id
+    from the header or the event id, source empty). ``occurred_at_required`` refuses an
+    event whose occurred_at field is unset instead.
+    """
+
+    fields: Mapping[str, str] = attrs.field(factory=dict)
+    occurred_at_required: bool = False
+
+
+@attrs.frozen
 class FactTable:
     """An append-only table of one message type: kingest's envelope columns, then its fields.
 
@@ -142,6 +161,8 @@ class FactTable:
     indexes: tuple[Index, ...]
     comment: str | None
     updates: tuple[StateUpdate, ...] = ()
+    #: The envelope fields of the table's own message (per-topic mode).
+    envelope: EnvelopeFields = attrs.field(factory=EnvelopeFields)
 
     @property
     def primary_key(self) -> tuple[str, ...]:
@@ -182,6 +203,7 @@ class Catalog:
     fact_tables: tuple[FactTable, ...]
     state_tables: tuple[StateTable, ...]
     envelope: str | None
+    envelope_fields: EnvelopeFields
     topic_types: Mapping[str, str]
     descriptor_set: bytes = attrs.field(repr=False)
     digest: str

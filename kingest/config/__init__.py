@@ -3,9 +3,12 @@
 Contract: :func:`load_settings` turns an environment (``KINGEST_*``, ``KINGEST_RDKAFKA_*``
 and the standard ``OTEL_*`` tracing variables) into one immutable :class:`Settings`, or
 raises :class:`ConfigError` listing every problem at once. Nothing else in kingest reads
-the environment for configuration. The redaction rules (what is secret in a conninfo or
-a librdkafka property) and the generated reference (``kingest config --reference``) live
-here too, beside the settings they describe.
+the environment for configuration. The catalog the settings name (``KINGEST_CATALOG``,
+``KINGEST_TOPIC_TYPES``, ``KINGEST_DATABASE_SCHEMA``) is loaded and checked with them,
+and kept as :attr:`Settings.catalog` (a :class:`kingest.catalog.Catalog`, loaded once).
+The redaction rules (what is secret in a conninfo or a librdkafka property) and the
+generated reference (``kingest config --reference``) live here too, beside the settings
+they describe.
 
 * :mod:`kingest.config.settings`: the settings classes, one field per variable with its
   description and value check (the single declaration everything below reads);

@@ -12,13 +12,16 @@ one variable at a time. It works in passes:
    mapped back to its variable;
 3. each field's own check runs on every value that converts, even when others did not;
 4. once every value is valid on its own, the rules that relate several settings run
-   (:func:`_cross_field_problems`);
+   (:func:`_cross_field_problems`), the catalog's among them: it is loaded
+   (:attr:`Settings.catalog <kingest.config.settings.Settings.catalog>`) and each of its
+   problems is reported under the variable that can fix it;
 5. the standard ``OTEL_*`` tracing variables are checked by :mod:`kingest.config.otel`.
 
 Any problem raises :class:`~kingest.config.settings.ConfigError` listing them all, each
-with the variable it came from. Any librdkafka property passes through without code
-changes as ``KINGEST_RDKAFKA_<PROPERTY>``: the rest of the name is lower-cased and each
-single underscore becomes a dot (``KINGEST_RDKAFKA_SASL_MECHANISMS`` ->
+with the variable it came from (a variable may have several: one per bad entry of
+``KINGEST_TOPIC_TYPES``, one per problem of the catalog). Any librdkafka property passes
+through without code changes as ``KINGEST_RDKAFKA_<PROPERTY>``: the rest of the name is
+lower-cased and each single underscore becomes a dot (``KINGEST_RDKAFKA_SASL_MECHANISMS`` ->
 ``sasl.mechanisms``); a double underscore stands for a literal underscore. The properties
 kingest sets from its own variables, or must control itself (offset commits, the
 isolation level), are refused there.
@@ -36,8 +39,17 @@ import attrs
 import cattrs
 from cattrs.errors import ClassValidationError
 
+from kingest.catalog import CatalogError
 from kingest.config.otel import tracing_problems
-from kingest.config.settings import ConfigError, Settings, dead_letter_topic, settings_fields
+from kingest.config.settings import (
+    BadEntriesError,
+    ConfigError,
+    Settings,
+    TopicTypes,
+    dead_letter_topic,
+    parse_topic_types,
+    settings_fields,
+)
 
 ENV_PREFIX = "KINGEST_"
 RDKAFKA_PREFIX = "KINGEST_RDKAFKA_"
@@ -132,6 +144,12 @@ def _make_converter() -> cattrs.Converter:
             return False
         raise ValueError(f"expected true or false, got {value!r}")
 
+    def topic_types(value: Any, _: type) -> TopicTypes:
+        if isinstance(value, Mapping):
+            return TopicTypes(dict(value))
+        return parse_topic_types(str(value))
+
+    converter.register_structure_hook(TopicTypes, topic_types)
     converter.register_structure_hook(bool, strict_bool)
     converter.register_structure_hook(int, strict_int)
     converter.register_structure_hook(float, strict_float)
@@ -200,6 +218,8 @@ def _variable_for(path: str) -> str:
 def _format_structure_error(error: BaseException, type_: Any) -> str:
     if isinstance(error, KeyError):
         return "required field missing"
+    if isinstance(error, BadEntriesError):
+        return _PROBLEM_SEPARATOR.join(error.problems)
     message = str(error)
     choices = get_args(type_)
     if choices and " not in literal " in message:
@@ -209,13 +229,20 @@ def _format_structure_error(error: BaseException, type_: Any) -> str:
     return f"invalid value, expected {getattr(type_, '__name__', type_)}"
 
 
-def _describe_structure_error(error: ClassValidationError) -> dict[str, str]:
-    problems: dict[str, str] = {}
+#: Joins the problems of one value (:class:`BadEntriesError`) in a cattrs error message.
+_PROBLEM_SEPARATOR = "\n"
+
+
+def _describe_structure_error(error: ClassValidationError) -> dict[str, list[str]]:
+    problems: dict[str, list[str]] = {}
     for message in cattrs.transform_error(error, format_exception=_format_structure_error):
         text, _, path = message.rpartition(" @ ")
         variable = _variable_for(path)
         problems.setdefault(
-            variable, "required, not set" if text == "required field missing" else text
+            variable,
+            ["required, not set"]
+            if text == "required field missing"
+            else text.split(_PROBLEM_SEPARATOR),
         )
     return problems
 
@@ -229,9 +256,9 @@ def _leaf_values(raw: Mapping[str, Any]) -> Iterator[tuple[attrs.Attribute[Any],
             yield field, node
 
 
-def _field_problems(raw: Mapping[str, Any], skip: set[str]) -> dict[str, str]:
+def _field_problems(raw: Mapping[str, Any], skip: set[str]) -> dict[str, list[str]]:
     """Run each field's own check on every value that converts (all problems at once)."""
-    problems: dict[str, str] = {}
+    problems: dict[str, list[str]] = {}
     for field, value in _leaf_values(raw):
         env, check = field.metadata["env"], field.metadata["check"]
         if check is None or env in skip or field.type is None:
@@ -242,14 +269,14 @@ def _field_problems(raw: Mapping[str, Any], skip: set[str]) -> dict[str, str]:
             continue
         problem = check(typed)
         if problem:
-            problems[env] = problem
+            problems[env] = [problem]
     return problems
 
 
 def load_settings(environ: Mapping[str, str]) -> Settings:
     """Build and check :class:`Settings` from an environment; raise :class:`ConfigError`."""
     raw, problems = _raw_from_environ(environ)
-    by_variable: dict[str, str] = {}
+    by_variable: dict[str, list[str]] = {}
     settings: Settings | None = None
     try:
         settings = _CONVERTER.structure(raw, Settings)
@@ -257,8 +284,9 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
         by_variable.update(_describe_structure_error(error))
     by_variable.update(_field_problems(raw, skip=set(by_variable)))
     if settings is not None and not by_variable:
-        by_variable.update(_cross_field_problems(settings))
-    problems += [f"{variable}: {text}" for variable, text in by_variable.items()]
+        for variable, text in _cross_field_problems(settings):
+            by_variable.setdefault(variable, []).append(text)
+    problems += [f"{variable}: {text}" for variable, texts in by_variable.items() for text in texts]
     problems += tracing_problems(environ)  # the standard OTEL_* tracing variables
     if problems:
         raise ConfigError(problems)
@@ -266,27 +294,74 @@ def load_settings(environ: Mapping[str, str]) -> Settings:
     return settings
 
 
-def _cross_field_problems(settings: Settings) -> dict[str, str]:
-    """Rules that relate several settings; run once every value is valid on its own."""
+def _cross_field_problems(settings: Settings) -> list[tuple[str, str]]:
+    """Rules that relate several settings, as (variable, problem) pairs; run once every
+    value is valid on its own."""
     kafka, pipeline = settings.kafka, settings.pipeline
-    problems: dict[str, str] = {}
+    problems: list[tuple[str, str]] = []
     if kafka.heartbeat_interval_ms * 3 > kafka.session_timeout_ms:
-        problems["KINGEST_KAFKA_HEARTBEAT_INTERVAL_MS"] = (
-            "must be at most a third of KINGEST_KAFKA_SESSION_TIMEOUT_MS"
+        problems.append(
+            (
+                "KINGEST_KAFKA_HEARTBEAT_INTERVAL_MS",
+                "must be at most a third of KINGEST_KAFKA_SESSION_TIMEOUT_MS",
+            )
         )
     if kafka.max_poll_interval_ms < max(kafka.session_timeout_ms, pipeline.drain_timeout_s * 1000):
-        problems["KINGEST_KAFKA_MAX_POLL_INTERVAL_MS"] = (
-            "must be at least KINGEST_KAFKA_SESSION_TIMEOUT_MS and KINGEST_DRAIN_TIMEOUT_S"
+        problems.append(
+            (
+                "KINGEST_KAFKA_MAX_POLL_INTERVAL_MS",
+                "must be at least KINGEST_KAFKA_SESSION_TIMEOUT_MS and KINGEST_DRAIN_TIMEOUT_S",
+            )
         )
     if pipeline.retry_max_s < pipeline.retry_initial_s:
-        problems["KINGEST_RETRY_MAX_S"] = "must be at least KINGEST_RETRY_INITIAL_S"
+        problems.append(("KINGEST_RETRY_MAX_S", "must be at least KINGEST_RETRY_INITIAL_S"))
     dead_letters = settings.dead_letters
     if dead_letters.to_topic:
         looping = [
             t for t in kafka.topics if dead_letter_topic(dead_letters.topic, t) in kafka.topics
         ]
         if looping:
-            problems["KINGEST_DEAD_LETTER_TOPIC"] = (
-                f"the dead-letter topic of {', '.join(looping)} is a consumed topic"
+            problems.append(
+                (
+                    "KINGEST_DEAD_LETTER_TOPIC",
+                    f"the dead-letter topic of {', '.join(looping)} is a consumed topic",
+                )
             )
+    problems += _catalog_problems(settings)
     return problems
+
+
+def _catalog_problems(settings: Settings) -> list[tuple[str, str]]:
+    """The catalog must load, each typed topic must be consumed, and a consumed topic
+    without a type of its own needs the catalog's envelope to be read."""
+    topics, topic_types = settings.kafka.topics, settings.catalog_source.topic_types
+    problems: list[tuple[str, str]] = []
+    not_consumed = [topic for topic in topic_types if topic not in topics]
+    if not_consumed:
+        problems.append(
+            (
+                "KINGEST_TOPIC_TYPES",
+                f"not in KINGEST_TOPICS, so never consumed: {', '.join(not_consumed)}",
+            )
+        )
+    try:
+        catalog = settings.catalog
+    except CatalogError as error:
+        return problems + [(_catalog_problem_variable(p), p) for p in error.problems]
+    untyped = [topic for topic in topics if topic not in topic_types]
+    if untyped and catalog.envelope is None:
+        problems.append(
+            (
+                "KINGEST_TOPIC_TYPES",
+                f"{', '.join(untyped)} consumed without a type, and the catalog has no "
+                "envelope message to read them with: give each a type here, or use a "
+                "catalog with an envelope",
+            )
+        )
+    return problems
+
+
+def _catalog_problem_variable(problem: str) -> str:
+    """The variable that can fix one of the catalog's problems: the topic types for a
+    problem of a topic, the catalog file for the rest."""
+    return "KINGEST_TOPIC_TYPES" if problem.startswith("topic ") else "KINGEST_CATALOG"

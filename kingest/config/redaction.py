@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import re
 from functools import cache
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from kingest.config.settings import Settings, settings_fields
+from kingest.config.settings import Settings, settings_fields, topic_types_text
 
 REDACTED = "**redacted**"
 
@@ -126,8 +127,14 @@ def effective_settings(settings: Settings) -> dict[str, Any]:
             continue
         if env == "KINGEST_DATABASE_URL":
             value = redact_conninfo(value)
+        elif env == "KINGEST_TOPIC_TYPES":
+            value = topic_types_text(value)
         elif isinstance(value, tuple):
             value = ",".join(value)
+        elif isinstance(value, Path):
+            value = str(value)
+        elif value is None and env == "KINGEST_CATALOG":
+            value = ""  # as the variable is written for the built-in catalog
         result[env] = value
     result["KINGEST_LOG_LEVEL"] = settings.log_level
     result["KINGEST_LOG_FORMAT"] = settings.log_format

@@ -11,18 +11,30 @@ classes in the order of that table.
 
 A check takes the typed value and returns why it is wrong, or ``None``: checks of single
 values live here beside their fields; rules that relate several settings are the
-loader's, run once every value is valid on its own. :class:`ConfigError` is what loading
-raises, with every problem at once.
+loader's, run once every value is valid on its own. A value that is a list of entries
+(``KINGEST_TOPIC_TYPES``) is parsed by a function here that raises :class:`BadEntriesError`
+naming every bad entry, each reported as a problem of its own. :class:`ConfigError` is
+what loading raises, with every problem at once.
+
+The catalog the settings describe (``KINGEST_CATALOG``, ``KINGEST_TOPIC_TYPES``,
+``KINGEST_DATABASE_SCHEMA``) is :attr:`Settings.catalog`: loaded the first time it is
+asked for (by the loader's cross-field rules, which report its problems) and kept with
+that :class:`Settings` instance, so the service gets the checked one without reading the
+file again.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any, Literal
+from functools import cached_property
+from pathlib import Path
+from typing import Any, Literal, NewType
 
 import attrs
 from psycopg.conninfo import conninfo_to_dict
+
+from kingest.catalog import Catalog, load_catalog
 
 Profile = Literal["dev", "staging", "prod"]
 LogFormat = Literal["console", "json"]
@@ -30,6 +42,9 @@ LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 AssignmentStrategy = Literal["roundrobin", "range", "cooperative-sticky"]
 OffsetReset = Literal["earliest", "latest", "error"]
 DeadLetterStore = Literal["table", "topic", "both"]
+
+#: ``KINGEST_TOPIC_TYPES`` parsed: topic -> full name of the message type it carries.
+TopicTypes = NewType("TopicTypes", Mapping[str, str])
 
 Check = Callable[[Any], str | None]
 
@@ -41,10 +56,28 @@ def _setting(
     *,
     secret: bool = False,
     check: Check | None = None,
+    shown_default: str | None = None,
 ) -> Any:
-    """A configuration field: its variable, its description and an optional value check."""
-    metadata = {"env": env, "doc": doc, "secret": secret, "check": check}
+    """A configuration field: its variable, its description and an optional value check.
+
+    ``shown_default`` is how the reference shows a default that is not a value one could
+    write (``None`` standing for "the built-in catalog"...)."""
+    metadata = {
+        "env": env,
+        "doc": doc,
+        "secret": secret,
+        "check": check,
+        "shown_default": shown_default,
+    }
     return attrs.field(default=default, metadata=metadata)
+
+
+class BadEntriesError(ValueError):
+    """A value with several independent problems (one per bad entry), each reported."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
 
 
 def _between(low: int, high: int) -> Check:
@@ -103,8 +136,74 @@ def _check_conninfo(value: str) -> str | None:
     return None if params else "must not be empty"
 
 
+def _check_catalog_file(value: Path | None) -> str | None:
+    """The descriptor set must be a file kingest can open (its content is the catalog's
+    to judge, in the cross-field rules)."""
+    if value is None:
+        return None
+    if not value.exists():
+        return f"{str(value)!r}: no such file (build one with `buf build -o catalog.binpb`)"
+    try:
+        with value.open("rb"):
+            pass
+    except OSError as exc:
+        return f"{str(value)!r} cannot be read: {exc.strerror}"
+    return None
+
+
+def _check_schema_name(value: str) -> str | None:
+    if not _SQL_IDENTIFIER.fullmatch(value):
+        return f"{value!r} is not a lowercase SQL identifier ([a-z_][a-z0-9_]*, 63 at most)"
+    if value.startswith("pg_"):
+        return f"{value!r}: PostgreSQL reserves the pg_ prefix for system schemas"
+    return None
+
+
+def parse_topic_types(value: str) -> TopicTypes:
+    """``"gpu:llm.v1.GpuSample,runs:llm.v1.Run"`` -> ``{"gpu": "llm.v1.GpuSample", ...}``.
+
+    Entries are separated by commas (blanks around an entry are ignored, as in
+    ``KINGEST_TOPICS``); each is ``topic:package.Message``. Raises :class:`BadEntriesError`
+    naming every bad entry: no colon, an empty or invalid topic or type, a blank inside
+    an entry, a topic listed twice.
+    """
+    types: dict[str, str] = {}
+    problems: list[str] = []
+    for entry in (item.strip() for item in value.split(",")):
+        if not entry:
+            continue
+        if re.search(r"\s", entry):
+            problems.append(f"{entry!r} contains a blank")
+            continue
+        topic, colon, message = entry.partition(":")
+        if not colon:
+            problems.append(f"{entry!r} is not topic:package.Message (no colon)")
+        elif not topic or not message:
+            problems.append(
+                f"{entry!r} is not topic:package.Message (empty {'topic' if not topic else 'type'})"
+            )
+        elif not _is_topic_name(topic):
+            problems.append(f"{topic!r} is not a valid topic name")
+        elif not _MESSAGE_NAME.fullmatch(message):
+            problems.append(f"{message!r} is not a full message name (package.Message)")
+        elif topic in types:
+            problems.append(f"topic {topic} is listed twice")
+        else:
+            types[topic] = message
+    if problems:
+        raise BadEntriesError(problems)
+    return TopicTypes(types)
+
+
+def topic_types_text(types: Mapping[str, str]) -> str:
+    """The inverse of :func:`parse_topic_types` (how ``kingest config`` shows it)."""
+    return ",".join(f"{topic}:{message}" for topic, message in types.items())
+
+
 _HOST_PORT = re.compile(r"[^\s:/,]+:\d{1,5}")
 _TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_SQL_IDENTIFIER = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+_MESSAGE_NAME = re.compile(r"\.?[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 @attrs.frozen
@@ -206,6 +305,12 @@ class DatabaseSettings:
         10.0,
         check=_positive,
     )
+    schema: str = _setting(
+        "KINGEST_DATABASE_SCHEMA",
+        "PostgreSQL schema of the catalog's tables (a lowercase SQL identifier).",
+        "kingest",
+        check=_check_schema_name,
+    )
     copy: bool = _setting(
         "KINGEST_DATABASE_COPY",
         "Write plain fact tables with binary COPY, falling back to INSERT ... ON CONFLICT "
@@ -219,6 +324,29 @@ class DatabaseSettings:
         "max_prepared_statements), where a session's prepared statements do not outlive "
         "a transaction; kingest turns them off by itself the first time it meets one.",
         True,
+    )
+
+
+@attrs.frozen
+class CatalogSource:
+    """Which Protobuf messages are tables: the catalog's descriptor set, and the topics
+    that each carry one message type rather than the catalog's envelope."""
+
+    file: Path | None = _setting(
+        "KINGEST_CATALOG",
+        "Descriptor set of the catalog's .proto files (`buf build -o catalog.binpb`): its "
+        "messages are the tables kingest writes. Unset: the built-in AI/ML catalog.",
+        None,
+        check=_check_catalog_file,
+        shown_default="built-in",
+    )
+    topic_types: TopicTypes = _setting(
+        "KINGEST_TOPIC_TYPES",
+        "Topics that each carry one message type, as topic:package.Message,... (each "
+        "message is a table of its own, no envelope needed). Each must be in "
+        "KINGEST_TOPICS; a consumed topic not listed carries the catalog's envelope.",
+        attrs.Factory(dict),
+        shown_default="none",
     )
 
 
@@ -426,6 +554,7 @@ class Settings:
 
     kafka: KafkaSettings
     database: DatabaseSettings
+    catalog_source: CatalogSource = attrs.Factory(CatalogSource)
     pipeline: PipelineSettings = attrs.Factory(PipelineSettings)
     dead_letters: DeadLetterSettings = attrs.Factory(DeadLetterSettings)
     log: LogSettings = attrs.Factory(LogSettings)
@@ -440,10 +569,21 @@ class Settings:
     def log_format(self) -> str:
         return self.log.format or ("console" if self.env == "dev" else "json")
 
+    @cached_property
+    def catalog(self) -> Catalog:
+        """The catalog of ``catalog_source`` in ``database.schema``, loaded once per
+        :class:`Settings` (:func:`~kingest.config.load_settings` has already loaded and
+        checked it); raises :class:`~kingest.catalog.CatalogError` listing its problems."""
+        source = self.catalog_source
+        return load_catalog(
+            source.file, schema=self.database.schema, topic_types=source.topic_types
+        )
+
 
 for _cls in (
     KafkaSettings,
     DatabaseSettings,
+    CatalogSource,
     PipelineSettings,
     DeadLetterSettings,
     LogSettings,

@@ -16,6 +16,9 @@ cluster, and the helpers to create topics and wait for them.
 * :mod:`kingest.dev.services`: where the test suite's services come from (external,
   containers or embedded: :func:`plan_services`, :func:`provide_services`);
 * :mod:`kingest.dev.synth`: a reproducible synthetic stream of AI/ML events;
+* :mod:`kingest.dev.catalog_synth`: plausible messages of any catalog's message types,
+  from its descriptor set (:class:`CatalogSynth`, :func:`records_from_descriptor_set`),
+  with the values of :mod:`kingest.dev.catalog_values`;
 * :mod:`kingest.dev.producer`: producing a stream to Kafka;
 * :mod:`kingest.dev.demo`: ``kingest demo``;
 * :mod:`kingest.dev.benchmark`: ``kingest bench`` (kingest against a baseline loop),
@@ -26,6 +29,15 @@ cluster, and the helpers to create topics and wait for them.
 from __future__ import annotations
 
 from kingest.dev.benchmark import BenchError, Options, parse_sweep, run_bench
+from kingest.dev.catalog_synth import (
+    CatalogSynth,
+    DescriptorSetPool,
+    load_descriptor_set_pool,
+    messages_from_descriptor_set,
+    record_key,
+    records_from_descriptor_set,
+)
+from kingest.dev.catalog_values import CatalogSynthError
 from kingest.dev.demo import committed_offsets, committed_total, run_demo
 from kingest.dev.lifecycle import ServiceError, free_port
 from kingest.dev.mock_cluster import MockKafkaCluster
@@ -49,6 +61,9 @@ __all__ = [
     "FAST_GROUP_SETTINGS",
     "TEST_POSTGRES_SETTINGS",
     "BenchError",
+    "CatalogSynth",
+    "CatalogSynthError",
+    "DescriptorSetPool",
     "LocalKafka",
     "LocalPostgres",
     "MockKafkaCluster",
@@ -64,12 +79,16 @@ __all__ = [
     "create_topic",
     "database_url_for",
     "free_port",
+    "load_descriptor_set_pool",
+    "messages_from_descriptor_set",
     "parse_sweep",
     "plan_services",
     "produce_records",
     "provide_kafka",
     "provide_postgres",
     "provide_services",
+    "record_key",
+    "records_from_descriptor_set",
     "run_bench",
     "run_demo",
 ]

@@ -25,17 +25,23 @@ one parse call.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import Final, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Final, cast
 
+from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError as _ProtobufDecodeError
+from google.protobuf.message import Message
 
+from kingest.catalog import Catalog, is_builtin, message_class
 from kingest.schema.v1.events_pb2 import Event
 
 __all__ = [
     "WIRE_FORMAT_MAGIC",
     "DecodeError",
     "Event",
+    "MessageDecoder",
+    "catalog_classes",
+    "catalog_decoders",
     "decode_event",
     "encode_event",
     "split_wire_format",
@@ -48,10 +54,6 @@ _SHORT_FORM_HEADER_SIZE: Final = _HEADER_SIZE + 1  # ... + the single 0x00 index
 _MAX_SCHEMA_ID: Final = 2**31 - 1
 _MAX_VARINT_BYTES: Final = 10  # a 64-bit varint never takes more
 _EVENT_INDEXES: Final = (0,)
-
-#: The runtime parses any buffer (a memoryview saves copying a framed payload); the
-#: stubs only admit ``bytes``.
-_parse_event = cast(Callable[[bytes | bytearray | memoryview], Event], Event.FromString)
 
 
 class DecodeError(ValueError):
@@ -126,33 +128,70 @@ def split_wire_format(
     return schema_id, indexes, memoryview(value)[position:]
 
 
-def decode_event(value: bytes | None) -> Event:
-    """Parse a Kafka message value (plain or wire-format framed) into an ``Event``.
+class MessageDecoder:
+    """Parses values (plain or framed) into messages of the classes it knows.
 
-    Raises only ``DecodeError``, whatever the bytes. A missing or zero-length value is
-    rejected as ``empty_value`` even though it is a valid empty proto3 message: an
-    envelope with nothing in it is a producer bug, not an event.
+    A plain value is parsed as ``default``. A framed value's message-index path chooses
+    the class among ``by_indexes`` (paths into the file of the registered schema, e.g.
+    ``(0,)`` for its first message); a path it does not know is ``unknown_message_index``.
     """
-    if not value:
-        raise DecodeError("empty_value", "message value is empty or missing")
-    if value[0] != WIRE_FORMAT_MAGIC:
-        payload: memoryview | bytes | bytearray = value
-    elif len(value) > _SHORT_FORM_HEADER_SIZE and value[_HEADER_SIZE] == 0:
-        # The common framing (index path in its one-byte short form) needs no parsing.
-        payload = memoryview(value)[_SHORT_FORM_HEADER_SIZE:]
-    else:
-        _schema_id, indexes, payload = split_wire_format(value)
-        if indexes != _EVENT_INDEXES:
-            raise DecodeError(
-                "unknown_message_index",
-                f"message-index path {list(indexes)} does not name Event (expected [0])",
-            )
-        if not payload:
-            raise DecodeError("empty_value", "wire-format value carries no Protobuf payload")
-    try:
-        return _parse_event(payload)
-    except _ProtobufDecodeError as exc:
-        raise DecodeError("invalid_protobuf", str(exc)) from None
+
+    __slots__ = ("_by_indexes", "_default", "_parse", "_short_form")
+
+    def __init__(
+        self,
+        default: type[Message],
+        by_indexes: Mapping[tuple[int, ...], type[Message]],
+    ) -> None:
+        self._default = default
+        self._parse = cast(Callable[[bytes | bytearray | memoryview], Message], default.FromString)
+        self._by_indexes = dict(by_indexes)
+        self._short_form = self._by_indexes.get(_EVENT_INDEXES) is default
+
+    def decode(self, value: bytes | None) -> Message:
+        """Parse a Kafka message value; raises only ``DecodeError``, whatever the bytes.
+
+        A missing or zero-length value is rejected as ``empty_value`` even though it is
+        a valid empty proto3 message: a message with nothing in it is a producer bug, not
+        an event.
+        """
+        if not value:
+            raise DecodeError("empty_value", "message value is empty or missing")
+        parse = self._parse
+        if value[0] != WIRE_FORMAT_MAGIC:
+            payload: memoryview | bytes | bytearray = value
+        elif self._short_form and len(value) > _SHORT_FORM_HEADER_SIZE and value[_HEADER_SIZE] == 0:
+            # The common framing (index path in its one-byte short form) needs no parsing.
+            payload = memoryview(value)[_SHORT_FORM_HEADER_SIZE:]
+        else:
+            _schema_id, indexes, payload = split_wire_format(value)
+            chosen = self._by_indexes.get(indexes)
+            if chosen is None:
+                known = ", ".join(str(list(path)) for path in self._by_indexes) or "none"
+                raise DecodeError(
+                    "unknown_message_index",
+                    f"message-index path {list(indexes)} names no message kingest stores "
+                    f"from this topic (known: {known})",
+                )
+            if not payload:
+                raise DecodeError("empty_value", "wire-format value carries no Protobuf payload")
+            if chosen is not self._default:
+                parse = cast(Callable[[bytes | bytearray | memoryview], Message], chosen.FromString)
+        try:
+            return parse(payload)
+        except _ProtobufDecodeError as exc:
+            raise DecodeError("invalid_protobuf", str(exc)) from None
+
+
+_EVENTS: Final = MessageDecoder(Event, {_EVENT_INDEXES: Event})
+
+
+def decode_event(value: bytes | None) -> Event:
+    """Parse a Kafka message value (plain or wire-format framed) into a built-in ``Event``.
+
+    Raises only ``DecodeError``, whatever the bytes (see :meth:`MessageDecoder.decode`).
+    """
+    return cast(Event, _EVENTS.decode(value))
 
 
 def _zigzag_varint(number: int) -> bytes:
@@ -189,3 +228,59 @@ def encode_event(
             _zigzag_varint(index) for index in message_indexes
         )
     return b"\x00" + schema_id.to_bytes(4, "big") + index_bytes + payload
+
+
+def catalog_classes(catalog: Catalog) -> dict[str, type[Message]]:
+    """Full name -> class of the catalog's envelope and fact messages.
+
+    The built-in catalog's are the generated classes (this module imports them); any
+    other catalog's come from a descriptor pool of its own.
+    """
+    names = {table.message for table in catalog.fact_tables}
+    if catalog.envelope is not None:
+        names.add(catalog.envelope)
+    if is_builtin(catalog):
+        pool = descriptor_pool.Default()
+        return {
+            name: message_factory.GetMessageClass(pool.FindMessageTypeByName(name))
+            for name in names
+        }
+    return {name: message_class(catalog, name) for name in names}
+
+
+def _index_path(descriptor: Any) -> tuple[int, ...]:
+    """The message-index path of a message in its file (``(0,)``: its first message)."""
+    path: list[int] = []
+    while descriptor.containing_type is not None:
+        parent = descriptor.containing_type
+        path.append(list(parent.nested_types).index(descriptor))
+        descriptor = parent
+    path.append(list(descriptor.file.message_types_by_name.values()).index(descriptor))
+    return tuple(reversed(path))
+
+
+def catalog_decoders(
+    catalog: Catalog, classes: Mapping[str, type[Message]]
+) -> tuple[MessageDecoder | None, dict[str, MessageDecoder]]:
+    """The envelope decoder (None without an envelope) and one decoder per typed topic.
+
+    A framed value's index path must name the envelope (envelope topics), or a fact
+    message of the same file as the topic's type (typed topics: a topic may then carry
+    several types, each framed with its own path).
+    """
+    envelope = None
+    if catalog.envelope is not None:
+        envelope_class = classes[catalog.envelope]
+        envelope = MessageDecoder(
+            envelope_class, {_index_path(envelope_class.DESCRIPTOR): envelope_class}
+        )
+    topics: dict[str, MessageDecoder] = {}
+    for topic, name in catalog.topic_types.items():
+        default = classes[name]
+        same_file = {
+            _index_path(cls.DESCRIPTOR): cls
+            for cls in {classes[table.message] for table in catalog.fact_tables}
+            if cls.DESCRIPTOR.file.name == default.DESCRIPTOR.file.name
+        }
+        topics[topic] = MessageDecoder(default, same_file)
+    return envelope, topics

@@ -1,82 +1,69 @@
 """Semantic validation of decoded events, before they are mapped to rows.
 
-Decoding proves the bytes are an ``Event``; validation proves the event is one kingest
-can store faithfully. A failure is permanent (the same bytes always fail), so the
-caller dead-letters the message with ``error_class`` and ``field`` and moves on.
+Decoding proves the bytes are a message of the catalog; validation proves the event is
+one kingest can store faithfully. A failure is permanent (the same bytes always fail),
+so the caller dead-letters the message with ``error_class`` and ``field`` and moves on.
 
 Rules, checked in this order (the first failure is reported):
 
 ======================  ==============================================  =====================
 What                    Rule                                            ``error_class``
 ======================  ==============================================  =====================
-payload                 one payload message is set                      missing_payload
+payload                 one payload message is set (envelope mode)      missing_payload
 ``event_id``            empty (kingest then derives one from topic,     invalid_uuid
                         partition and offset) or a UUID of any
                         version: ``8-4-4-4-12`` hex digits with
                         dashes, or 32 hex digits; either case
-``occurred_at``         present                                         missing_field
+``occurred_at``         present when ``required`` (else the Kafka       missing_field
+                        timestamp stands in)
 ``occurred_at``         not before 2000-01-01T00:00:00Z, at most one    timestamp_out_of_range
                         day after ``now``; nanos in 0..999,999,999
-every string field,     at most 1024 characters; ``error_message``,     too_long
-map key and map value   ``artifact_uri`` and ``endpoint``: 8192
-indexed identifiers     at most 1024 UTF-8 *bytes*: ``correlation_id``, too_long
-                        ``run_id``, ``key``, ``model_name``,
-                        ``environment`` (PostgreSQL refuses btree
-                        entries over 2704 bytes, SQLSTATE 54000; two
-                        of them share the (run_id, key, step) and
-                        (model_name, environment) indexes)
+every string field,     at most 1024 characters, or the field's         too_long
+map key and map value   ``max_length`` option
+indexed identifiers     at most 1024 UTF-8 *bytes*: text columns in an  too_long
+                        index or a state table's key (PostgreSQL
+                        refuses btree entries over 2704 bytes,
+                        SQLSTATE 54000), ``correlation_id`` included
 every string field,     no NUL character (U+0000): PostgreSQL text    nul_character
 map key and map value   cannot hold it (SQLSTATE 22021)
-required identifiers    non-empty: ``run_id`` (run started, run         missing_field
-                        finished, metric); ``key`` (metric);
-                        ``model_name`` and ``version`` (version
-                        registered, deployed); ``environment``
-                        (deployed); ``model_name`` (inference,
-                        evaluation, drift)
-status enums            run finished ``status`` and inference           missing_field
-                        ``status`` are not UNSPECIFIED
+``required`` fields     non-empty text, a defined enum value other      missing_field
+                        than UNSPECIFIED, a set message
 every enum              a number the schema defines (proto3 keeps       unknown_enum
                         unknown numbers, which would map to nothing)
 every double, map       finite: no NaN, no +/-infinity                  not_finite
 values included
-metric ``step``         >= 0                                            out_of_range
-``size_bytes``          >= 0 (version registered)                       out_of_range
-``duration_seconds``    >= 0 and at most ten years (run finished)       out_of_range
-``traffic_percent``     0 to 100 (deployed)                             out_of_range
-``latency_ms``          >= 0 and below one day (inference)              out_of_range
+numbers with bounds     ``gte`` / ``lte`` / ``lt`` of the field         out_of_range
 ======================  ==============================================  =====================
 
-``DataDriftDetected.severity`` may be UNSPECIFIED (a monitor that only reports a
-score); unsigned fields (token counts, replicas, GPU count, epoch) need no check, their
-type already bounds them.
+The per-type rules (the last five) are compiled from the catalog (:mod:`.rules`); the
+built-in catalog states them in ``proto/kingest/schema/v1/events.proto``.
 
 Text is always valid UTF-8 here: the Protobuf runtime rejects malformed UTF-8 in any
 proto3 ``string`` field while parsing (``kingest.schema.codec`` reports it as
 ``invalid_protobuf``) and refuses to set a ``str`` holding lone surrogates.
 
-Speed: about 2 microseconds per event. The checks are written out per payload type
-instead of walking descriptors, and the string-length rule runs only when the event
+Speed: about 2 microseconds per event. The string-length rule runs only when the event
 could hold a long string at all: every character takes at least one UTF-8 byte, so an
 event whose encoding is at most 1024 bytes cannot break any limit. Callers that
 decoded the event pass the length of its bytes as ``encoded_size`` (every string of a
 parsed message is a slice of its input, so that length bounds them all); otherwise
 ``ByteSize()`` is computed, which costs a quarter of the validation time. The UTF-8
 byte bound of indexed identifiers shares that shortcut (1024 bytes again), so it costs
-nothing on ordinary events.
+nothing on ordinary events. (A ``max_length`` below 1024 turns the shortcut off for
+that catalog.)
 
 The NUL rule cannot take that shortcut, so it is built for speed instead: the string
 fields of the envelope and of each payload type are read with one
 ``operator.attrgetter`` call each (a single C call; the field lists come from the
 descriptors, so a string field added to the schema is covered) and scanned as one
 joined string; map keys and text values are joined the same way, only when the map is
-not empty. Only a failure walks the message to name the offending field. That scan
-costs about 0.6 microseconds per event, so callers should pass the decoded value itself
-as ``encoded`` (instead of ``encoded_size``): a string's UTF-8 bytes appear verbatim in
-the encoding, so a value with no zero byte past its framing header cannot hold NUL and
-one ``bytes.find`` replaces the scan (about 3 % of the synthetic mix has a zero byte, in
-a double or a header, and is scanned). Measured on the synthetic mix (timeit, 50,000
-events, best of 7): 1.4-1.5 us/event before the NUL and byte rules, 1.8 with
-``encoded``, 2.2 with ``encoded_size`` only.
+not empty; a type with text deeper down (nested messages, repeated strings) is walked.
+Only a failure walks the message to name the offending field. That scan costs about
+0.6 microseconds per event, so callers should pass the decoded value itself as
+``encoded`` (instead of ``encoded_size``): a string's UTF-8 bytes appear verbatim in the
+encoding, so a value with no zero byte past its framing header cannot hold NUL and one
+``bytes.find`` replaces the scan (about 3 % of the synthetic mix has a zero byte, in a
+double or a header, and is scanned).
 """
 
 from __future__ import annotations
@@ -84,34 +71,26 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Mapping
-from math import isfinite
+from functools import cache
 from operator import attrgetter
 from typing import Any, Final
 
+import attrs
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
-from kingest.schema.v1.events_pb2 import (
-    DataDriftDetected,
-    DriftSeverity,
-    EvaluationCompleted,
-    Event,
-    InferenceCompleted,
-    InferenceStatus,
-    MetricLogged,
-    ModelDeployed,
-    ModelVersionRegistered,
-    RunStatus,
-    TrainingRunFinished,
-    TrainingRunStarted,
-)
+from kingest.catalog import Catalog, FactTable, ValueKind, load_catalog
+from kingest.schema.rules import ValidationError, compile_rules
+from kingest.schema.v1.events_pb2 import Event
 
 __all__ = [
     "INDEXED_IDENTIFIER_FIELDS",
     "MAX_INDEXED_IDENTIFIER_BYTES",
     "MAX_LONG_TEXT_CHARS",
     "MAX_TEXT_CHARS",
+    "EventValidator",
     "ValidationError",
+    "builtin_validator",
     "event_type",
     "payload_of",
     "validate_event",
@@ -124,18 +103,8 @@ MIN_OCCURRED_AT_SECONDS: Final = 946_684_800
 #: How far ahead of the consumer's clock an event may claim to have happened (clock skew).
 MAX_FUTURE_SKEW_SECONDS: Final = 86_400
 MAX_TEXT_CHARS: Final = 1024
+#: The longest ``max_length`` of the built-in catalog (stack traces, object-store URIs).
 MAX_LONG_TEXT_CHARS: Final = 8192
-#: Free-text fields that legitimately run long (stack traces, object-store URIs).
-LONG_TEXT_FIELDS: Final = frozenset({"error_message", "artifact_uri", "endpoint"})
-MAX_LATENCY_MS: Final = 86_400_000.0
-#: Ten years: a longer training run is a unit error (milliseconds sent as seconds).
-MAX_RUN_DURATION_SECONDS: Final = 315_576_000.0
-#: Text columns that PostgreSQL indexes with a btree (sql/0001_events.sql, 0002_state.sql).
-#: A btree entry may not exceed 2704 bytes; (run_id, key, step) and (model_name,
-#: environment) hold two identifiers, so each gets well under half of that.
-INDEXED_IDENTIFIER_FIELDS: Final = frozenset(
-    {"correlation_id", "run_id", "key", "model_name", "environment"}
-)
 MAX_INDEXED_IDENTIFIER_BYTES: Final = 1024
 #: A string of at most this many characters cannot exceed the byte bound (4 bytes each).
 _SAFE_IDENTIFIER_CHARS: Final = MAX_INDEXED_IDENTIFIER_BYTES // 4
@@ -143,204 +112,20 @@ _NUL: Final = "\x00"
 #: A framed value's payload starts after the magic byte, the 4-byte schema id and at
 #: least one message-index byte.
 _FRAMED_PAYLOAD_START: Final = 6
-
 _NANOS_PER_SECOND: Final = 1_000_000_000
 _uuid_match = re.compile(
     r"(?:[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-|[0-9a-fA-F]{20})"
     r"[0-9a-fA-F]{12}"
 ).fullmatch
 
-_KNOWN_RUN_STATUSES: Final = frozenset(RunStatus.values()) - {RunStatus.RUN_STATUS_UNSPECIFIED}
-_KNOWN_INFERENCE_STATUSES: Final = frozenset(InferenceStatus.values()) - {
-    InferenceStatus.INFERENCE_STATUS_UNSPECIFIED
-}
-_KNOWN_DRIFT_SEVERITIES: Final = frozenset(DriftSeverity.values())
-
-
-class ValidationError(ValueError):
-    """A decoded event that breaks a rule of the table above; permanent, so dead-lettered.
-
-    ``error_class`` is a short stable code; ``field`` the dotted path of the offending
-    field (``"inference_completed.latency_ms"``), or ``None`` for the event as a whole.
-    """
-
-    def __init__(self, error_class: str, field: str | None, message: str) -> None:
-        super().__init__(message)
-        self.error_class = error_class
-        self.field = field
-
-    def __reduce__(self) -> tuple[type[ValidationError], tuple[str, str | None, str]]:
-        return (type(self), (self.error_class, self.field, str(self)))
-
-
-def event_type(event: Event) -> str:
-    """The name of the payload set on ``event`` (e.g. ``"inference_completed"``).
-
-    Raises ``ValidationError("missing_payload")`` when none is set.
-    """
-    kind: str | None = event.WhichOneof("payload")
-    if kind is None:
-        raise ValidationError("missing_payload", "payload", "event carries no payload")
-    return kind
-
-
-def validate_event(
-    event: Event,
-    *,
-    now: float | None = None,
-    encoded_size: int | None = None,
-    encoded: bytes | bytearray | None = None,
-) -> str:
-    """Raise ``ValidationError`` unless ``event`` satisfies every rule of the module table;
-    return its payload name (as :func:`event_type`), which callers need next anyway.
-
-    ``now`` (Unix seconds) bounds ``occurred_at`` from above; it defaults to the current
-    time. Pass it once per batch to validate a batch against one clock reading.
-    ``encoded_size`` is the length of the bytes ``event`` was parsed from (framing
-    included is fine: it only has to be an upper bound); it saves re-encoding the event
-    to learn whether its strings need their lengths checked. ``encoded`` (the Kafka value
-    ``event`` was decoded from, framing included) does the same and also lets the NUL
-    rule skip its field scan when the bytes hold no zero byte at all.
-    """
-    return validate_payload(event, now=now, encoded_size=encoded_size, encoded=encoded)[0]
-
-
-def payload_of(event: Event) -> tuple[str, Message, int]:
-    """``(payload name, payload message, occurred_at in epoch microseconds)``, unchecked."""
-    kind = event_type(event)
-    occurred_at = event.occurred_at
-    return kind, getattr(event, kind), occurred_at.seconds * 1_000_000 + occurred_at.nanos // 1000
-
-
-def validate_payload(
-    event: Event,
-    *,
-    now: float | None = None,
-    encoded_size: int | None = None,
-    encoded: bytes | bytearray | None = None,
-) -> tuple[str, Message, int]:
-    """:func:`validate_event`, returning what mapping the event to a row reads next:
-    ``(payload name, payload message, occurred_at in epoch microseconds)``.
-
-    Reading a sub-message of a decoded event costs about a microsecond each time (the
-    Protobuf runtime builds a new wrapper), so the row mapping takes them from here
-    rather than reading them a second time.
-    """
-    kind = event_type(event)
-    if encoded is not None:
-        encoded_size = len(encoded)
-    event_id = event.event_id
-    if event_id and _uuid_match(event_id) is None:
-        raise ValidationError("invalid_uuid", "event_id", f"event_id {event_id[:64]!r} is no UUID")
-    occurred_at = event.occurred_at
-    seconds = occurred_at.seconds
-    latest = (time.time() if now is None else now) + MAX_FUTURE_SKEW_SECONDS
-    if not MIN_OCCURRED_AT_SECONDS <= seconds <= latest:
-        # An unset timestamp reads as 0, so presence is only asked on this failure path.
-        if not event.HasField("occurred_at"):
-            raise ValidationError("missing_field", "occurred_at", "occurred_at is not set")
-        raise ValidationError(
-            "timestamp_out_of_range",
-            "occurred_at",
-            f"occurred_at {seconds} s is before 2000-01-01 or more than a day ahead",
-        )
-    nanos = occurred_at.nanos
-    if not 0 <= nanos < _NANOS_PER_SECOND:
-        raise ValidationError(
-            "timestamp_out_of_range", "occurred_at", "occurred_at.nanos is outside 0..999999999"
-        )
-    if (event.ByteSize() if encoded_size is None else encoded_size) > MAX_TEXT_CHARS:
-        _check_text_lengths(event, "")
-    payload = getattr(event, kind)
-    # A string's UTF-8 bytes appear verbatim in the encoding, so a value without a zero
-    # byte past its framing header (magic byte and schema id hold zeros) cannot hold NUL.
-    # Written inline: a function call would cost as much as the scan.
-    if (
-        encoded is None
-        or encoded.find(b"\x00", _FRAMED_PAYLOAD_START if encoded[:1] == b"\x00" else 0) != -1
-    ):
-        _check_nul(event, kind, payload)
-    _PAYLOAD_RULES[kind](payload, kind)
-    return kind, payload, seconds * 1_000_000 + nanos // 1000
-
-
-# --- helpers shared by the payload rules -------------------------------------------------
-
-
-def _missing(path: str) -> ValidationError:
-    return ValidationError("missing_field", path, f"{path} must not be empty")
-
-
-def _number_error(path: str, value: float, allowed: str) -> ValidationError:
-    """Classify a number that failed a range comparison (NaN fails every comparison)."""
-    if not isfinite(value):
-        return ValidationError("not_finite", path, f"{path} is {value}, not a finite number")
-    return ValidationError("out_of_range", path, f"{path} is {value}, allowed {allowed}")
-
-
-def _check_finite(value: float, path: str) -> None:
-    if not isfinite(value):
-        raise ValidationError("not_finite", path, f"{path} is {value}, not a finite number")
-
-
-def _check_finite_map(values: Mapping[str, float], path: str) -> None:
-    """Every value of a ``map<string, double>`` must be finite."""
-    for key, value in values.items():
-        if not isfinite(value):
-            raise ValidationError(
-                "not_finite", f"{path}[{key}]", f"{path}[{key!r}] is {value}, not finite"
-            )
-
-
-def _text_limit(field_name: str) -> int:
-    return MAX_LONG_TEXT_CHARS if field_name in LONG_TEXT_FIELDS else MAX_TEXT_CHARS
-
-
-def _check_text_lengths(message: Message, prefix: str) -> None:
-    """The slow path of the length rules, for events over 1024 serialized bytes.
-
-    Walks the fields that are set (nested payloads included) instead of naming them,
-    so a field added to the schema is covered without touching this module.
-    """
-    for field, value in message.ListFields():
-        path = prefix + field.name
-        if isinstance(value, str):
-            limit = _text_limit(field.name)
-            if len(value) > limit:
-                raise _too_long(path, len(value), limit)
-            if (
-                field.name in INDEXED_IDENTIFIER_FIELDS
-                and len(value) > _SAFE_IDENTIFIER_CHARS
-                and len(value.encode()) > MAX_INDEXED_IDENTIFIER_BYTES
-            ):
-                raise ValidationError(
-                    "too_long",
-                    path,
-                    f"{path} has {len(value.encode())} UTF-8 bytes, at most "
-                    f"{MAX_INDEXED_IDENTIFIER_BYTES} for an indexed identifier",
-                )
-        elif isinstance(value, Message):
-            _check_text_lengths(value, path + ".")
-        elif isinstance(value, Mapping):
-            _check_map_text(value, path)
-
-
-def _check_map_text(entries: Mapping[Any, Any], path: str) -> None:
-    for key, value in entries.items():
-        if isinstance(key, str) and len(key) > MAX_TEXT_CHARS:
-            raise _too_long(f"{path} key", len(key), MAX_TEXT_CHARS)
-        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
-            raise _too_long(f"{path}[{key}]", len(value), MAX_TEXT_CHARS)
+_ROLE_NAMES: Final = ("event_id", "correlation_id", "occurred_at", "source")
 
 
 def _too_long(path: str, length: int, limit: int) -> ValidationError:
     return ValidationError("too_long", path, f"{path} has {length} characters, at most {limit}")
 
 
-# --- the NUL rule ----------------------------------------------------------------------
-
-
-def _is_map(field: FieldDescriptor) -> bool:
+def _is_map(field: Any) -> bool:
     return field.message_type is not None and field.message_type.GetOptions().map_entry
 
 
@@ -352,9 +137,11 @@ def _text_getter(
         field.name
         for field in descriptor.fields
         if field.type == FieldDescriptor.TYPE_STRING
-        and not _is_map(field)
+        and not field.is_repeated
         and field.name not in skip
     ]
+    if not names:
+        return lambda message: ()
     if len(names) == 1:  # attrgetter of one name returns the value, not a tuple
         single = attrgetter(names[0])
         return lambda message: (single(message),)
@@ -363,12 +150,47 @@ def _text_getter(
 
 
 def _map_fields(descriptor: Any) -> tuple[tuple[str, bool], ...]:
-    """``(name, values_are_text)`` of each map field (every map key is a string here)."""
+    """``(name, values_are_text)`` of each map field whose keys are strings."""
     return tuple(
         (field.name, field.message_type.fields_by_name["value"].type == FieldDescriptor.TYPE_STRING)
         for field in descriptor.fields
         if _is_map(field)
+        and field.message_type.fields_by_name["key"].type == FieldDescriptor.TYPE_STRING
     )
+
+
+#: Well-known messages stored as a column of their own type: no text below them.
+_FLAT_WELL_KNOWN: Final = frozenset(
+    f"google.protobuf.{name}"
+    for name in (
+        "Timestamp",
+        "Duration",
+        "DoubleValue",
+        "FloatValue",
+        "Int64Value",
+        "UInt64Value",
+        "Int32Value",
+        "UInt32Value",
+        "BoolValue",
+        "BytesValue",
+    )
+)
+
+
+def _has_deep_text(descriptor: Any) -> bool:
+    """Whether text can hide below the top level (nested messages, repeated strings, maps
+    of messages), where the one-call scan does not look."""
+    for field in descriptor.fields:
+        if _is_map(field):
+            value = field.message_type.fields_by_name["value"]
+            if value.type == FieldDescriptor.TYPE_MESSAGE:
+                return True
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.message_type.full_name not in _FLAT_WELL_KNOWN:
+                return True
+        elif field.type == FieldDescriptor.TYPE_STRING and field.is_repeated:
+            return True
+    return False
 
 
 def _nul_path(message: Message, prefix: str) -> str | None:
@@ -383,139 +205,326 @@ def _nul_path(message: Message, prefix: str) -> str | None:
                 return found
         elif isinstance(value, Mapping):
             for key, item in value.items():
-                if _NUL in key:
+                if isinstance(key, str) and _NUL in key:
                     return f"{path} key"
                 if isinstance(item, str) and _NUL in item:
-                    return f"{path}[{key.replace(_NUL, '?')}]"
+                    return f"{path}[{key.replace(_NUL, '?') if isinstance(key, str) else key}]"
+                if isinstance(item, Message):
+                    found = _nul_path(item, f"{path}[{key}].")
+                    if found is not None:
+                        return found
+        elif isinstance(value, (list, tuple)) or hasattr(value, "__len__"):
+            for index, item in enumerate(value):
+                if isinstance(item, str) and _NUL in item:
+                    return f"{path}[{index}]"
+                if isinstance(item, Message):
+                    found = _nul_path(item, f"{path}[{index}].")
+                    if found is not None:
+                        return found
     return None
 
 
-def _check_nul(event: Event, kind: str, payload: Message) -> None:
-    """Raise ``nul_character`` when any text of the event holds U+0000."""
-    if _NUL in "".join(_ENVELOPE_TEXT(event)) or _NUL in "".join(_PAYLOAD_TEXT[kind](payload)):
-        raise _nul_error(event)
-    for map_name, text_values in _PAYLOAD_MAPS[kind]:
-        entries = getattr(payload, map_name)
-        if entries and (
-            _NUL in "".join(entries) or (text_values and _NUL in "".join(entries.values()))
-        ):
-            raise _nul_error(event)
-
-
-def _nul_error(event: Event) -> ValidationError:
+def _nul_error(event: Message) -> ValidationError:
     path = _nul_path(event, "")
     return ValidationError(
         "nul_character", path, f"{path} contains a NUL character, which PostgreSQL text refuses"
     )
 
 
-# --- one rule set per payload type -------------------------------------------------------
+@attrs.frozen
+class _TextLimits:
+    """Per message type and field: the character limit and whether it is an indexed
+    identifier (bounded in UTF-8 bytes)."""
+
+    chars: Mapping[tuple[str, str], int]
+    indexed: frozenset[tuple[str, str]]
+
+    def check(self, message: Message, prefix: str) -> None:
+        """The slow path of the length rules, for events over 1024 serialized bytes.
+
+        Walks the fields that are set (nested payloads included) instead of naming them,
+        so every field of the catalog is covered.
+        """
+        type_name = message.DESCRIPTOR.full_name
+        for field, value in message.ListFields():
+            path = prefix + field.name
+            if isinstance(value, str):
+                key = (type_name, field.name)
+                limit = self.chars.get(key, MAX_TEXT_CHARS)
+                if len(value) > limit:
+                    raise _too_long(path, len(value), limit)
+                if (
+                    key in self.indexed
+                    and len(value) > _SAFE_IDENTIFIER_CHARS
+                    and len(value.encode()) > MAX_INDEXED_IDENTIFIER_BYTES
+                ):
+                    raise ValidationError(
+                        "too_long",
+                        path,
+                        f"{path} has {len(value.encode())} UTF-8 bytes, at most "
+                        f"{MAX_INDEXED_IDENTIFIER_BYTES} for an indexed identifier",
+                    )
+            elif isinstance(value, Message):
+                self.check(value, path + ".")
+            elif isinstance(value, Mapping):
+                _check_map_text(value, path)
+            elif field.is_repeated:
+                for index, item in enumerate(value):
+                    if isinstance(item, str) and len(item) > MAX_TEXT_CHARS:
+                        raise _too_long(f"{path}[{index}]", len(item), MAX_TEXT_CHARS)
+                    if isinstance(item, Message):
+                        self.check(item, f"{path}[{index}].")
 
 
-def _training_run_started(payload: TrainingRunStarted, kind: str) -> None:
-    if not payload.run_id:
-        raise _missing(f"{kind}.run_id")
+def _check_map_text(entries: Mapping[Any, Any], path: str) -> None:
+    for key, value in entries.items():
+        if isinstance(key, str) and len(key) > MAX_TEXT_CHARS:
+            raise _too_long(f"{path} key", len(key), MAX_TEXT_CHARS)
+        if isinstance(value, str) and len(value) > MAX_TEXT_CHARS:
+            raise _too_long(f"{path}[{key}]", len(value), MAX_TEXT_CHARS)
 
 
-def _training_run_finished(payload: TrainingRunFinished, kind: str) -> None:
-    if not payload.run_id:
-        raise _missing(f"{kind}.run_id")
-    status = payload.status
-    if status not in _KNOWN_RUN_STATUSES:
-        raise _enum_error(status, f"{kind}.status")
-    duration = payload.duration_seconds
-    if not 0.0 <= duration <= MAX_RUN_DURATION_SECONDS:
-        raise _number_error(f"{kind}.duration_seconds", duration, "0 to ten years")
-    _check_finite_map(payload.summary_metrics, f"{kind}.summary_metrics")
+def _indexed_columns(table: FactTable) -> set[str]:
+    columns = {"correlation_id"}
+    for index in table.indexes:
+        columns.update(index.columns)
+    for update in table.updates:
+        columns.update(update.key)
+    return columns
 
 
-def _metric_logged(payload: MetricLogged, kind: str) -> None:
-    if not payload.run_id:
-        raise _missing(f"{kind}.run_id")
-    if not payload.key:
-        raise _missing(f"{kind}.key")
-    _check_finite(payload.value, f"{kind}.value")
-    step = payload.step
-    if step < 0:
-        raise ValidationError(
-            "out_of_range", f"{kind}.step", f"{kind}.step is {step}, must be >= 0"
+def _text_limits(catalog: Catalog, envelope: str | None) -> _TextLimits:
+    chars: dict[tuple[str, str], int] = {}
+    indexed: set[tuple[str, str]] = set()
+    if envelope is not None:
+        indexed.add((envelope, "correlation_id"))
+    for table in catalog.fact_tables:
+        keyed = _indexed_columns(table)
+        for column in table.payload_columns:
+            field = column.field
+            if field is None or len(field.path) != 1 or field.kind is not ValueKind.TEXT:
+                continue
+            key = (table.message, field.path[0])
+            if field.max_length is not None:
+                chars[key] = field.max_length
+            if column.name in keyed:
+                indexed.add(key)
+        if envelope is None:
+            indexed.add((table.message, "correlation_id"))
+    return _TextLimits(chars=chars, indexed=frozenset(indexed))
+
+
+class EventValidator:
+    """The rules of one catalog: envelope fields, text, and each type's compiled rules.
+
+    In envelope mode (``catalog.envelope``) :meth:`validate` takes the envelope and finds
+    the event type in its oneof; for a message of a topic (per-topic mode) the caller
+    names the type (``kind``) and the message is its own envelope. ``envelope_fields``
+    reads ``(event_id, correlation_id, source)`` of a validated event in one call ('' for
+    a role the message does not have).
+    """
+
+    def __init__(self, catalog: Catalog, classes: Mapping[str, type[Message]]) -> None:
+        self.catalog = catalog
+        self.tables = {table.event_type: table for table in catalog.fact_tables}
+        self._rules = compile_rules(self.tables)
+        envelope = catalog.envelope
+        self._oneof: str | None = None
+        self._roles: Mapping[str, str] = catalog.envelope_fields.fields
+        self._required_times = {
+            fields.fields["occurred_at"]
+            for fields in (catalog.envelope_fields, *(t.envelope for t in catalog.fact_tables))
+            if fields.occurred_at_required and "occurred_at" in fields.fields
+        }
+        if envelope is not None:
+            descriptor = classes[envelope].DESCRIPTOR
+            member = next(field for field in descriptor.fields if field.name in self.tables)
+            oneof: Any = member.containing_oneof
+            self._oneof = oneof.name
+        text_type = classes[envelope].DESCRIPTOR if envelope is not None else None
+        self._envelope_text = (
+            _text_getter(text_type, frozenset({self._roles.get("event_id", "")}))
+            if text_type is not None
+            else None
         )
+        self._payload_text: dict[str, Callable[[Message], tuple[str, ...]]] = {}
+        self._payload_maps: dict[str, tuple[tuple[str, bool], ...]] = {}
+        self._deep_text: set[str] = set()
+        self._topic_roles: dict[str, dict[str, str]] = {}
+        for kind, table in self.tables.items():
+            descriptor = classes[table.message].DESCRIPTOR
+            self._payload_text[kind] = _text_getter(descriptor)
+            self._payload_maps[kind] = _map_fields(descriptor)
+            if _has_deep_text(descriptor):
+                self._deep_text.add(kind)
+            if envelope is None:
+                self._topic_roles[kind] = dict(table.envelope.fields)
+        self._limits = _text_limits(catalog, envelope)
+        self._length_shortcut = min([MAX_TEXT_CHARS, *self._limits.chars.values()])
+        #: ``(message type, field)`` of every text field bounded in UTF-8 bytes.
+        self.indexed_fields = self._limits.indexed
+        self.envelope_fields = _fields_reader(self._roles) if envelope is not None else None
+
+    # --- the envelope ------------------------------------------------------------------
+
+    def event_type(self, event: Message) -> str:
+        """The event type set on an envelope; ``missing_payload`` when none is set."""
+        kind: str | None = event.WhichOneof(self._oneof) if self._oneof else None
+        if kind is None or kind not in self.tables:
+            raise ValidationError("missing_payload", "payload", "event carries no payload")
+        return kind
+
+    def fields_of(self, kind: str) -> Callable[[Message], tuple[str, str, str]]:
+        """The envelope-fields reader of a topic's message type (per-topic mode)."""
+        if self.envelope_fields is not None:
+            return self.envelope_fields
+        return _fields_reader(self._topic_roles[kind])
+
+    def validate(
+        self,
+        event: Message,
+        *,
+        kind: str | None = None,
+        now: float | None = None,
+        encoded_size: int | None = None,
+        encoded: bytes | bytearray | None = None,
+    ) -> tuple[str, Message, int | None]:
+        """Raise ``ValidationError`` unless ``event`` satisfies every rule of the module
+        table; return ``(event type, payload message, occurred_at in epoch microseconds or
+        None to take the Kafka timestamp)``.
+
+        ``now`` (Unix seconds) bounds ``occurred_at`` from above; it defaults to the
+        current time. ``encoded`` (the Kafka value, framing included) or ``encoded_size``
+        (an upper bound of its length) let the text rules skip work (module docstring).
+        """
+        if kind is None:
+            kind = self.event_type(event)
+            payload = getattr(event, kind)
+            roles = self._roles
+        else:
+            payload = event
+            roles = self._topic_roles.get(kind) or self._roles
+        if encoded is not None:
+            encoded_size = len(encoded)
+        id_field = roles.get("event_id")
+        event_id = getattr(event, id_field) if id_field else ""
+        if event_id and _uuid_match(event_id) is None:
+            raise ValidationError(
+                "invalid_uuid", id_field, f"{id_field} {event_id[:64]!r} is no UUID"
+            )
+        occurred_micros = self._occurred_micros(event, roles.get("occurred_at"), now)
+        if (event.ByteSize() if encoded_size is None else encoded_size) > self._length_shortcut:
+            self._limits.check(event, "")
+        if (
+            encoded is None
+            or encoded.find(b"\x00", _FRAMED_PAYLOAD_START if encoded[:1] == b"\x00" else 0) != -1
+        ):
+            self._check_nul(event, kind, payload)
+        self._rules[kind](payload)
+        return kind, payload, occurred_micros
+
+    def _occurred_micros(self, event: Message, name: str | None, now: float | None) -> int | None:
+        if name is None:
+            return None
+        occurred_at = getattr(event, name)
+        seconds: int = occurred_at.seconds
+        latest = (time.time() if now is None else now) + MAX_FUTURE_SKEW_SECONDS
+        if not MIN_OCCURRED_AT_SECONDS <= seconds <= latest:
+            # An unset timestamp reads as 0, so presence is only asked on this failure path.
+            if not event.HasField(name):
+                if name in self._required_times:
+                    raise ValidationError("missing_field", name, f"{name} is not set")
+                return None
+            raise ValidationError(
+                "timestamp_out_of_range",
+                name,
+                f"{name} {seconds} s is before 2000-01-01 or more than a day ahead",
+            )
+        nanos: int = occurred_at.nanos
+        if not 0 <= nanos < _NANOS_PER_SECOND:
+            raise ValidationError(
+                "timestamp_out_of_range", name, f"{name}.nanos is outside 0..999999999"
+            )
+        return seconds * 1_000_000 + nanos // 1000
+
+    def _check_nul(self, event: Message, kind: str, payload: Message) -> None:
+        """Raise ``nul_character`` when any text of the event holds U+0000."""
+        if (self._envelope_text is not None and _NUL in "".join(self._envelope_text(event))) or (
+            _NUL in "".join(self._payload_text[kind](payload))
+        ):
+            raise _nul_error(event)
+        for map_name, text_values in self._payload_maps[kind]:
+            entries = getattr(payload, map_name)
+            if entries and (
+                _NUL in "".join(entries) or (text_values and _NUL in "".join(entries.values()))
+            ):
+                raise _nul_error(event)
+        if kind in self._deep_text and _nul_path(payload, "") is not None:
+            raise _nul_error(event)
 
 
-def _model_version_registered(payload: ModelVersionRegistered, kind: str) -> None:
-    if not payload.model_name:
-        raise _missing(f"{kind}.model_name")
-    if not payload.version:
-        raise _missing(f"{kind}.version")
-    size = payload.size_bytes
-    if size < 0:
-        raise ValidationError(
-            "out_of_range", f"{kind}.size_bytes", f"{kind}.size_bytes is {size}, must be >= 0"
-        )
+def _fields_reader(roles: Mapping[str, str]) -> Callable[[Message], tuple[str, str, str]]:
+    """``(event_id, correlation_id, source)`` of a message in one call ('' where absent)."""
+    names = [roles.get(role) for role in ("event_id", "correlation_id", "source")]
+    if all(names):
+        reader: Callable[[Message], tuple[str, str, str]] = attrgetter(*names)  # type: ignore[arg-type]
+        return reader
+    getters = [attrgetter(name) if name else (lambda message: "") for name in names]
+    return lambda message: (getters[0](message), getters[1](message), getters[2](message))
 
 
-def _model_deployed(payload: ModelDeployed, kind: str) -> None:
-    if not payload.model_name:
-        raise _missing(f"{kind}.model_name")
-    if not payload.version:
-        raise _missing(f"{kind}.version")
-    if not payload.environment:
-        raise _missing(f"{kind}.environment")
-    traffic = payload.traffic_percent
-    if not 0.0 <= traffic <= 100.0:
-        raise _number_error(f"{kind}.traffic_percent", traffic, "0 to 100")
+@cache
+def builtin_validator() -> EventValidator:
+    """The validator of the built-in catalog, on the generated classes."""
+    from kingest.schema.codec import catalog_classes  # noqa: PLC0415 (codec imports rules only)
+
+    catalog = load_catalog()
+    return EventValidator(catalog, catalog_classes(catalog))
 
 
-def _inference_completed(payload: InferenceCompleted, kind: str) -> None:
-    if not payload.model_name:
-        raise _missing(f"{kind}.model_name")
-    status = payload.status
-    if status not in _KNOWN_INFERENCE_STATUSES:
-        raise _enum_error(status, f"{kind}.status")
-    latency = payload.latency_ms
-    if not 0.0 <= latency < MAX_LATENCY_MS:
-        raise _number_error(f"{kind}.latency_ms", latency, ">= 0 and < 86400000 (one day)")
+_BUILTIN: Final = builtin_validator()
+#: Field names bounded in UTF-8 bytes somewhere in the built-in catalog (indexed text).
+INDEXED_IDENTIFIER_FIELDS: Final = frozenset(name for _, name in _BUILTIN.indexed_fields)
 
 
-def _evaluation_completed(payload: EvaluationCompleted, kind: str) -> None:
-    if not payload.model_name:
-        raise _missing(f"{kind}.model_name")
-    _check_finite_map(payload.metrics, f"{kind}.metrics")
+def event_type(event: Event) -> str:
+    """The name of the payload set on ``event`` (e.g. ``"inference_completed"``).
+
+    Raises ``ValidationError("missing_payload")`` when none is set.
+    """
+    return _BUILTIN.event_type(event)
 
 
-def _data_drift_detected(payload: DataDriftDetected, kind: str) -> None:
-    if not payload.model_name:
-        raise _missing(f"{kind}.model_name")
-    _check_finite(payload.score, f"{kind}.score")
-    _check_finite(payload.threshold, f"{kind}.threshold")
-    severity = payload.severity
-    if severity not in _KNOWN_DRIFT_SEVERITIES:
-        raise ValidationError(
-            "unknown_enum", f"{kind}.severity", f"{kind}.severity {severity} is not defined"
-        )
+def validate_payload(
+    event: Event,
+    *,
+    now: float | None = None,
+    encoded_size: int | None = None,
+    encoded: bytes | bytearray | None = None,
+) -> tuple[str, Message, int]:
+    """:meth:`EventValidator.validate` of the built-in catalog: ``(payload name, payload
+    message, occurred_at in epoch microseconds)`` of a valid built-in event."""
+    kind, payload, micros = _BUILTIN.validate(
+        event, now=now, encoded_size=encoded_size, encoded=encoded
+    )
+    assert micros is not None  # occurred_at is required in the built-in catalog
+    return kind, payload, micros
 
 
-def _enum_error(value: int, path: str) -> ValidationError:
-    """UNSPECIFIED (0) means the producer never set it; other numbers are undefined."""
-    if value == 0:
-        return ValidationError("missing_field", path, f"{path} is UNSPECIFIED")
-    return ValidationError("unknown_enum", path, f"{path} {value} is not defined by the schema")
+def validate_event(
+    event: Event,
+    *,
+    now: float | None = None,
+    encoded_size: int | None = None,
+    encoded: bytes | bytearray | None = None,
+) -> str:
+    """Raise ``ValidationError`` unless the built-in ``event`` satisfies every rule of the
+    module table; return its payload name (as :func:`event_type`)."""
+    return validate_payload(event, now=now, encoded_size=encoded_size, encoded=encoded)[0]
 
 
-_PAYLOAD_RULES: Final[dict[str, Callable[[Any, str], None]]] = {
-    "training_run_started": _training_run_started,
-    "training_run_finished": _training_run_finished,
-    "metric_logged": _metric_logged,
-    "model_version_registered": _model_version_registered,
-    "model_deployed": _model_deployed,
-    "inference_completed": _inference_completed,
-    "evaluation_completed": _evaluation_completed,
-    "data_drift_detected": _data_drift_detected,
-}
-
-_PAYLOAD_FIELDS: Final = Event.DESCRIPTOR.oneofs_by_name["payload"].fields
-#: ``event_id`` is left out: a non-empty one has already matched the UUID pattern.
-_ENVELOPE_TEXT: Final = _text_getter(Event.DESCRIPTOR, frozenset({"event_id"}))
-_PAYLOAD_TEXT: Final = {field.name: _text_getter(field.message_type) for field in _PAYLOAD_FIELDS}
-_PAYLOAD_MAPS: Final = {field.name: _map_fields(field.message_type) for field in _PAYLOAD_FIELDS}
-assert set(_PAYLOAD_TEXT) == set(_PAYLOAD_RULES)
+def payload_of(event: Event) -> tuple[str, Message, int]:
+    """``(payload name, payload message, occurred_at in epoch microseconds)``, unchecked."""
+    kind = event_type(event)
+    occurred_at = event.occurred_at
+    return kind, getattr(event, kind), occurred_at.seconds * 1_000_000 + occurred_at.nanos // 1000

@@ -16,12 +16,14 @@
 * :mod:`kingest.store.event_ids` derives the idempotency key of an event sent without
   ``event_id``, from its coordinates or, for a replayed dead letter whose replay
   headers check out, from the original's (:func:`verified_replay_of`);
-* :mod:`kingest.store.tables` describes the tables and generates the write statements;
+* :mod:`kingest.store.tables` derives the write tables and statements from a catalog
+  (:func:`write_plan`); :mod:`kingest.store.dead_letter_sql` holds the dead letters' own;
 * :mod:`kingest.store.write` writes a RowBatch in one transaction (:func:`write_batch`);
 * :mod:`kingest.store.errors` tells transient database errors (retry) from permanent
   ones (bisect the batch and dead-letter the offending rows).
 """
 
+from kingest.store.dead_letter_sql import IMPORT_DEAD_LETTER, INSERT_DEAD_LETTER, SCHEMA
 from kingest.store.errors import (
     ErrorKind,
     classify_db_error,
@@ -70,13 +72,7 @@ from kingest.store.schema_plan import (
     latest_recorded_catalog,
     plan_schema,
 )
-from kingest.store.tables import (
-    FACT_TABLES,
-    IMPORT_DEAD_LETTER,
-    INSERT_DEAD_LETTER,
-    SCHEMA,
-    WRITE_PLAN,
-)
+from kingest.store.tables import FACT_TABLES, WRITE_PLAN, WritePlan, builtin_plan, write_plan
 from kingest.store.write import (
     WriteResult,
     dead_letter_params,
@@ -108,9 +104,11 @@ __all__ = [
     "SchemaPlan",
     "SchemaPlanError",
     "UnreadableHeaders",
+    "WritePlan",
     "WriteResult",
     "apply_migrations",
     "apply_schema",
+    "builtin_plan",
     "classify_db_error",
     "dead_letter_params",
     "derive_event_id",
@@ -135,4 +133,5 @@ __all__ = [
     "unreadable_headers",
     "verified_replay_of",
     "write_batch",
+    "write_plan",
 ]

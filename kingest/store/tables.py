@@ -1,67 +1,83 @@
-"""The typed tables kingest writes, and the SQL statements that write them.
+"""The write plan: the statements that store a batch, derived from the catalog.
 
-Each fact table is described once here: its columns in the order the row buffers of
-:mod:`kingest.store.rows` hold them, and how each column travels. A column travels as
-one array parameter per batch (``unnest`` turns the arrays back into rows), so the
-Python side never builds a value per row that PostgreSQL could build itself:
+Each fact table of the catalog (:mod:`kingest.catalog`) becomes a :class:`WriteTable`:
+its columns in the order the row buffers of :mod:`kingest.store.rows` hold them, and
+how each column travels. A column travels as one array parameter per batch (``unnest``
+turns the arrays back into rows), so the Python side never builds a value per row that
+PostgreSQL could build itself:
 
 * timestamps travel as epoch microseconds (``int8``) and become ``timestamptz`` in
   SQL by exact integer arithmetic (no ``datetime`` objects, no float rounding);
 * optional text travels as ``''`` and becomes NULL through ``NULLIF``;
 * event ids travel as text and are parsed by PostgreSQL's ``uuid`` input (which accepts
-  every form the validator does), maps as JSON text parsed by ``jsonb`` input.
+  every form the validator does), maps as JSON text parsed by ``jsonb`` input;
+* any other column (NULL-able numbers, ``numeric``, ``bytea``, intervals, arrays...)
+  travels as text, NULL included, and is cast in SQL (:attr:`ColumnType.CAST`).
 
 The write plan is a fixed sequence of statements, one per table group, always in the
 same order: concurrent writers then take row locks in the same order and cannot
-deadlock on each other's tables. A statement inserts facts with
-``ON CONFLICT (event_id) DO NOTHING`` (redelivery never creates a second row) and, for
-the facts that feed a current-state table, upserts that table in the same statement.
-The upserts are guarded by event time: a column group changes only when the incoming
-``(occurred_at, event_id)`` is greater than the stored one, so state converges to the
-latest event whatever the order writes finish in. A run's status and finish columns
-compare ``(occurred_at, status rank, event_id)`` instead (:data:`RUN_STATUS_PRECEDENCE`):
-at one event time a finish wins over a start and failed over cancelled over succeeded,
-so neither the arrival order nor a random event id decides. Each statement first reduces the
-batch to one row per key (``DISTINCT ON``), because ``ON CONFLICT DO UPDATE`` may not
-touch a row twice, and feeds keys in sorted order, so two writers lock shared keys in
+deadlock on each other's tables. A group is the fact tables that update a common state
+table (with those state tables); a fact table that updates none is a group of its own.
+A statement inserts facts with ``ON CONFLICT (event_id) DO NOTHING`` (redelivery never
+creates a second row) and upserts the group's state tables in the same statement. Each
+column group of a state table changes only when the incoming ``(occurred_at[, rank],
+event_id)`` is greater than the stored one, so state converges to the greatest event
+whatever the order writes finish in; the rank (:class:`kingest.catalog.Rank`) decides
+ties at one event time before the event id does. Each group's candidates are first
+reduced to one row per key (``DISTINCT ON``), because ``ON CONFLICT DO UPDATE`` may not
+touch a row twice, and keys are fed in sorted order, so two writers lock shared keys in
 the same order.
 """
 
-# The SQL below is assembled from this module's own constants (table and column names);
-# no data ever reaches the SQL text, it travels as parameters.
+# The SQL below is assembled from the catalog's names, each quoted by quote_identifier
+# (and constants by quote_literal); no data ever reaches the SQL text.
 # ruff: noqa: S608
 
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from functools import cache
+from typing import Final
 
 import attrs
+
+from kingest.catalog import (
+    Catalog,
+    Column,
+    FactTable,
+    StateTable,
+    StateUpdate,
+    ValueKind,
+    load_catalog,
+    quote_identifier,
+    quote_literal,
+)
 
 __all__ = [
     "ENVELOPE",
     "FACT_TABLES",
-    "IMPORT_DEAD_LETTER",
-    "INSERT_DEAD_LETTER",
-    "INSERT_UNPUBLISHED_DEAD_LETTER",
-    "RUN_STATUS_PRECEDENCE",
     "TABLES_BY_EVENT_TYPE",
     "WRITE_PLAN",
     "ColumnType",
     "Statement",
     "WriteColumn",
+    "WritePlan",
     "WriteTable",
+    "builtin_plan",
     "iter_statement_tables",
+    "write_plan",
 ]
 
-SCHEMA = "kingest"
+q = quote_identifier
 
 
 class ColumnType(enum.Enum):
     """How a column travels (the array type of its parameter) and lands (SQL expression).
 
     ``value`` is ``(parameter_array_type, sql_expression)``; the expression's ``{}`` is
-    the unnested parameter.
+    the unnested parameter. ``CAST`` columns carry their own expression
+    (:attr:`WriteColumn.cast`): their values are text or None.
     """
 
     TEXT = ("text[]", "{}")
@@ -73,6 +89,7 @@ class ColumnType(enum.Enum):
     FLOAT8 = ("float8[]", "{}")
     BOOL = ("bool[]", "{}")
     EPOCH_MICROS = ("int8[]", "'epoch'::timestamptz + {} * '1 microsecond'::interval")
+    CAST = ("text[]", "{}")
 
     @property
     def array_type(self) -> str:
@@ -86,6 +103,13 @@ class ColumnType(enum.Enum):
 class WriteColumn:
     name: str
     type: ColumnType
+    #: For ``CAST`` columns: the SQL expression turning the text parameter into the value.
+    cast: str | None = None
+
+    def expression(self, operand: str) -> str:
+        if self.cast is not None:
+            return self.cast.format(operand)
+        return self.type.expression(operand)
 
 
 @attrs.frozen
@@ -99,162 +123,29 @@ class WriteTable:
     name: str
     event_type: str
     columns: tuple[WriteColumn, ...]
+    schema: str = "kingest"
+    fact: FactTable | None = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def qualified_name(self) -> str:
-        return f"{SCHEMA}.{self.name}"
+        return f"{q(self.schema)}.{q(self.name)}"
 
     @property
     def column_names(self) -> tuple[str, ...]:
         return tuple(column.name for column in self.columns)
 
     @property
+    def copyable(self) -> bool:
+        """Whether binary COPY can write it (every column of a type COPY encodes)."""
+        return all(column.type is not ColumnType.CAST for column in self.columns)
+
+    @property
     def copy_statement(self) -> str:
         """``COPY`` of every column, in buffer order, from a binary stream."""
         return (
-            f"COPY {self.qualified_name} ({', '.join(self.column_names)}) "
+            f"COPY {self.qualified_name} ({', '.join(map(q, self.column_names))}) "
             "FROM STDIN (FORMAT BINARY)"
         )
-
-
-def _columns(*spec: tuple[str, ColumnType]) -> tuple[WriteColumn, ...]:
-    return tuple(WriteColumn(name, column_type) for name, column_type in spec)
-
-
-T = ColumnType
-
-#: Columns every fact table starts with, in buffer order.
-ENVELOPE = _columns(
-    ("event_id", T.UUID),
-    ("occurred_at", T.EPOCH_MICROS),
-    ("correlation_id", T.TEXT),
-    ("source", T.TEXT),
-    ("kafka_topic", T.TEXT),
-    ("kafka_partition", T.INT4),
-    ("kafka_offset", T.INT8),
-)
-
-TRAINING_RUN_STARTS = WriteTable(
-    "training_run_starts",
-    "training_run_started",
-    ENVELOPE
-    + _columns(
-        ("run_id", T.TEXT),
-        ("experiment", T.OPTIONAL_TEXT),
-        ("model_name", T.OPTIONAL_TEXT),
-        ("framework", T.OPTIONAL_TEXT),
-        ("dataset", T.OPTIONAL_TEXT),
-        ("owner", T.OPTIONAL_TEXT),
-        ("gpu_count", T.INT8),
-        ("hyperparameters", T.JSONB),
-    ),
-)
-TRAINING_RUN_FINISHES = WriteTable(
-    "training_run_finishes",
-    "training_run_finished",
-    ENVELOPE
-    + _columns(
-        ("run_id", T.TEXT),
-        ("status", T.TEXT),
-        ("duration_seconds", T.FLOAT8),
-        ("summary_metrics", T.JSONB),
-        ("error_message", T.OPTIONAL_TEXT),
-    ),
-)
-METRICS = WriteTable(
-    "metrics",
-    "metric_logged",
-    ENVELOPE
-    + _columns(
-        ("run_id", T.TEXT),
-        ("key", T.TEXT),
-        ("value", T.FLOAT8),
-        ("step", T.INT8),
-        ("epoch", T.INT8),
-    ),
-)
-MODEL_VERSIONS = WriteTable(
-    "model_versions",
-    "model_version_registered",
-    ENVELOPE
-    + _columns(
-        ("model_name", T.TEXT),
-        ("version", T.TEXT),
-        ("run_id", T.OPTIONAL_TEXT),
-        ("artifact_uri", T.OPTIONAL_TEXT),
-        ("size_bytes", T.INT8),
-        ("tags", T.JSONB),
-    ),
-)
-DEPLOYMENTS = WriteTable(
-    "deployments",
-    "model_deployed",
-    ENVELOPE
-    + _columns(
-        ("model_name", T.TEXT),
-        ("version", T.TEXT),
-        ("environment", T.TEXT),
-        ("endpoint", T.OPTIONAL_TEXT),
-        ("replicas", T.INT8),
-        ("traffic_percent", T.FLOAT8),
-    ),
-)
-INFERENCES = WriteTable(
-    "inferences",
-    "inference_completed",
-    ENVELOPE
-    + _columns(
-        ("request_id", T.OPTIONAL_TEXT),
-        ("model_name", T.TEXT),
-        ("model_version", T.OPTIONAL_TEXT),
-        ("environment", T.OPTIONAL_TEXT),
-        ("latency_ms", T.FLOAT8),
-        ("input_tokens", T.INT8),
-        ("output_tokens", T.INT8),
-        ("status", T.TEXT),
-        ("error_code", T.OPTIONAL_TEXT),
-    ),
-)
-EVALUATIONS = WriteTable(
-    "evaluations",
-    "evaluation_completed",
-    ENVELOPE
-    + _columns(
-        ("evaluation_id", T.OPTIONAL_TEXT),
-        ("model_name", T.TEXT),
-        ("model_version", T.TEXT),
-        ("dataset", T.OPTIONAL_TEXT),
-        ("metrics", T.JSONB),
-        ("passed", T.BOOL),
-    ),
-)
-DRIFT_ALERTS = WriteTable(
-    "drift_alerts",
-    "data_drift_detected",
-    ENVELOPE
-    + _columns(
-        ("model_name", T.TEXT),
-        ("model_version", T.OPTIONAL_TEXT),
-        ("feature", T.OPTIONAL_TEXT),
-        ("method", T.OPTIONAL_TEXT),
-        ("score", T.FLOAT8),
-        ("threshold", T.FLOAT8),
-        ("severity", T.OPTIONAL_TEXT),
-    ),
-)
-
-#: Every fact table, in write order.
-FACT_TABLES: tuple[WriteTable, ...] = (
-    TRAINING_RUN_STARTS,
-    TRAINING_RUN_FINISHES,
-    METRICS,
-    MODEL_VERSIONS,
-    DEPLOYMENTS,
-    INFERENCES,
-    EVALUATIONS,
-    DRIFT_ALERTS,
-)
-TABLES_BY_EVENT_TYPE: dict[str, WriteTable] = {table.event_type: table for table in FACT_TABLES}
 
 
 @attrs.frozen
@@ -272,263 +163,291 @@ class Statement:
     sql: str
 
 
+@attrs.frozen
+class WritePlan:
+    """A catalog's fact tables in write order, by event type, and its statements."""
+
+    catalog: Catalog = attrs.field(repr=False)
+    tables: tuple[WriteTable, ...]
+    statements: tuple[Statement, ...]
+
+    @property
+    def by_event_type(self) -> dict[str, WriteTable]:
+        return {table.event_type: table for table in self.tables}
+
+
+# --- how a catalog column travels ------------------------------------------------------
+
+#: Columns sent as themselves, by (PostgreSQL type, NOT NULL).
+_DIRECT: Final = {
+    ("text", True): ColumnType.TEXT,
+    ("text", False): ColumnType.OPTIONAL_TEXT,
+    ("uuid", True): ColumnType.UUID,
+    ("jsonb", True): ColumnType.JSONB,
+    ("bigint", True): ColumnType.INT8,
+    ("integer", True): ColumnType.INT4,
+    ("double precision", True): ColumnType.FLOAT8,
+    ("boolean", True): ColumnType.BOOL,
+}
+_EPOCH: Final = "'epoch'::timestamptz + ({})::int8 * '1 microsecond'::interval"
+
+
+def _write_column(column: Column) -> WriteColumn:
+    """The transport of a catalog column (see :class:`ColumnType`)."""
+    field = column.field
+    if column.name == "occurred_at" and field is None:
+        return WriteColumn(column.name, ColumnType.EPOCH_MICROS)
+    plain = field is None or (
+        (
+            not field.present
+            and not field.wrapped
+            and field.kind
+            in (ValueKind.TEXT, ValueKind.ENUM, ValueKind.INT, ValueKind.FLOAT, ValueKind.BOOL)
+        )
+        or (field.kind is ValueKind.JSON and column.default == "'{}'")
+    )
+    if plain and (column.sql_type, column.not_null) in _DIRECT:
+        return WriteColumn(column.name, _DIRECT[column.sql_type, column.not_null])
+    kind = None if field is None else field.kind
+    if kind is ValueKind.TIMESTAMP:
+        cast = _EPOCH
+    elif kind is ValueKind.DURATION:
+        cast = "({})::int8 * '1 microsecond'::interval"
+    elif kind is ValueKind.BYTES:
+        cast = "decode({}, 'hex')"
+    elif kind is ValueKind.ARRAY and field is not None:
+        element = column.sql_type.removesuffix("[]")
+        decode = "decode(e, 'hex')" if field.element is ValueKind.BYTES else f"e::{element}"
+        cast = (
+            f"ARRAY(SELECT {decode} FROM jsonb_array_elements_text(({{}})::jsonb) AS e)"
+            f"::{column.sql_type}"
+        )
+    else:
+        cast = f"({{}})::{column.sql_type}"
+    return WriteColumn(column.name, ColumnType.CAST, cast)
+
+
+def _write_table(catalog: Catalog, fact: FactTable) -> WriteTable:
+    return WriteTable(
+        name=fact.name,
+        event_type=fact.event_type,
+        columns=tuple(_write_column(c) for c in fact.columns if c.name != "ingested_at"),
+        schema=catalog.schema,
+        fact=fact,
+    )
+
+
 # --- SQL generation ------------------------------------------------------------------
 
 
 def _batch_select(table: WriteTable) -> str:
     """SELECT turning the table's array parameters into typed rows."""
-    names = table.column_names
+    names = ", ".join(map(q, table.column_names))
     expressions = ", ".join(
-        f"{column.type.expression('u.' + column.name)} AS {column.name}" for column in table.columns
+        f"{column.expression('u.' + q(column.name))} AS {q(column.name)}"
+        for column in table.columns
     )
     parameters = ", ".join(f"%b::{column.type.array_type}" for column in table.columns)
-    return f"SELECT {expressions} FROM unnest({parameters}) AS u({', '.join(names)})"
+    return f"SELECT {expressions} FROM unnest({parameters}) AS u({names})"
 
 
 def _insert_facts(table: WriteTable, source: str) -> str:
-    names = ", ".join(table.column_names)
+    names = ", ".join(map(q, table.column_names))
     return (
         f"INSERT INTO {table.qualified_name} ({names}) SELECT {names} FROM {source} "
         "ON CONFLICT (event_id) DO NOTHING RETURNING 1"
     )
 
 
-#: Training run statuses from lowest to highest precedence: between two events of a run
-#: at the same event time the higher status wins (a finish over a start; the worse
-#: outcome of two finishes), and only between equal statuses the greater event id.
-RUN_STATUS_PRECEDENCE: tuple[str, ...] = ("running", "succeeded", "cancelled", "failed")
-
-
-def _status_rank(status: str) -> str:
-    """SQL: the rank of the status expression in :data:`RUN_STATUS_PRECEDENCE` (NULL: 0)."""
+def _rank(value: str, order: Sequence[str]) -> str:
+    """SQL: the position of ``value`` in ``order`` (0 for the first, NULL or unknown)."""
     cases = " ".join(
-        f"WHEN '{name}' THEN {rank}" for rank, name in enumerate(RUN_STATUS_PRECEDENCE) if rank
+        f"WHEN {quote_literal(name)} THEN {rank}" for rank, name in enumerate(order) if rank
     )
-    return f"(CASE {status} {cases} ELSE 0 END)"
+    return f"(CASE {value} {cases} ELSE 0 END)"
 
 
-def _newer(
-    new: str, old: str, *, at: str, event_id: str, rank: tuple[str, str] | None = None
-) -> str:
-    """SQL: the ``new`` side's (time[, rank], event id) is set and greater than the ``old``
-    side's; ``rank`` is the pair of rank expressions of the new and the old side.
-
-    A NULL time means "no event of this kind": never newer, and older than anything.
-    """
-    new_rank, old_rank = (f", {rank[0]}", f", {rank[1]}") if rank else ("", "")
+def _newer(update: StateUpdate) -> str:
+    """SQL: the incoming (EXCLUDED) group's (time[, rank], event id) is set and greater
+    than the stored (t) one's. A NULL time means "no event of this group": never newer,
+    and older than anything."""
+    at, event_id = q(update.at_column), q(update.event_id_column)
+    new_rank = old_rank = ""
+    if update.rank is not None:
+        column = q(update.rank.column)
+        new_rank = f", {_rank('EXCLUDED.' + column, update.rank.order)}"
+        old_rank = f", {_rank('t.' + column, update.rank.order)}"
     return (
-        f"({new}.{at} IS NOT NULL AND ({old}.{at} IS NULL"
-        f" OR ({new}.{at}{new_rank}, {new}.{event_id})"
-        f" > ({old}.{at}{old_rank}, {old}.{event_id})))"
+        f"(EXCLUDED.{at} IS NOT NULL AND (t.{at} IS NULL"
+        f" OR (EXCLUDED.{at}{new_rank}, EXCLUDED.{event_id})"
+        f" > (t.{at}{old_rank}, t.{event_id})))"
     )
 
 
-def _guarded(columns: tuple[str, ...], guard: str) -> str:
-    return ", ".join(
-        f"{name} = CASE WHEN {guard} THEN EXCLUDED.{name} ELSE t.{name} END" for name in columns
+def _group_columns(update: StateUpdate) -> tuple[str, ...]:
+    """The state columns one column group sets: its values, then time, id, correlation."""
+    columns = [assignment.column for assignment in update.assignments]
+    columns += [update.at_column, update.event_id_column]
+    if update.correlation_id_column:
+        columns.append(update.correlation_id_column)
+    return tuple(columns)
+
+
+def _candidate_select(update: StateUpdate, source: str, rank_alias: str) -> str:
+    """SELECT of one fact table's events as candidates for one column group."""
+    values = [q(column) for column in update.key]
+    for assignment in update.assignments:
+        value = (
+            quote_literal(assignment.value) + "::text"
+            if assignment.value is not None
+            else q(assignment.source or assignment.column)
+        )
+        values.append(f"{value} AS {q(assignment.column)}")
+    values += [f"occurred_at AS {q(update.at_column)}", f"event_id AS {q(update.event_id_column)}"]
+    if update.correlation_id_column:
+        values.append(f"correlation_id AS {q(update.correlation_id_column)}")
+    if update.rank is not None:
+        ranked = next(a for a in update.assignments if a.column == update.rank.column)
+        value = (
+            quote_literal(ranked.value)
+            if ranked.value is not None
+            else q(ranked.source or ranked.column)
+        )
+        values.append(f"{_rank(value, update.rank.order)} AS {rank_alias}")
+    return f"SELECT {', '.join(values)} FROM {source}"
+
+
+def _state_upsert(
+    catalog: Catalog, state: StateTable, feeds: Sequence[tuple[str, StateUpdate]]
+) -> tuple[list[str], str]:
+    """CTEs upserting ``state`` from the facts' CTEs; returns them and the changed CTE."""
+    groups: dict[str, list[tuple[str, StateUpdate]]] = {}
+    for source, update in feeds:
+        groups.setdefault(update.at_column, []).append((source, update))
+    key = ", ".join(map(q, state.primary_key))
+    ctes: list[str] = []
+    group_names: list[str] = []
+    set_clauses: list[str] = []
+    conditions: list[str] = []
+    inserted: list[str] = list(state.primary_key)
+    for number, members in enumerate(groups.values()):
+        name = f"{state.name}_g{number}"
+        rank_alias = f"_rank{number}"
+        first = members[0][1]
+        union = " UNION ALL ".join(
+            _candidate_select(update, source, rank_alias) for source, update in members
+        )
+        then_rank = f"{rank_alias} DESC, " if first.rank is not None else ""
+        ctes.append(
+            f"{q(name)} AS (SELECT DISTINCT ON ({key}) * FROM ({union}) AS c "
+            f"ORDER BY {key}, {q(first.at_column)} DESC, {then_rank}"
+            f"{q(first.event_id_column)} DESC)"
+        )
+        group_names.append(q(name))
+        columns = _group_columns(first)
+        inserted += columns
+        newer = _newer(first)
+        conditions.append(newer)
+        set_clauses += [
+            f"{q(c)} = CASE WHEN {newer} THEN EXCLUDED.{q(c)} ELSE t.{q(c)} END" for c in columns
+        ]
+    joined = " FULL JOIN ".join(
+        group if n == 0 else f"{group} USING ({key})" for n, group in enumerate(group_names)
     )
-
-
-def _latest_per_key(source: str, keys: str, *, rank: str = "") -> str:
-    then_rank = f"{rank} DESC, " if rank else ""
-    return (
-        f"SELECT DISTINCT ON ({keys}) * FROM {source} "
-        f"ORDER BY {keys}, occurred_at DESC, {then_rank}event_id DESC"
+    names = ", ".join(map(q, inserted))
+    changed = q(f"{state.name}_changed")
+    ctes.append(
+        f"{changed} AS (INSERT INTO {q(catalog.schema)}.{q(state.name)} AS t ({names}) "
+        f"SELECT {names} FROM {joined} ORDER BY {key} "
+        f"ON CONFLICT ({key}) DO UPDATE SET {', '.join(set_clauses)}, updated_at = now() "
+        f"WHERE {' OR '.join(conditions)} RETURNING 1)"
     )
+    return ctes, changed
 
 
-def _plain_statement(table: WriteTable) -> Statement:
+def _statement(
+    catalog: Catalog, tables: Sequence[WriteTable], states: Sequence[StateTable]
+) -> Statement:
+    if not states:
+        (table,) = tables
+        return Statement(
+            fact_tables=(table,),
+            state_tables=(),
+            sql=(
+                f"WITH stored AS ({_insert_facts(table, '(' + _batch_select(table) + ') AS b')}) "
+                "SELECT count(*) FROM stored"
+            ),
+        )
+    ctes = [f"{q(t.name + '_batch')} AS MATERIALIZED ({_batch_select(t)})" for t in tables]
+    ctes += [
+        f"{q(t.name + '_stored')} AS ({_insert_facts(t, q(t.name + '_batch'))})" for t in tables
+    ]
+    counts = [f"(SELECT count(*) FROM {q(t.name + '_stored')})" for t in tables]
+    for state in states:
+        feeds = [
+            (q(table.name + "_batch"), update)
+            for table in tables
+            if table.fact is not None
+            for update in table.fact.updates
+            if update.table == state.name
+        ]
+        state_ctes, changed = _state_upsert(catalog, state, feeds)
+        ctes += state_ctes
+        counts.append(f"(SELECT count(*) FROM {changed})")
     return Statement(
-        fact_tables=(table,),
-        state_tables=(),
-        sql=(
-            f"WITH stored AS ({_insert_facts(table, '(' + _batch_select(table) + ') AS b')}) "
-            "SELECT count(*) FROM stored"
-        ),
+        fact_tables=tuple(tables),
+        state_tables=tuple(state.name for state in states),
+        sql=f"WITH {', '.join(ctes)} SELECT {', '.join(counts)}",
     )
 
 
-_RUN_START_COLUMNS = (
-    "started_at",
-    "start_event_id",
-    "correlation_id",
-    "experiment",
-    "model_name",
-    "framework",
-    "dataset",
-    "owner",
-    "gpu_count",
-    "hyperparameters",
-)
-_RUN_FINISH_COLUMNS = (
-    "finished_at",
-    "finish_event_id",
-    "finish_status",
-    "duration_seconds",
-    "summary_metrics",
-    "error_message",
-)
-_RUN_STATUS_COLUMNS = ("status", "status_at", "status_event_id")
+def write_plan(catalog: Catalog) -> WritePlan:
+    """The write tables and statements of ``catalog`` (see the module docstring)."""
+    tables = [_write_table(catalog, fact) for fact in catalog.fact_tables]
+    statements: list[Statement] = []
+    placed: set[str] = set()
+    for fact in catalog.fact_tables:
+        if fact.name in placed:
+            continue
+        # The group: every fact table reachable through a shared state table.
+        group_facts, group_states = [fact.name], []
+        frontier = [fact]
+        while frontier:
+            current = frontier.pop()
+            for update in current.updates:
+                if update.table in group_states:
+                    continue
+                group_states.append(update.table)
+                for other in catalog.fact_tables:
+                    if other.name not in group_facts and any(
+                        u.table == update.table for u in other.updates
+                    ):
+                        group_facts.append(other.name)
+                        frontier.append(other)
+        ordered = [t for t in tables if t.name in group_facts]
+        placed.update(group_facts)
+        state_order = [s for s in catalog.state_tables if s.name in group_states]
+        statements.append(_statement(catalog, ordered, state_order))
+    return WritePlan(catalog=catalog, tables=tuple(tables), statements=tuple(statements))
 
 
-def _training_runs_statement() -> Statement:
-    """Run starts and finishes, and the training_runs upsert, in one statement.
-
-    One statement rather than one per event type: both feed the same training_runs
-    rows, and locking them in two statements of one transaction could deadlock with a
-    concurrent writer that holds them in the other order. The latest start and latest
-    finish of each run are joined into one candidate row per run; its status group is
-    whichever of the two is newer.
-
-    Precedence (also in the table's comments, ``sql/0006_state_precedence.sql``): the
-    status group and the finish group compare (event time, status rank, event id), the
-    start group (event time, event id). The stored finish's rank is that of ``status``
-    when the status group is that finish (as it is unless a later start superseded it),
-    else of ``finish_status``.
-    """
-    stored_finish_status = (
-        "CASE WHEN t.status_event_id = t.finish_event_id THEN t.status ELSE t.finish_status END"
-    )
-    start_is_newer = _newer(
-        "s", "f", at="occurred_at", event_id="event_id", rank=("0", _status_rank("f.status"))
-    )
-    new_status = _newer(
-        "EXCLUDED",
-        "t",
-        at="status_at",
-        event_id="status_event_id",
-        rank=(_status_rank("EXCLUDED.status"), _status_rank("t.status")),
-    )
-    new_start = _newer("EXCLUDED", "t", at="started_at", event_id="start_event_id")
-    new_finish = _newer(
-        "EXCLUDED",
-        "t",
-        at="finished_at",
-        event_id="finish_event_id",
-        rank=(_status_rank("EXCLUDED.finish_status"), _status_rank(stored_finish_status)),
-    )
-    all_columns = ("run_id", *_RUN_STATUS_COLUMNS, *_RUN_START_COLUMNS, *_RUN_FINISH_COLUMNS)
-    sql = f"""
-WITH starts AS MATERIALIZED ({_batch_select(TRAINING_RUN_STARTS)}),
-finishes AS MATERIALIZED ({_batch_select(TRAINING_RUN_FINISHES)}),
-starts_stored AS ({_insert_facts(TRAINING_RUN_STARTS, "starts")}),
-finishes_stored AS ({_insert_facts(TRAINING_RUN_FINISHES, "finishes")}),
-latest_start AS ({_latest_per_key("starts", "run_id")}),
-latest_finish AS ({_latest_per_key("finishes", "run_id", rank=_status_rank("status"))}),
-candidates AS (
-    SELECT coalesce(s.run_id, f.run_id) AS run_id,
-        CASE WHEN {start_is_newer} THEN 'running' ELSE f.status END AS status,
-        CASE WHEN {start_is_newer} THEN s.occurred_at ELSE f.occurred_at END AS status_at,
-        CASE WHEN {start_is_newer} THEN s.event_id ELSE f.event_id END AS status_event_id,
-        s.occurred_at AS started_at, s.event_id AS start_event_id,
-        s.correlation_id, s.experiment, s.model_name, s.framework, s.dataset, s.owner,
-        s.gpu_count, s.hyperparameters,
-        f.occurred_at AS finished_at, f.event_id AS finish_event_id,
-        f.status AS finish_status, f.duration_seconds, f.summary_metrics, f.error_message
-    FROM latest_start AS s FULL JOIN latest_finish AS f ON f.run_id = s.run_id
-),
-runs_changed AS (
-    INSERT INTO {SCHEMA}.training_runs AS t ({", ".join(all_columns)})
-    SELECT {", ".join(all_columns)} FROM candidates ORDER BY run_id
-    ON CONFLICT (run_id) DO UPDATE SET
-        {_guarded(_RUN_STATUS_COLUMNS, new_status)},
-        {_guarded(_RUN_START_COLUMNS, new_start)},
-        {_guarded(_RUN_FINISH_COLUMNS, new_finish)},
-        updated_at = now()
-    WHERE {new_status} OR {new_start} OR {new_finish}
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM starts_stored), (SELECT count(*) FROM finishes_stored),
-    (SELECT count(*) FROM runs_changed)"""
-    return Statement(
-        fact_tables=(TRAINING_RUN_STARTS, TRAINING_RUN_FINISHES),
-        state_tables=("training_runs",),
-        sql=sql,
-    )
+@cache
+def builtin_plan() -> WritePlan:
+    """The write plan of the built-in catalog, in the ``kingest`` schema."""
+    return write_plan(load_catalog())
 
 
-_DEPLOYMENT_COLUMNS = (
-    "version",
-    "endpoint",
-    "replicas",
-    "traffic_percent",
-    "deployed_at",
-    "event_id",
-    "correlation_id",
-)
+_BUILTIN: Final = builtin_plan()
+#: The built-in catalog's fact tables, in write order.
+FACT_TABLES: tuple[WriteTable, ...] = _BUILTIN.tables
+TABLES_BY_EVENT_TYPE: dict[str, WriteTable] = _BUILTIN.by_event_type
+#: The statements of one built-in batch write, in their fixed order (dead letters last).
+WRITE_PLAN: tuple[Statement, ...] = _BUILTIN.statements
+#: Columns every fact table starts with, in buffer order.
+ENVELOPE: tuple[WriteColumn, ...] = FACT_TABLES[0].columns[:7]
 
 
-def _deployments_statement() -> Statement:
-    """Deployment facts and the model_deployments upsert (latest deployment wins)."""
-    newer = _newer("EXCLUDED", "t", at="deployed_at", event_id="event_id")
-    sql = f"""
-WITH deployed AS MATERIALIZED ({_batch_select(DEPLOYMENTS)}),
-deployed_stored AS ({_insert_facts(DEPLOYMENTS, "deployed")}),
-latest AS ({_latest_per_key("deployed", "model_name, environment")}),
-current_changed AS (
-    INSERT INTO {SCHEMA}.model_deployments AS t
-        (model_name, environment, {", ".join(_DEPLOYMENT_COLUMNS)})
-    SELECT model_name, environment, version, endpoint, replicas, traffic_percent,
-        occurred_at, event_id, correlation_id
-    FROM latest
-    ON CONFLICT (model_name, environment) DO UPDATE SET
-        {", ".join(f"{name} = EXCLUDED.{name}" for name in _DEPLOYMENT_COLUMNS)},
-        updated_at = now()
-    WHERE {newer}
-    RETURNING 1
-)
-SELECT (SELECT count(*) FROM deployed_stored), (SELECT count(*) FROM current_changed)"""
-    return Statement(fact_tables=(DEPLOYMENTS,), state_tables=("model_deployments",), sql=sql)
-
-
-#: The statements of one batch write, in their fixed order (dead letters come last).
-WRITE_PLAN: tuple[Statement, ...] = (
-    _training_runs_statement(),
-    _plain_statement(METRICS),
-    _plain_statement(MODEL_VERSIONS),
-    _deployments_statement(),
-    _plain_statement(INFERENCES),
-    _plain_statement(EVALUATIONS),
-    _plain_statement(DRIFT_ALERTS),
-)
-
-#: Dead letters: one row per rejected Kafka message; redelivery stores nothing new.
-_DEAD_LETTER_COLUMNS = """
-    kafka_topic, kafka_partition, kafka_offset, message_key, message_value,
-    header_keys, header_values, kafka_timestamp, error_stage, error_class, error_message,
-    sqlstate, event_id, event_type, correlation_id, consumer_group"""
-_DEAD_LETTER_VALUES = """
-    %s, %s, %s, %b, %b, %s::text[], %b::bytea[],
-    'epoch'::timestamptz + %s::int8 * '1 millisecond'::interval,
-    %s, %s, %s, %s, %s, %s, %s, %s"""
-
-INSERT_DEAD_LETTER = f"""
-INSERT INTO {SCHEMA}.dead_letters ({_DEAD_LETTER_COLUMNS}
-) VALUES ({_DEAD_LETTER_VALUES}
-)
-ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING"""
-
-#: A dead letter the dead-letter topic did not take, with why (the parameters of
-#: :data:`INSERT_DEAD_LETTER`, then ``publish_error``). A row already stored for it (the
-#: table store too, or a redelivery) gets the error.
-INSERT_UNPUBLISHED_DEAD_LETTER = f"""
-INSERT INTO {SCHEMA}.dead_letters ({_DEAD_LETTER_COLUMNS}, publish_error
-) VALUES ({_DEAD_LETTER_VALUES}, %s
-)
-ON CONFLICT (kafka_topic, kafka_partition, kafka_offset)
-DO UPDATE SET publish_error = EXCLUDED.publish_error"""
-
-#: A dead letter read back from a dead-letter topic to be replayed (the parameters of
-#: :data:`INSERT_DEAD_LETTER`, then its ``attempts`` and ``dead_lettered_at``). A row
-#: already stored for it is left as it is: it holds the replay history.
-IMPORT_DEAD_LETTER = f"""
-INSERT INTO {SCHEMA}.dead_letters ({_DEAD_LETTER_COLUMNS}, attempts, dead_lettered_at
-) VALUES ({_DEAD_LETTER_VALUES}, %s, %s
-)
-ON CONFLICT (kafka_topic, kafka_partition, kafka_offset) DO NOTHING"""
-
-
-def iter_statement_tables() -> Iterator[WriteTable]:
+def iter_statement_tables(plan: WritePlan | None = None) -> Iterator[WriteTable]:
     """Every fact table in the order the write plan writes them (for checks and tests)."""
-    for statement in WRITE_PLAN:
+    for statement in (plan or _BUILTIN).statements:
         yield from statement.fact_tables

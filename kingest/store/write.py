@@ -36,14 +36,9 @@ from psycopg.adapt import Dumper
 from psycopg.pq import Format, TransactionStatus
 
 from kingest.store.copy import copy_rows
+from kingest.store.dead_letter_sql import INSERT_DEAD_LETTER, INSERT_UNPUBLISHED_DEAD_LETTER
 from kingest.store.rows import Rejection, RowBatch, storable_timestamp_ms
-from kingest.store.tables import (
-    INSERT_DEAD_LETTER,
-    INSERT_UNPUBLISHED_DEAD_LETTER,
-    TABLES_BY_EVENT_TYPE,
-    WRITE_PLAN,
-    ColumnType,
-)
+from kingest.store.tables import TABLES_BY_EVENT_TYPE, WRITE_PLAN, ColumnType
 
 __all__ = [
     "WriteResult",

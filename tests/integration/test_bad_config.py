@@ -180,6 +180,31 @@ def test_several_malformed_values_are_all_listed_at_once(stream: Stream) -> None
     stream.assert_nothing_consumed()
 
 
+def test_bad_topic_types_and_a_missing_catalog_are_listed_before_any_connection(
+    tmp_path: Path,
+) -> None:
+    # Nothing listens at either address: a start that got past the configuration would
+    # fail its start-up check with exit 1 instead.
+    env = kingest_env(
+        f"127.0.0.1:{closed_port()}",
+        f"postgresql://kingest:{PASSWORD}@127.0.0.1:{closed_port()}/ml",
+        "gpu,runs",
+        "bad-config-catalog",
+        KINGEST_CATALOG=str(tmp_path / "catalog.binpb"),
+        KINGEST_TOPIC_TYPES="gpu,runs:x.v1.Run,runs:x.v1.Other",
+    )
+    result = start(env)
+    result.assert_clean_failure(
+        EXIT_BAD_CONFIG,
+        "invalid configuration",
+        "KINGEST_CATALOG: ",
+        "no such file",
+        "KINGEST_TOPIC_TYPES: 'gpu' is not topic:package.Message (no colon)",
+        "KINGEST_TOPIC_TYPES: topic runs is listed twice",
+    )
+    assert "(3 problems)" in result.stderr
+
+
 def test_an_unreachable_broker_fails_the_start_up_check(stream: Stream) -> None:
     bootstrap = f"127.0.0.1:{closed_port()}"
     result = start(stream.env(KINGEST_KAFKA_BOOTSTRAP_SERVERS=bootstrap))

@@ -24,8 +24,11 @@ from kingest.schema.codec import encode_event
 from kingest.schema.v1.events_pb2 import Event, MetricLogged, ModelDeployed
 from kingest.store import RowBatch, write_batch
 from kingest.store.copy import copy_rows
-from kingest.store.tables import DEPLOYMENTS, METRICS, WRITE_PLAN, Statement, WriteTable
+from kingest.store.tables import TABLES_BY_EVENT_TYPE, WRITE_PLAN, Statement, WriteTable
 from tests.fakes import FakeRecord
+
+DEPLOYMENTS = TABLES_BY_EVENT_TYPE["model_deployed"]
+METRICS = TABLES_BY_EVENT_TYPE["metric_logged"]
 
 NOW = 1_750_000_000.0
 OCCURRED = Timestamp(seconds=1_749_999_000)

@@ -16,12 +16,14 @@ import pytest
 
 from kingest.dev.synth import SyntheticStream
 from kingest.store import Rejection, RowBatch, dead_letter_params
-from kingest.store.tables import (
-    ENVELOPE,
-    FACT_TABLES,
+from kingest.store.dead_letter_sql import (
     INSERT_DEAD_LETTER,
     INSERT_UNPUBLISHED_DEAD_LETTER,
     SCHEMA,
+)
+from kingest.store.tables import (
+    ENVELOPE,
+    FACT_TABLES,
     WRITE_PLAN,
     Statement,
     WriteTable,
