@@ -5,14 +5,15 @@ holds the catalog; ``apply`` runs them and records the catalog. Both exit 1 list
 breaking change when the catalog may not be applied as it is, 2 when the catalog does not
 load (every problem listed), 1 on a database failure; never a traceback.
 
-The catalog is ``--catalog`` (a compiled ``FileDescriptorSet``; default the built-in one)
-and its schema ``--schema``; they fall back to ``KINGEST_CATALOG`` and
-``KINGEST_DATABASE_SCHEMA``, read here from the environment by the options themselves.
+The catalog is ``--catalog`` (a compiled ``FileDescriptorSet``; default the built-in one),
+its schema ``--schema`` and its typed topics ``--topic-types``; they fall back to
+``KINGEST_CATALOG``, ``KINGEST_DATABASE_SCHEMA`` and ``KINGEST_TOPIC_TYPES``, as the
+service reads them, without asking for the rest of its configuration (Kafka...).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -22,7 +23,7 @@ import typer
 from rich.console import Console
 
 from kingest.cli.dlq import DatabaseUrl
-from kingest.config import redact_conninfo, safe_error_text
+from kingest.config import BadEntriesError, parse_topic_types, redact_conninfo, safe_error_text
 from kingest.runtime import EXIT_BAD_CONFIG, EXIT_FAILED
 
 if TYPE_CHECKING:
@@ -56,12 +57,13 @@ SchemaName = Annotated[
         "--schema", envvar="KINGEST_DATABASE_SCHEMA", help="Schema of the catalog's tables."
     ),
 ]
-TopicTypes = Annotated[
-    list[str] | None,
+TopicTypesOption = Annotated[
+    str,
     typer.Option(
-        "--topic-type",
-        help="TOPIC=full.message.Name: the message of a topic, for a catalog without an "
-        "envelope (repeat for several).",
+        "--topic-types",
+        envvar="KINGEST_TOPIC_TYPES",
+        help="Topics that carry one message type each, for a catalog without an envelope: "
+        "topic:package.Message, comma-separated.",
     ),
 ]
 
@@ -73,18 +75,16 @@ def _exit(code: int, headline: str, lines: list[str]) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _catalog(path: Path | None, schema: str, topic_types: list[str] | None) -> Catalog:
-    """The catalog, or exit 2 listing every problem with it or with ``--topic-type``."""
+def _catalog(path: Path | None, schema: str, topic_types: str) -> Catalog:
+    """The catalog, or exit 2 listing every problem with it or with ``--topic-types``."""
     from kingest.catalog import CatalogError, load_catalog  # noqa: PLC0415
 
     problems: list[str] = []
-    types: dict[str, str] = {}
-    for pair in topic_types or []:
-        topic, sep, message = pair.partition("=")
-        if not sep or not topic.strip() or not message.strip():
-            problems.append(f"--topic-type {pair!r}: expected TOPIC=full.message.Name")
-        else:
-            types[topic.strip()] = message.strip()
+    types: Mapping[str, str] = {}
+    try:
+        types = parse_topic_types(topic_types)
+    except BadEntriesError as error:
+        problems += [f"--topic-types: {problem}" for problem in error.problems]
     if path is not None and not path.is_file():
         problems.append(f"--catalog {path}: no such file")
     if problems:
@@ -92,11 +92,8 @@ def _catalog(path: Path | None, schema: str, topic_types: list[str] | None) -> C
     try:
         return load_catalog(path, schema=schema, topic_types=types or None)
     except CatalogError as error:
-        _exit(
-            EXIT_BAD_CONFIG,
-            "[bold red]kingest schema: the catalog does not load[/]",
-            error.problems,
-        )
+        headline = "[bold red]kingest schema: the catalog does not load[/]"
+        _exit(EXIT_BAD_CONFIG, headline, error.problems)
 
 
 @contextmanager
@@ -133,7 +130,7 @@ def plan_command(
     database_url: DatabaseUrl,
     catalog_path: CatalogPath = None,
     schema: SchemaName = "kingest",
-    topic_types: TopicTypes = None,
+    topic_types: TopicTypesOption = "",
 ) -> None:
     """Print the statements `kingest schema apply` would run (nothing is changed)."""
     from kingest.store import plan_schema  # noqa: PLC0415
@@ -157,7 +154,7 @@ def apply_command(
     database_url: DatabaseUrl,
     catalog_path: CatalogPath = None,
     schema: SchemaName = "kingest",
-    topic_types: TopicTypes = None,
+    topic_types: TopicTypesOption = "",
 ) -> None:
     """Create and extend the catalog's tables, then record the catalog (idempotent;
     waits for `kingest migrate` and other applies on their advisory lock)."""
