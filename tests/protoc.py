@@ -17,9 +17,17 @@ from kingest.schema.codegen import PROTO_SOURCE_DIR
 
 
 def _protoc() -> ModuleType:
-    # Without the switch, importing grpc_tools.protoc installs an import hook.
-    os.environ.setdefault("GRPC_PYTHON_DISABLE_DYNAMIC_STUBS", "1")
-    return importlib.import_module("grpc_tools.protoc")
+    """grpc_tools.protoc, imported with the switch that keeps it from installing an
+    import hook, the environment left as it was found."""
+    previous = os.environ.get("GRPC_PYTHON_DISABLE_DYNAMIC_STUBS")
+    os.environ["GRPC_PYTHON_DISABLE_DYNAMIC_STUBS"] = "1"
+    try:
+        return importlib.import_module("grpc_tools.protoc")
+    finally:
+        if previous is None:
+            del os.environ["GRPC_PYTHON_DISABLE_DYNAMIC_STUBS"]
+        else:
+            os.environ["GRPC_PYTHON_DISABLE_DYNAMIC_STUBS"] = previous
 
 
 _COMPILED: dict[tuple[str, str], bytes] = {}
