@@ -9,6 +9,7 @@ indexes and comments. :func:`catalog_ddl` renders the DDL that creates them. Not
 here touches the database or Kafka, so everything above may depend on it.
 """
 
+from kingest.catalog.compat import REMOVAL_RULES, Incompatibility, catalog_incompatibilities
 from kingest.catalog.ddl import (
     catalog_ddl,
     column_definition,
@@ -44,12 +45,14 @@ from kingest.catalog.model import (
 __all__ = [
     "BUILTIN_CATALOG_PATH",
     "ENVELOPE_COLUMNS",
+    "REMOVAL_RULES",
     "Catalog",
     "CatalogError",
     "Column",
     "EnvelopeFields",
     "FactTable",
     "FieldMapping",
+    "Incompatibility",
     "Index",
     "Rank",
     "StateAssignment",
@@ -57,6 +60,7 @@ __all__ = [
     "StateUpdate",
     "ValueKind",
     "catalog_ddl",
+    "catalog_incompatibilities",
     "column_definition",
     "comment_ddl",
     "create_index_ddl",

@@ -196,9 +196,10 @@ class _Index:
 
 def _sentence_inside(text: str) -> str:
     """``A run began.`` -> ``a run began.``, but ``GPU use.`` stays (an acronym)."""
-    if text[1:2].islower():
-        return text[:1].lower() + text[1:]
-    return text
+    first_word = text.split(maxsplit=1)[0] if text.strip() else ""
+    if len(first_word) > 1 and first_word.isupper():
+        return text
+    return text[:1].lower() + text[1:]
 
 
 def _read_descriptor_set(source: Path | bytes | None) -> bytes:

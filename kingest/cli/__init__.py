@@ -7,6 +7,7 @@ or configuration (every problem listed).
 * :mod:`kingest.cli.commands`: the application and ``start``, ``migrate``, ``config``,
   ``produce``, ``demo`` and ``lag``;
 * :mod:`kingest.cli.dlq`: ``kingest dlq list/inspect/replay``;
+* :mod:`kingest.cli.schema`: ``kingest schema plan/apply``;
 * :mod:`kingest.cli.bench`: ``kingest bench``.
 """
 

@@ -21,6 +21,7 @@ from rich.table import Table
 from kingest import __version__
 from kingest.cli.bench import bench
 from kingest.cli.dlq import dlq_app
+from kingest.cli.schema import schema_app
 from kingest.config import (
     ConfigError,
     Settings,
@@ -43,6 +44,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(schema_app, name="schema")
 app.command("bench")(bench)
 # Errors are never wrapped: a path or a server message stays one line to copy or grep.
 err = Console(stderr=True, soft_wrap=True)

@@ -33,11 +33,18 @@ from kingest.config.redaction import (
     safe_error_text,
 )
 from kingest.config.reference import reference_markdown
-from kingest.config.settings import ConfigError, Settings, dead_letter_topic
+from kingest.config.settings import (
+    BadEntriesError,
+    ConfigError,
+    Settings,
+    dead_letter_topic,
+    parse_topic_types,
+)
 
 __all__ = [
     "COMMAND_VARIABLES",
     "REDACTED",
+    "BadEntriesError",
     "ConfigError",
     "Settings",
     "TracingConfig",
@@ -47,6 +54,7 @@ __all__ = [
     "effective_settings",
     "load_settings",
     "load_tracing_config",
+    "parse_topic_types",
     "rdkafka_properties",
     "redact_conninfo",
     "redact_property",

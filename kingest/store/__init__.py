@@ -2,6 +2,12 @@
 
 * :mod:`kingest.store.migrate` applies the ``sql/NNNN_name.sql`` migrations once each,
   under an advisory lock;
+* :mod:`kingest.store.introspect` reads a live schema back as PostgreSQL prints it
+  (:func:`introspect_schema`) and lists the differences between two
+  (:func:`schema_differences`);
+* :mod:`kingest.store.schema_plan` plans a catalog's tables on the database
+  (:func:`plan_schema`: additions only, breaking changes refused with how to proceed)
+  and applies and records it under the migrations' lock (:func:`apply_schema`);
 * :mod:`kingest.store.rows` turns Kafka records into column buffers (a
   :class:`RowBatch`), and undecodable or invalid messages into :class:`Rejection`\\ s;
 * :mod:`kingest.store.headers` reads a message's Kafka headers without ever raising
@@ -41,6 +47,14 @@ from kingest.store.headers import (
     message_headers,
     unreadable_headers,
 )
+from kingest.store.introspect import (
+    SCHEMA_PLACEHOLDER,
+    LiveColumn,
+    LiveSchema,
+    LiveTable,
+    introspect_schema,
+    schema_differences,
+)
 from kingest.store.migrate import (
     Migration,
     MigrationError,
@@ -50,6 +64,14 @@ from kingest.store.migrate import (
     pending_migrations,
 )
 from kingest.store.rows import KafkaRecord, Rejection, RowBatch, storable_timestamp_ms
+from kingest.store.schema_plan import (
+    RecordedCatalog,
+    SchemaPlan,
+    SchemaPlanError,
+    apply_schema,
+    latest_recorded_catalog,
+    plan_schema,
+)
 from kingest.store.tables import FACT_TABLES, WRITE_PLAN, WritePlan, builtin_plan, write_plan
 from kingest.store.write import (
     WriteResult,
@@ -66,18 +88,26 @@ __all__ = [
     "REPLAY_DIGEST_HEADER",
     "REPLAY_OF_HEADER",
     "SCHEMA",
+    "SCHEMA_PLACEHOLDER",
     "WRITE_PLAN",
     "ErrorKind",
     "Headers",
     "KafkaRecord",
+    "LiveColumn",
+    "LiveSchema",
+    "LiveTable",
     "Migration",
     "MigrationError",
+    "RecordedCatalog",
     "Rejection",
     "RowBatch",
+    "SchemaPlan",
+    "SchemaPlanError",
     "UnreadableHeaders",
     "WritePlan",
     "WriteResult",
     "apply_migrations",
+    "apply_schema",
     "builtin_plan",
     "classify_db_error",
     "dead_letter_params",
@@ -85,13 +115,17 @@ __all__ = [
     "first_line",
     "header_pairs",
     "header_tuple",
+    "introspect_schema",
     "is_outage",
     "is_schema_error",
+    "latest_recorded_catalog",
     "load_migrations",
     "message_headers",
     "migrations_dir",
     "pending_migrations",
+    "plan_schema",
     "replay_digest",
+    "schema_differences",
     "sqlstate_of",
     "storable_text",
     "storable_timestamp_ms",

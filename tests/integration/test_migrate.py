@@ -155,6 +155,7 @@ def test_schema_has_the_tables_and_an_idempotency_key_on_every_fact_table(
         "model_deployments",
         "dead_letters",
         "schema_migrations",
+        "catalogs",
     }
     # Tables whose event_id column alone is covered by a unique index (PK or UNIQUE).
     unique_event_id = {

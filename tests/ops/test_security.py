@@ -57,6 +57,9 @@ GENERATED_SQL_MODULES = {
     "kingest/store/dead_letter_sql.py": "dead-letter statements built from constant names",
     "kingest/catalog/ddl.py": "DDL of the operator's catalog: identifiers through "
     "quote_identifier, text through quote_literal",
+    "kingest/store/schema_plan.py": "DDL that evolves the operator's catalog: identifiers "
+    "through quote_identifier, column definitions from catalog.ddl, constraint definitions "
+    "as PostgreSQL printed them",
 }
 # SQL keywords are upper case throughout kingest (a convention this scan relies on, so
 # that English messages such as f"{path} is {value}, where ..." are not taken for SQL).
