@@ -391,8 +391,14 @@ class EventValidator:
             self._payload_maps[kind] = _map_fields(descriptor)
             if _has_deep_text(descriptor):
                 self._deep_text.add(kind)
-            if envelope is None:
-                self._topic_roles[kind] = dict(table.envelope.fields)
+            self._topic_roles[kind] = dict(table.envelope.fields)
+        #: (event id field, occurred_at field) of the envelope, and of each type's own
+        #: message (a typed topic's message is its own envelope); None: derived.
+        self._envelope_roles = (self._roles.get("event_id"), self._roles.get("occurred_at"))
+        self._own_roles = {
+            kind: (table.envelope.fields.get("event_id"), table.envelope.fields.get("occurred_at"))
+            for kind, table in self.tables.items()
+        }
         self._limits = _text_limits(catalog, envelope)
         self._unknown_dead_lettered = {
             kind for kind, table in self.tables.items() if table.dead_letter_unknown_fields
@@ -401,6 +407,9 @@ class EventValidator:
         #: ``(message type, field)`` of every text field bounded in UTF-8 bytes.
         self.indexed_fields = self._limits.indexed
         self.envelope_fields = _fields_reader(self._roles) if envelope is not None else None
+        self._own_fields = {
+            kind: _fields_reader(roles) for kind, roles in self._topic_roles.items()
+        }
 
     # --- the envelope ------------------------------------------------------------------
 
@@ -418,15 +427,12 @@ class EventValidator:
         return name
 
     def fields_of(self, kind: str) -> Callable[[Message], tuple[str, str, str]]:
-        """The envelope-fields reader of a topic's message type (per-topic mode)."""
-        if self.envelope_fields is not None:
-            return self.envelope_fields
-        return _fields_reader(self._topic_roles[kind])
+        """The envelope-fields reader of a type's own message (a typed topic's)."""
+        return self._own_fields[kind]
 
     def validate(
         self,
         event: Message,
-        *,
         kind: str | None = None,
         now: float | None = None,
         encoded_size: int | None = None,
@@ -439,23 +445,48 @@ class EventValidator:
         ``now`` (Unix seconds) bounds ``occurred_at`` from above; it defaults to the
         current time. ``encoded`` (the Kafka value, framing included) or ``encoded_size``
         (an upper bound of its length) let the text rules skip work (module docstring).
+        The parameters are positional too: the per-event caller passes them so, which
+        spares the keyword matching of every call.
         """
+        # The per-event hot path: everything below is written inline, without calls of
+        # its own, as the hand-written checks were.
         if kind is None:
-            kind = self.event_type(event)
-            payload = getattr(event, kind)
-            roles = self._roles
+            oneof = self._oneof
+            member: Any = event.WhichOneof(oneof) if oneof is not None else None
+            rules = self._rules.get(member)
+            if rules is None:
+                raise ValidationError("missing_payload", "payload", "event carries no payload")
+            kind = member
+            payload = getattr(event, member)
+            id_field, time_field = self._envelope_roles
         else:
+            rules = self._rules[kind]
             payload = event
-            roles = self._topic_roles.get(kind) or self._roles
+            id_field, time_field = self._own_roles[kind]
         if encoded is not None:
             encoded_size = len(encoded)
-        id_field = roles.get("event_id")
-        event_id = getattr(event, id_field) if id_field else ""
-        if event_id and _uuid_match(event_id) is None:
-            raise ValidationError(
-                "invalid_uuid", id_field, f"{id_field} {event_id[:64]!r} is no UUID"
-            )
-        occurred_micros = self._occurred_micros(event, roles.get("occurred_at"), now)
+        if id_field is not None:
+            event_id = getattr(event, id_field)
+            if event_id and _uuid_match(event_id) is None:
+                raise ValidationError(
+                    "invalid_uuid", id_field, f"{id_field} {event_id[:64]!r} is no UUID"
+                )
+        occurred_micros: int | None = None
+        if time_field is not None:
+            occurred_at = getattr(event, time_field)
+            seconds: int = occurred_at.seconds
+            latest = (time.time() if now is None else now) + MAX_FUTURE_SKEW_SECONDS
+            if MIN_OCCURRED_AT_SECONDS <= seconds <= latest:
+                nanos: int = occurred_at.nanos
+                if not 0 <= nanos < _NANOS_PER_SECOND:
+                    raise ValidationError(
+                        "timestamp_out_of_range",
+                        time_field,
+                        f"{time_field}.nanos is outside 0..999999999",
+                    )
+                occurred_micros = seconds * 1_000_000 + nanos // 1000
+            else:
+                self._check_unset_time(event, time_field, seconds)
         if (event.ByteSize() if encoded_size is None else encoded_size) > self._length_shortcut:
             self._limits.check(event, "")
         if (
@@ -463,38 +494,28 @@ class EventValidator:
             or encoded.find(b"\x00", _FRAMED_PAYLOAD_START if encoded[:1] == b"\x00" else 0) != -1
         ):
             self._check_nul(event, kind, payload)
-        self._rules[kind](payload)
+        rules(payload)
         if kind in self._unknown_dead_lettered:
             _check_unknown_fields(event, "")
         return kind, payload, occurred_micros
 
-    def _occurred_micros(self, event: Message, name: str | None, now: float | None) -> int | None:
-        if name is None:
-            return None
-        occurred_at = getattr(event, name)
-        seconds: int = occurred_at.seconds
-        latest = (time.time() if now is None else now) + MAX_FUTURE_SKEW_SECONDS
-        if not MIN_OCCURRED_AT_SECONDS <= seconds <= latest:
-            # An unset timestamp reads as 0, so presence is only asked on this failure path.
-            if not event.HasField(name):
-                if name in self._required_times:
-                    raise ValidationError("missing_field", name, f"{name} is not set")
-                return None
+    def _check_unset_time(self, event: Message, name: str, seconds: int) -> None:
+        """An event time out of range: refused, unless unset and not required (the Kafka
+        timestamp then stands in). An unset timestamp reads as 0, so presence is only
+        asked on this failure path."""
+        if event.HasField(name):
             raise ValidationError(
                 "timestamp_out_of_range",
                 name,
                 f"{name} {seconds} s is before 2000-01-01 or more than a day ahead",
             )
-        nanos: int = occurred_at.nanos
-        if not 0 <= nanos < _NANOS_PER_SECOND:
-            raise ValidationError(
-                "timestamp_out_of_range", name, f"{name}.nanos is outside 0..999999999"
-            )
-        return seconds * 1_000_000 + nanos // 1000
+        if name in self._required_times:
+            raise ValidationError("missing_field", name, f"{name} is not set")
 
     def _check_nul(self, event: Message, kind: str, payload: Message) -> None:
         """Raise ``nul_character`` when any text of the event holds U+0000."""
-        if (self._envelope_text is not None and _NUL in "".join(self._envelope_text(event))) or (
+        envelope_text = self._envelope_text if payload is not event else None
+        if (envelope_text is not None and _NUL in "".join(envelope_text(event))) or (
             _NUL in "".join(self._payload_text[kind](payload))
         ):
             raise _nul_error(event)

@@ -216,12 +216,8 @@ class RowReader:
     topics: Mapping[str, MessageDecoder]
     kinds: Mapping[str, str]
 
-    def fields_of(self, kind: str | None) -> Callable[[Message], tuple[str, str, str]]:
-        """The ``(event_id, correlation_id, source)`` reader of an event of ``kind``."""
-        if kind is None or self.validator.envelope_fields is not None:
-            reader = self.validator.envelope_fields
-            assert reader is not None
-            return reader
+    def fields_of(self, kind: str) -> Callable[[Message], tuple[str, str, str]]:
+        """The ``(event_id, correlation_id, source)`` reader of a typed topic's ``kind``."""
         return self.validator.fields_of(kind)
 
 

@@ -270,9 +270,7 @@ class RowBatch:
                     # The value bounds every string in it (validation need not re-encode
                     # the event to know whether lengths must be checked), and a value
                     # without a zero byte cannot hold NUL (no text scan needed).
-                    kind, payload, occurred_micros = validate(
-                        event, kind=kind, now=now, encoded=value
-                    )
+                    kind, payload, occurred_micros = validate(event, kind, now, None, value)
                 except ValidationError as exc:
                     self._reject_invalid(record, event, kind, exc.error_class, str(exc))
                     continue
@@ -293,9 +291,8 @@ class RowBatch:
                             "occurred_at is not set and the Kafka timestamp cannot stand in",
                         )
                         continue
-                event_id, correlation_id, source = (envelope_fields or reader.fields_of(kind))(
-                    event
-                )
+                fields = envelope_fields if decoder is None else reader.fields_of(kind)
+                event_id, correlation_id, source = fields(event)  # type: ignore[misc]
                 event_id = event_id or derived_event_id_of(record, topic, partition, offset)
                 correlation_id = correlation_id or correlation_of_headers(record) or event_id
                 try:
@@ -341,10 +338,12 @@ class RowBatch:
         message: str,
     ) -> None:
         reader = self._reader
-        kind = kind or reader.validator.payload_name(event)
-        event_id, correlation_id, _source = (
-            reader.fields_of(kind)(event) if kind or reader.envelope else ("", "", "")
-        )
+        fields = reader.validator.envelope_fields
+        if (record.topic() or "") in reader.topics:  # a typed topic: its own roles
+            fields = None if kind is None else reader.fields_of(kind)
+        else:
+            kind = reader.validator.payload_name(event)
+        event_id, correlation_id, _source = ("", "", "") if fields is None else fields(event)
         self.add_rejection(
             _rejection(
                 record,

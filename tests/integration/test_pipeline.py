@@ -110,7 +110,7 @@ def test_a_row_postgresql_rejects_is_dead_lettered_and_its_neighbours_stored(
     # PostgreSQL text cannot hold a NUL character. The validator refuses it itself, so it
     # is blinded here to test the writer's defence: it bisects the batch, dead-letters
     # that one event with its SQLSTATE and stores the rest.
-    monkeypatch.setattr(EventValidator, "validate", lambda _self, event, **_: payload_of(event))
+    monkeypatch.setattr(EventValidator, "validate", lambda _s, event, *_, **__: payload_of(event))
     topic = topic_factory(1)
     apply_migrations(database_url)
     good = SyntheticStream(seed=5, wire_format_share=0.0).take(999)

@@ -140,7 +140,7 @@ def test_a_traced_stream_end_to_end(
 ) -> None:
     # The validator refuses a NUL character itself; blinded, the event reaches PostgreSQL,
     # which rejects it: the writer bisects and dead-letters it (write stage).
-    monkeypatch.setattr(EventValidator, "validate", lambda _self, event, **_: payload_of(event))
+    monkeypatch.setattr(EventValidator, "validate", lambda _s, event, *_, **__: payload_of(event))
     topic = topic_factory(PARTITIONS)
     dlq = f"{topic}.dlq"
     create_topic(kafka_bootstrap, dlq, 1)

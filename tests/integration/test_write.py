@@ -818,7 +818,9 @@ def validator_blind_to_postgres_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     it cannot see (a correlation-id header); here every event passes unchecked.
     """
 
-    def lenient(_self: EventValidator, event: Event, **_: object) -> tuple[str, Message, int]:
+    def lenient(
+        _self: EventValidator, event: Event, *_: object, **__: object
+    ) -> tuple[str, Message, int]:
         return payload_of(event)
 
     monkeypatch.setattr(EventValidator, "validate", lenient)

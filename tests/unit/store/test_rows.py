@@ -604,7 +604,7 @@ def test_an_enum_the_mapping_does_not_know_is_rejected_not_buffered(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Defence in depth: should validation ever let an unknown enum through."""
-    monkeypatch.setattr(EventValidator, "validate", lambda _self, event, **_: payload_of(event))
+    monkeypatch.setattr(EventValidator, "validate", lambda _s, event, *_, **__: payload_of(event))
     unknown = InferenceCompleted(model_name="m", status=99)  # type: ignore[arg-type]
     good = InferenceCompleted(model_name="m", status=InferenceStatus.INFERENCE_STATUS_OK)
     rows = batch_of(
