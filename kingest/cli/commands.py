@@ -332,11 +332,22 @@ def _exit_bad_input(command: str, problems: list[str]) -> NoReturn:
     raise typer.Exit(EXIT_BAD_CONFIG)
 
 
+_DEMO_COUNT = 200_000
+_DEMO_CATALOG_COUNT = 20_000
+
+
 @app.command()
 def demo(
     count: Annotated[
-        int, typer.Option(min=1, help="Events in the demo stream (with --catalog: per topic).")
-    ] = 200_000,
+        int | None,
+        typer.Option(
+            min=1,
+            help=f"Events in the demo stream (default {_DEMO_COUNT:,}; with --catalog: per "
+            f"topic, default {_DEMO_CATALOG_COUNT:,}, as a catalog's messages take longer "
+            "to make).",
+            show_default=False,
+        ),
+    ] = None,
     partitions: Annotated[int, typer.Option(min=1, help="Partitions of the demo topic.")] = 8,
     rate: Annotated[
         float | None,
@@ -380,7 +391,7 @@ def demo(
     demo_catalog = _demo_catalog(catalog, schema, topic_types)
     raise typer.Exit(
         run_demo(
-            count=count,
+            count=count or (_DEMO_COUNT if demo_catalog is None else _DEMO_CATALOG_COUNT),
             partitions=partitions,
             rate=rate,
             exit_when_done=exit_when_done,

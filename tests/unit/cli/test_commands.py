@@ -127,9 +127,23 @@ def test_demo_hands_the_loaded_catalog_to_the_demo(
     assert call["count"] == 5
 
 
-def test_demo_without_a_catalog_runs_the_builtin_one(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("args", "count"),
+    [([], 200_000), (["--catalog", "example"], 20_000)],
+    ids=["builtin", "catalog"],
+)
+def test_demo_counts_default_to_what_each_stream_makes_quickly(
+    example: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], count: int
+) -> None:
     calls: list[dict[str, object]] = []
-    monkeypatch.setattr(kingest.dev, "run_demo", lambda **kwargs: calls.append(kwargs) or 0)
-    result = CliRunner().invoke(app, ["demo", "--count", "5"])
+
+    def run_demo(**kwargs: object) -> int:
+        calls.append(kwargs)
+        return 0
+
+    monkeypatch.setattr(kingest.dev, "run_demo", run_demo)
+    args = [str(example) if arg == "example" else arg for arg in args]
+    result = CliRunner().invoke(app, ["demo", *args])
     assert result.exit_code == 0, result.output
-    assert calls[0]["catalog"] is None
+    assert calls[0]["count"] == count
+    assert (calls[0]["catalog"] is None) == (not args)
