@@ -369,6 +369,10 @@ def _fact_table(
         comment=comment,
         updates=tuple(state_update(update, name, payload, problems) for update in options.updates),
         envelope=envelope_fields(message),
+        dead_letter_unknown_fields=(
+            catalog_options(index.files[index.file_of[full_name]]).unknown_fields
+            != options_pb2.UNKNOWN_FIELDS_IGNORE
+        ),
     )
 
 

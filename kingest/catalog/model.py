@@ -163,6 +163,9 @@ class FactTable:
     updates: tuple[StateUpdate, ...] = ()
     #: The envelope fields of the table's own message (per-topic mode).
     envelope: EnvelopeFields = attrs.field(factory=EnvelopeFields)
+    #: An event holding fields the catalog does not define becomes a dead letter (True,
+    #: the default) or is stored without them (the file's ``unknown_fields`` option).
+    dead_letter_unknown_fields: bool = True
 
     @property
     def primary_key(self) -> tuple[str, ...]:

@@ -28,6 +28,7 @@ from rich.progress import Progress, TaskID
 from rich.table import Table
 from rich.text import Text
 
+from kingest.cli.catalog_options import CatalogPath, SchemaName, TopicTypesOption, cli_catalog
 from kingest.config import (
     ConfigError,
     Settings,
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
         ReplaySummary,
         StoredDeadLetter,
     )
+    from kingest.store import WritePlan
 
 __all__ = ["dlq_app"]
 
@@ -257,7 +259,7 @@ def _header_text(value: bytes | None) -> str:
     return text if text.isprintable() else f"0x{value.hex()}"
 
 
-def _inspect_lines(dead_letter: StoredDeadLetter, max_bytes: int) -> Iterator[str]:
+def _inspect_lines(dead_letter: StoredDeadLetter, max_bytes: int, plan: WritePlan) -> Iterator[str]:
     from kingest.deadletters import hexdump, judge_now  # noqa: PLC0415
 
     r = dead_letter.rejection
@@ -275,7 +277,7 @@ def _inspect_lines(dead_letter: StoredDeadLetter, max_bytes: int) -> Iterator[st
         else:
             yield f"{name} ({len(data)} bytes)"
             yield from (f"  {line}" for line in hexdump(data, limit=max_bytes).splitlines())
-    verdict = judge_now(dead_letter)
+    verdict = judge_now(dead_letter, plan)
     if verdict.event_json is not None:
         yield "value as an Event (JSON)"
         yield from (f"  {line}" for line in verdict.event_json.splitlines())
@@ -292,11 +294,15 @@ def _inspect_lines(dead_letter: StoredDeadLetter, max_bytes: int) -> Iterator[st
 @dlq_app.command()
 def inspect(
     reference: Annotated[str, typer.Argument(help="Dead-letter id, or TOPIC:PARTITION:OFFSET.")],
+    *,
     database_url: DatabaseUrl,
     as_json: AsJson = False,
     max_bytes: Annotated[
         int, typer.Option(help="Hex-dump at most this many bytes of key and value.")
     ] = 4096,
+    catalog_path: CatalogPath = None,
+    schema: SchemaName = "kingest",
+    topic_types: TopicTypesOption = "",
 ) -> None:
     """Show one dead letter: every field, headers, key and value, today's verdict.
 
@@ -304,14 +310,16 @@ def inspect(
     verdict is what today's decode and validation make of it (nothing is written).
     """
     from kingest.deadletters import get_dead_letter, judge_now, parse_reference  # noqa: PLC0415
+    from kingest.store import write_plan  # noqa: PLC0415
 
+    plan = write_plan(cli_catalog(catalog_path, schema, topic_types, command="dlq inspect"))
     with _reported(database_url):
         ref = parse_reference(reference)
         with _connect(database_url) as conn:
             dead_letter = get_dead_letter(conn, ref)
     if as_json:
         data = dead_letter.as_json(with_content=True)
-        verdict = judge_now(dead_letter)
+        verdict = judge_now(dead_letter, plan)
         data["event"] = None if verdict.event_json is None else json.loads(verdict.event_json)
         data["verdict_now"] = (
             {"outcome": "stored", "table": verdict.table, "event_id": verdict.event_id}
@@ -325,7 +333,7 @@ def inspect(
         )
         typer.echo(json.dumps(data, indent=2))
         return
-    for line in _inspect_lines(dead_letter, max_bytes):
+    for line in _inspect_lines(dead_letter, max_bytes, plan):
         typer.echo(line)
 
 
@@ -344,7 +352,9 @@ def _settings() -> Settings:
         raise typer.Exit(EXIT_BAD_CONFIG) from None
 
 
-def _would_replay(dead_letter: StoredDeadLetter, destination: str) -> dict[str, Any]:
+def _would_replay(
+    dead_letter: StoredDeadLetter, destination: str, plan: WritePlan | None = None
+) -> dict[str, Any]:
     """What a dry run says of one dead letter (for --to pipeline: today's verdict)."""
     from kingest.deadletters import judge_now  # noqa: PLC0415
 
@@ -356,7 +366,7 @@ def _would_replay(dead_letter: StoredDeadLetter, destination: str) -> dict[str, 
         "error_class": r.error_class,
     }
     if destination == "pipeline":
-        verdict = judge_now(dead_letter)
+        verdict = judge_now(dead_letter, plan)
         if verdict.rejection is None:
             item["verdict"] = {"outcome": "stored", "table": verdict.table}
             item["verdict"]["event_id"] = verdict.event_id
@@ -476,8 +486,10 @@ def replay_command(
     replayed successfully are skipped unless --again.
     """
     from kingest.deadletters import ReplayPlan, count_to_replay, replay  # noqa: PLC0415
+    from kingest.store import write_plan  # noqa: PLC0415
 
     settings = _settings()
+    tables = write_plan(settings.catalog)
     database_url = settings.database.url
     with _reported(database_url):
         selection = _selection(
@@ -507,12 +519,13 @@ def replay_command(
             "database_url": database_url,
             "kafka_config": client_config(settings, "dlq-replay"),
             "consumer_group": settings.kafka.group_id,
+            "write_plan": tables,
         }
         announced: list[dict[str, Any]] = []
         if dry_run:
 
             def announce(dead_letter: StoredDeadLetter) -> None:
-                item = _would_replay(dead_letter, destination)
+                item = _would_replay(dead_letter, destination, tables)
                 if as_json:
                     announced.append(item)
                 else:

@@ -13,21 +13,20 @@ service reads them, without asking for the rest of its configuration (Kafka...).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import psycopg
 import typer
 from rich.console import Console
 
+from kingest.cli.catalog_options import CatalogPath, SchemaName, TopicTypesOption, cli_catalog
 from kingest.cli.dlq import DatabaseUrl
-from kingest.config import BadEntriesError, parse_topic_types, redact_conninfo, safe_error_text
-from kingest.runtime import EXIT_BAD_CONFIG, EXIT_FAILED
+from kingest.config import redact_conninfo, safe_error_text
+from kingest.runtime import EXIT_FAILED
 
 if TYPE_CHECKING:
-    from kingest.catalog import Catalog
     from kingest.store import SchemaPlan
 
 __all__ = ["schema_app"]
@@ -41,59 +40,12 @@ schema_app = typer.Typer(
 )
 _stderr = Console(stderr=True, soft_wrap=True)
 
-CatalogPath = Annotated[
-    Path | None,
-    typer.Option(
-        "--catalog",
-        envvar="KINGEST_CATALOG",
-        help="The catalog: a FileDescriptorSet (buf build -o, protoc --descriptor_set_out "
-        "--include_imports --include_source_info). Default: the built-in catalog.",
-        show_default=False,
-    ),
-]
-SchemaName = Annotated[
-    str,
-    typer.Option(
-        "--schema", envvar="KINGEST_DATABASE_SCHEMA", help="Schema of the catalog's tables."
-    ),
-]
-TopicTypesOption = Annotated[
-    str,
-    typer.Option(
-        "--topic-types",
-        envvar="KINGEST_TOPIC_TYPES",
-        help="Topics that carry one message type each, for a catalog without an envelope: "
-        "topic:package.Message, comma-separated.",
-    ),
-]
-
 
 def _exit(code: int, headline: str, lines: list[str]) -> NoReturn:
     _stderr.print(headline, highlight=False)
     for line in lines:
         _stderr.print(f"  - {line}", markup=False, highlight=False)
     raise typer.Exit(code)
-
-
-def _catalog(path: Path | None, schema: str, topic_types: str) -> Catalog:
-    """The catalog, or exit 2 listing every problem with it or with ``--topic-types``."""
-    from kingest.catalog import CatalogError, load_catalog  # noqa: PLC0415
-
-    problems: list[str] = []
-    types: Mapping[str, str] = {}
-    try:
-        types = parse_topic_types(topic_types)
-    except BadEntriesError as error:
-        problems += [f"--topic-types: {problem}" for problem in error.problems]
-    if path is not None and not path.is_file():
-        problems.append(f"--catalog {path}: no such file")
-    if problems:
-        _exit(EXIT_BAD_CONFIG, "[bold red]kingest schema: bad input[/]", problems)
-    try:
-        return load_catalog(path, schema=schema, topic_types=types or None)
-    except CatalogError as error:
-        headline = "[bold red]kingest schema: the catalog does not load[/]"
-        _exit(EXIT_BAD_CONFIG, headline, error.problems)
 
 
 @contextmanager
@@ -135,7 +87,7 @@ def plan_command(
     """Print the statements `kingest schema apply` would run (nothing is changed)."""
     from kingest.store import plan_schema  # noqa: PLC0415
 
-    catalog = _catalog(catalog_path, schema, topic_types)
+    catalog = cli_catalog(catalog_path, schema, topic_types, command="schema")
     with _database(database_url, "plan") as conn:
         plan = plan_schema(conn, catalog)
     if plan.breaking:
@@ -160,7 +112,7 @@ def apply_command(
     waits for `kingest migrate` and other applies on their advisory lock)."""
     from kingest.store import SchemaPlanError, apply_schema  # noqa: PLC0415
 
-    catalog = _catalog(catalog_path, schema, topic_types)
+    catalog = cli_catalog(catalog_path, schema, topic_types, command="schema")
     with _database(database_url, "apply") as conn:
         try:
             plan = apply_schema(conn, catalog)

@@ -20,9 +20,8 @@ import attrs
 from google.protobuf import json_format
 
 from kingest.deadletters.stored import StoredDeadLetter
-from kingest.schema import DecodeError, decode_event
-from kingest.schema.v1.events_pb2 import Event
-from kingest.store import Rejection, RowBatch
+from kingest.schema import DecodeError
+from kingest.store import Rejection, RowBatch, WritePlan
 
 __all__ = [
     "ReplayRecord",
@@ -97,17 +96,20 @@ class Verdict:
     rejection: Rejection | None = None
 
 
-def judge_now(dead_letter: StoredDeadLetter) -> Verdict:
-    """Run the dead letter through today's decode -> validate -> map, writing nothing."""
-    value = dead_letter.rejection.value
+def judge_now(dead_letter: StoredDeadLetter, plan: WritePlan | None = None) -> Verdict:
+    """Run the dead letter through today's decode -> validate -> map, writing nothing.
+
+    ``plan`` is the catalog's write plan (the built-in catalog's by default).
+    """
+    record = ReplayRecord(dead_letter.rejection)
+    batch = RowBatch(plan=plan)
     event_json = None
     try:
-        event: Event = decode_event(value)
+        event = batch.decode(record)
         event_json = json_format.MessageToJson(event, preserving_proto_field_name=True)
     except DecodeError:
         pass
-    batch = RowBatch()
-    batch.add_records([ReplayRecord(dead_letter.rejection)])
+    batch.add_records([record])
     if batch.rejection_count:
         return Verdict(event_json, rejection=batch.rejections[0])
     table = next(batch.iter_tables())

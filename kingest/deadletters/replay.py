@@ -64,6 +64,7 @@ from kingest.store import (
     ErrorKind,
     Rejection,
     RowBatch,
+    WritePlan,
     classify_db_error,
     first_line,
     is_schema_error,
@@ -383,14 +384,19 @@ class _PipelineDestination:
     """Decode, validate, map and write each page in one transaction, like a writer."""
 
     def __init__(
-        self, conn: psycopg.Connection[Any], consumer_group: str | None, summary: ReplaySummary
+        self,
+        conn: psycopg.Connection[Any],
+        consumer_group: str | None,
+        summary: ReplaySummary,
+        plan: WritePlan | None,
     ) -> None:
         self._conn = conn
         self._group = consumer_group
         self._summary = summary
+        self._plan = plan
 
     def replay(self, page: Sequence[StoredDeadLetter], limiter: RateLimiter) -> None:
-        batch = RowBatch()
+        batch = RowBatch(plan=self._plan)
         for dead_letter in page:
             limiter.wait()
             batch.add_records([ReplayRecord(dead_letter.rejection)])
@@ -510,6 +516,7 @@ def replay(
     announce: Callable[[StoredDeadLetter], None] | None = None,
     clock: Callable[[], float] = time.monotonic,
     sleep: Callable[[float], None] = time.sleep,
+    write_plan: WritePlan | None = None,
 ) -> ReplaySummary:
     """Replay the dead letters ``plan`` selects; return what happened.
 
@@ -518,6 +525,8 @@ def replay(
     nothing: no message, no row, no bookkeeping). ``kafka_config`` holds the client
     settings (bootstrap servers, security) for producing to the source topics and
     reading dead-letter topics; ``consumer_group`` is recorded on write-stage failures.
+    ``write_plan`` is the catalog's (the built-in catalog's by default) for a replay to
+    the pipeline.
     """
     summary = ReplaySummary()
     limiter = RateLimiter(plan.rate, clock=clock, sleep=sleep)
@@ -539,7 +548,7 @@ def replay(
                 else:
                     if destination is None:  # opened once there is something to replay
                         destination = (
-                            _PipelineDestination(conn, consumer_group, summary)
+                            _PipelineDestination(conn, consumer_group, summary, write_plan)
                             if plan.destination == "pipeline"
                             else _SourceDestination(conn, kafka_config, summary)
                         )

@@ -47,6 +47,7 @@ from kingest.pipeline.resources import (
 )
 from kingest.pipeline.unacked import Unacknowledged, oldest_times, pending_messages
 from kingest.pipeline.writer import PreparedStatements, SchemaNotReadyError, WriterActor
+from kingest.store import write_plan
 from kingest.telemetry import (
     PartitionState,
     PipelineMetrics,
@@ -113,6 +114,8 @@ class Pipeline:
         consumer_factory: Callable[[dict[str, Any]], Consumer] = Consumer,
     ) -> None:
         self.settings = settings
+        #: The tables and statements of the configured catalog, derived once.
+        self.plan = write_plan(settings.catalog)
         self.stats = PipelineStats()
         # Series of known label values start at 0, so that rates and alerts see them.
         self.stats.count(catalog.COMMITS, {("ok",): 0, ("failed",): 0})
@@ -451,6 +454,7 @@ class Pipeline:
                 consumer_group=self.settings.kafka.group_id,
                 trace_message_spans=pipeline.trace_message_spans,
                 stats=self.stats,
+                plan=self.plan,
             )
             actor.start()
             self._partitions[tp] = actor

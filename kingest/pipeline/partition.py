@@ -27,7 +27,7 @@ from actors import Actor, ActorStopped, Pool, Supervisor
 from kingest.kafka import TopicPartitionKey
 from kingest.pipeline.messages import Register, WriteBatch
 from kingest.pipeline.observe import PartitionTelemetry
-from kingest.store import KafkaRecord, RowBatch, UnreadableHeaders, unreadable_headers
+from kingest.store import KafkaRecord, RowBatch, UnreadableHeaders, WritePlan, unreadable_headers
 
 if TYPE_CHECKING:
     from kingest.pipeline.committer import OffsetCommitter
@@ -95,6 +95,7 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
         consumer_group: str | None = None,
         trace_message_spans: int = 16,
         stats: PipelineStats | None = None,
+        plan: WritePlan | None = None,
     ) -> None:
         super().__init__(
             f"partition-{tp[0]}-{tp[1]}",
@@ -113,7 +114,8 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
         self._batch_size = batch_size
         self._batch_bytes = batch_bytes
         self._linger = batch_linger_s
-        self._rows = RowBatch()
+        self._plan = plan
+        self._rows = RowBatch(plan=plan)
         self._first: int | None = None
         self._count = 0
         self._opened_at = 0.0
@@ -202,7 +204,7 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
             first_timestamp_ms=self._first_timestamp_ms,
             last_timestamp_ms=self._last_timestamp_ms,
         )
-        self._rows = RowBatch()
+        self._rows = RowBatch(plan=self._plan)
         self._first = None
         self._count = 0
         register = Register(self.tp, self.generation, first, self.received_offset)

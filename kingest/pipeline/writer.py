@@ -254,7 +254,7 @@ class WriterActor(Actor[WriteBatch]):
         if len(batches) == 1:
             rows = message.rows
         else:
-            rows = RowBatch()
+            rows = RowBatch(plan=message.rows.plan)
             for batch in batches:
                 rows.extend(batch.rows)
         self._written_rejections = []

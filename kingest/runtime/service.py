@@ -37,7 +37,7 @@ from kingest.pipeline import Pipeline, RunOutcome
 from kingest.runtime import early_stop
 from kingest.runtime.exit_codes import EXIT_FORCED
 from kingest.runtime.http import TelemetryServer
-from kingest.store import MigrationError, first_line, pending_migrations
+from kingest.store import MigrationError, catalog_gaps, first_line, pending_migrations
 
 __all__ = ["StartupError", "check_database", "check_kafka", "run_service"]
 
@@ -58,7 +58,8 @@ class ClientConfigError(StartupError):
 
 
 def check_database(settings: Settings) -> None:
-    """PostgreSQL is reachable with these credentials and every migration is applied."""
+    """PostgreSQL is reachable with these credentials, every migration is applied, the
+    catalog's tables and columns exist and the role may write them."""
     url = settings.database.url
     where = redact_conninfo(url)
     # libpq waits forever for a server that accepts the connection but never answers;
@@ -75,13 +76,20 @@ def check_database(settings: Settings) -> None:
             f"the database at {where} is missing migrations {', '.join(pending)}: "
             "run `kingest migrate` first"
         )
+    catalog = settings.catalog
     try:
         with psycopg.connect(bounded, autocommit=True) as conn:
-            role, missing = _missing_privileges(conn)
+            gaps = catalog_gaps(conn, catalog)
+            role, missing = _missing_privileges(conn, catalog.schema)
     except psycopg.Error as error:
         raise StartupError(
             f"cannot use PostgreSQL at {where}: {safe_error_text(error, url)}"
         ) from None
+    if gaps:
+        shown = ", ".join(gaps[:10]) + (f" and {len(gaps) - 10} more" if len(gaps) > 10 else "")
+        raise StartupError(
+            f"the database at {where} lacks the catalog's {shown}: run `kingest schema apply`"
+        )
     if missing:
         raise StartupError(
             f"role {role} lacks privileges on the database at {where}: {'; '.join(missing)} "
@@ -94,30 +102,32 @@ def check_database(settings: Settings) -> None:
 #: first write, as a failed pipeline with the batch's events uncommitted.
 _TABLE_PRIVILEGES = ("SELECT", "INSERT", "UPDATE")
 _MISSING_PRIVILEGES = """
-SELECT c.relname, p.privilege
+SELECT n.nspname || '.' || c.relname, p.privilege
 FROM pg_class AS c
 JOIN pg_namespace AS n ON n.oid = c.relnamespace
 CROSS JOIN unnest(%s::text[]) AS p(privilege)
-WHERE n.nspname = 'kingest'
+WHERE n.nspname IN ('kingest', %s)
   AND CASE WHEN c.relkind IN ('r', 'p') THEN NOT has_table_privilege(c.oid, p.privilege) END
 UNION ALL
-SELECT c.relname, 'USAGE'
+SELECT n.nspname || '.' || c.relname, 'USAGE'
 FROM pg_class AS c
 JOIN pg_namespace AS n ON n.oid = c.relnamespace
-WHERE n.nspname = 'kingest'
+WHERE n.nspname IN ('kingest', %s)
   AND CASE WHEN c.relkind = 'S' THEN NOT has_sequence_privilege(c.oid, 'USAGE') END
 ORDER BY 1, 2
 """
 
 
-def _missing_privileges(conn: psycopg.Connection[Any]) -> tuple[str, list[str]]:
-    """The current role, and ``"INSERT, UPDATE on kingest.x"`` for each table it lacks."""
+def _missing_privileges(conn: psycopg.Connection[Any], schema: str) -> tuple[str, list[str]]:
+    """The current role, and ``"INSERT, UPDATE on kingest.x"`` for each table of
+    kingest's schema and of the catalog's ``schema`` it lacks."""
     row = conn.execute("SELECT current_user").fetchone()
     role = str(row[0]) if row else "?"
     lacking: dict[str, list[str]] = {}
-    for relation, privilege in conn.execute(_MISSING_PRIVILEGES, (list(_TABLE_PRIVILEGES),)):
+    rows = conn.execute(_MISSING_PRIVILEGES, (list(_TABLE_PRIVILEGES), schema, schema))
+    for relation, privilege in rows:
         lacking.setdefault(relation, []).append(privilege)
-    return role, [f"{', '.join(p)} on kingest.{relation}" for relation, p in lacking.items()]
+    return role, [f"{', '.join(p)} on {relation}" for relation, p in lacking.items()]
 
 
 class _ClientErrors:

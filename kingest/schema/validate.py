@@ -33,6 +33,10 @@ every enum              a number the schema defines (proto3 keeps       unknown_
 every double, map       finite: no NaN, no +/-infinity                  not_finite
 values included
 numbers with bounds     ``gte`` / ``lte`` / ``lt`` of the field         out_of_range
+fields                  only fields the catalog defines, at any depth   unknown_fields
+                        (unless the file's ``unknown_fields`` option
+                        is ``UNKNOWN_FIELDS_IGNORE``, as the built-in
+                        catalog's is)
 ======================  ==============================================  =====================
 
 The per-type rules (the last five) are compiled from the catalog (:mod:`.rules`); the
@@ -78,6 +82,7 @@ from typing import Any, Final
 import attrs
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from kingest.catalog import Catalog, FactTable, ValueKind, load_catalog
 from kingest.schema.rules import ValidationError, compile_rules
@@ -231,6 +236,35 @@ def _nul_error(event: Message) -> ValidationError:
     )
 
 
+def _check_unknown_fields(message: Message, prefix: str) -> None:
+    """Raise ``unknown_fields`` when the message, or a message in it, holds fields its
+    type does not define: the catalog is behind the producer, and storing the row without
+    them would lose them (the dead letter keeps the whole value, for a replay once the
+    catalog has them)."""
+    unknown = UnknownFieldSet(message)
+    if len(unknown):
+        numbers = sorted({unknown[n].field_number for n in range(len(unknown))})
+        where = prefix.rstrip(".") or message.DESCRIPTOR.full_name
+        raise ValidationError(
+            "unknown_fields",
+            prefix.rstrip(".") or None,
+            f"{where} holds fields {', '.join(map(str, numbers))}, which the catalog does not "
+            "define (the producer is ahead of it): apply the newer catalog, then replay",
+        )
+    for field, value in message.ListFields():
+        if field.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        if isinstance(value, Message):
+            _check_unknown_fields(value, f"{prefix}{field.name}.")
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                if isinstance(item, Message):
+                    _check_unknown_fields(item, f"{prefix}{field.name}[{key}].")
+        else:
+            for index, item in enumerate(value):
+                _check_unknown_fields(item, f"{prefix}{field.name}[{index}].")
+
+
 @attrs.frozen
 class _TextLimits:
     """Per message type and field: the character limit and whether it is an indexed
@@ -360,6 +394,9 @@ class EventValidator:
             if envelope is None:
                 self._topic_roles[kind] = dict(table.envelope.fields)
         self._limits = _text_limits(catalog, envelope)
+        self._unknown_dead_lettered = {
+            kind for kind, table in self.tables.items() if table.dead_letter_unknown_fields
+        }
         self._length_shortcut = min([MAX_TEXT_CHARS, *self._limits.chars.values()])
         #: ``(message type, field)`` of every text field bounded in UTF-8 bytes.
         self.indexed_fields = self._limits.indexed
@@ -427,6 +464,8 @@ class EventValidator:
         ):
             self._check_nul(event, kind, payload)
         self._rules[kind](payload)
+        if kind in self._unknown_dead_lettered:
+            _check_unknown_fields(event, "")
         return kind, payload, occurred_micros
 
     def _occurred_micros(self, event: Message, name: str | None, now: float | None) -> int | None:

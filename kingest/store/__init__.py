@@ -69,6 +69,7 @@ from kingest.store.schema_plan import (
     SchemaPlan,
     SchemaPlanError,
     apply_schema,
+    catalog_gaps,
     latest_recorded_catalog,
     plan_schema,
 )
@@ -109,6 +110,7 @@ __all__ = [
     "apply_migrations",
     "apply_schema",
     "builtin_plan",
+    "catalog_gaps",
     "classify_db_error",
     "dead_letter_params",
     "derive_event_id",

@@ -225,6 +225,15 @@ class RowBatch:
         """The write plan (and catalog) of the batch's tables."""
         return self._reader.plan
 
+    def decode(self, record: KafkaRecord) -> Message:
+        """The record's value as a message of the catalog (as :meth:`add_records` reads
+        it, without validating); raises ``DecodeError``."""
+        reader = self._reader
+        decoder = reader.topics.get(record.topic() or "", reader.envelope)
+        if decoder is None:
+            raise DecodeError("unknown_topic", f"topic {record.topic()!r} has no message type")
+        return decoder.decode(record.value())
+
     def add_records(self, records: Iterable[KafkaRecord]) -> None:
         """Decode, validate and map each record, in order; failures become rejections."""
         now = time.time() if self._now is None else self._now

@@ -61,6 +61,7 @@ __all__ = [
     "SchemaPlan",
     "SchemaPlanError",
     "apply_schema",
+    "catalog_gaps",
     "latest_recorded_catalog",
     "plan_schema",
 ]
@@ -488,3 +489,21 @@ def apply_schema(
         if not conn.closed and not conn.broken:
             conn.execute("RESET lock_timeout")
             conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+
+
+def catalog_gaps(conn: psycopg.Connection[Any], catalog: Catalog) -> list[str]:
+    """The catalog's tables and columns the database lacks (``schema.table`` or
+    ``schema.table.column``): what ``kingest start`` refuses to run without."""
+    live = introspect_schema(conn, catalog.schema)
+    gaps: list[str] = []
+    for table in catalog.tables:
+        found = live.tables.get(table.name)
+        if found is None:
+            gaps.append(f"{catalog.schema}.{table.name}")
+            continue
+        gaps += [
+            f"{catalog.schema}.{table.name}.{column.name}"
+            for column in table.columns
+            if column.name not in found.columns
+        ]
+    return gaps

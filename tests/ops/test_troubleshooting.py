@@ -57,6 +57,7 @@ FRAGMENTS = (
     "cannot use PostgreSQL at ",
     "is missing migrations ",
     "run `kingest migrate` first",
+    "run `kingest schema apply`",
     "PostgreSQL rejected kingest's SQL (",
     "is the schema migrated? run `kingest migrate`",
     " lacks privileges on the database at ",
@@ -232,7 +233,11 @@ class _PrivilegeConnection:
         if "current_user" in query:
             return _Rows([("kingest_app",)])
         return _Rows(
-            [("inferences", "INSERT"), ("training_runs", "INSERT"), ("training_runs", "UPDATE")]
+            [
+                ("kingest.inferences", "INSERT"),
+                ("kingest.training_runs", "INSERT"),
+                ("kingest.training_runs", "UPDATE"),
+            ]
         )
 
 
@@ -242,6 +247,7 @@ def test_a_role_lacking_privileges_gets_them_listed(monkeypatch: pytest.MonkeyPa
         yield _PrivilegeConnection()
 
     monkeypatch.setattr(service, "pending_migrations", lambda url: [])
+    monkeypatch.setattr(service, "catalog_gaps", lambda conn, catalog: [])
     monkeypatch.setattr(psycopg, "connect", connect)
     with pytest.raises(StartupError) as raised:
         check_database(load_settings(ENV))
@@ -250,6 +256,27 @@ def test_a_role_lacking_privileges_gets_them_listed(monkeypatch: pytest.MonkeyPa
         f"{redact_conninfo(ENV['KINGEST_DATABASE_URL'])}: INSERT on kingest.inferences; "
         "INSERT, UPDATE on kingest.training_runs "
         "(grant them as in docs/security.md, 'Least-privilege roles')"
+    )
+
+
+def test_a_database_without_the_catalogs_tables_says_to_apply_the_schema(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    @contextmanager
+    def connect(*args: Any, **kwargs: Any) -> Iterator[_PrivilegeConnection]:
+        yield _PrivilegeConnection()
+
+    gaps = [f"team.t{n}" for n in range(11)] + ["team.t.new_column"]
+    monkeypatch.setattr(service, "pending_migrations", lambda url: [])
+    monkeypatch.setattr(service, "catalog_gaps", lambda conn, catalog: gaps)
+    monkeypatch.setattr(psycopg, "connect", connect)
+    with pytest.raises(StartupError) as raised:
+        check_database(load_settings(ENV))
+    assert raised.value.exit_code == 1
+    assert str(raised.value) == (
+        f"the database at {redact_conninfo(ENV['KINGEST_DATABASE_URL'])} lacks the catalog's "
+        + ", ".join(gaps[:10])
+        + " and 2 more: run `kingest schema apply`"
     )
 
 

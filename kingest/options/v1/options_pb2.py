@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kingest/options/v1/options.proto\x12\x12kingest.options.v1\x1a google/protobuf/descriptor.proto\"F\n\x0e\x43\x61talogOptions\x12\x34\n\x0cstate_tables\x18\x01 \x03(\x0b\x32\x1e.kingest.options.v1.StateTable\"\xdb\x01\n\nStateTable\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\x12K\n\x0f\x63olumn_comments\x18\x03 \x03(\x0b\x32\x32.kingest.options.v1.StateTable.ColumnCommentsEntry\x12*\n\x07indexes\x18\x04 \x03(\x0b\x32\x19.kingest.options.v1.Index\x1a\x35\n\x13\x43olumnCommentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9a\x01\n\x0cTableOptions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x07indexes\x18\x02 \x03(\x0b\x32\x19.kingest.options.v1.Index\x12\x30\n\x07updates\x18\x03 \x03(\x0b\x32\x1f.kingest.options.v1.StateUpdate\x12\x10\n\x08\x65nvelope\x18\x04 \x01(\x08\x12\x0c\n\x04skip\x18\x05 \x01(\x08\"&\n\x05Index\x12\x0f\n\x07\x63olumns\x18\x01 \x03(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\xce\x01\n\x0bStateUpdate\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x03(\t\x12\x11\n\tat_column\x18\x03 \x01(\t\x12\x17\n\x0f\x65vent_id_column\x18\x04 \x01(\t\x12\x1d\n\x15\x63orrelation_id_column\x18\x05 \x01(\t\x12\x30\n\x07\x63olumns\x18\x06 \x03(\x0b\x32\x1f.kingest.options.v1.StateColumn\x12&\n\x04rank\x18\x07 \x01(\x0b\x32\x18.kingest.options.v1.Rank\";\n\x0bStateColumn\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"%\n\x04Rank\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\r\n\x05order\x18\x02 \x03(\t\"\xea\x01\n\rColumnOptions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08required\x18\x03 \x01(\x08\x12\x0f\n\x07\x66latten\x18\x04 \x01(\x08\x12&\n\x04role\x18\x05 \x01(\x0e\x32\x18.kingest.options.v1.Role\x12\x12\n\nmax_length\x18\x06 \x01(\r\x12\x10\n\x03gte\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03lte\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x0f\n\x02lt\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x12\n\nkeep_empty\x18\n \x01(\x08\x42\x06\n\x04_gteB\x06\n\x04_lteB\x05\n\x03_lt*o\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n\rROLE_EVENT_ID\x10\x01\x12\x17\n\x13ROLE_CORRELATION_ID\x10\x02\x12\x14\n\x10ROLE_OCCURRED_AT\x10\x03\x12\x0f\n\x0bROLE_SOURCE\x10\x04:S\n\x07\x63\x61talog\x12\x1c.google.protobuf.FileOptions\x18\xe6\x9b\x03 \x01(\x0b\x32\".kingest.options.v1.CatalogOptions:R\n\x05table\x12\x1f.google.protobuf.MessageOptions\x18\xe6\x9b\x03 \x01(\x0b\x32 .kingest.options.v1.TableOptions:R\n\x06\x63olumn\x12\x1d.google.protobuf.FieldOptions\x18\xe6\x9b\x03 \x01(\x0b\x32!.kingest.options.v1.ColumnOptions:2\n\x05label\x12!.google.protobuf.EnumValueOptions\x18\xe6\x9b\x03 \x01(\tb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n kingest/options/v1/options.proto\x12\x12kingest.options.v1\x1a google/protobuf/descriptor.proto\"\x81\x01\n\x0e\x43\x61talogOptions\x12\x34\n\x0cstate_tables\x18\x01 \x03(\x0b\x32\x1e.kingest.options.v1.StateTable\x12\x39\n\x0eunknown_fields\x18\x02 \x01(\x0e\x32!.kingest.options.v1.UnknownFields\"\xdb\x01\n\nStateTable\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\x12K\n\x0f\x63olumn_comments\x18\x03 \x03(\x0b\x32\x32.kingest.options.v1.StateTable.ColumnCommentsEntry\x12*\n\x07indexes\x18\x04 \x03(\x0b\x32\x19.kingest.options.v1.Index\x1a\x35\n\x13\x43olumnCommentsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9a\x01\n\x0cTableOptions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12*\n\x07indexes\x18\x02 \x03(\x0b\x32\x19.kingest.options.v1.Index\x12\x30\n\x07updates\x18\x03 \x03(\x0b\x32\x1f.kingest.options.v1.StateUpdate\x12\x10\n\x08\x65nvelope\x18\x04 \x01(\x08\x12\x0c\n\x04skip\x18\x05 \x01(\x08\"&\n\x05Index\x12\x0f\n\x07\x63olumns\x18\x01 \x03(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\"\xce\x01\n\x0bStateUpdate\x12\r\n\x05table\x18\x01 \x01(\t\x12\x0b\n\x03key\x18\x02 \x03(\t\x12\x11\n\tat_column\x18\x03 \x01(\t\x12\x17\n\x0f\x65vent_id_column\x18\x04 \x01(\t\x12\x1d\n\x15\x63orrelation_id_column\x18\x05 \x01(\t\x12\x30\n\x07\x63olumns\x18\x06 \x03(\x0b\x32\x1f.kingest.options.v1.StateColumn\x12&\n\x04rank\x18\x07 \x01(\x0b\x32\x18.kingest.options.v1.Rank\";\n\x0bStateColumn\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\r\n\x05value\x18\x03 \x01(\t\"%\n\x04Rank\x12\x0e\n\x06\x63olumn\x18\x01 \x01(\t\x12\r\n\x05order\x18\x02 \x03(\t\"\xea\x01\n\rColumnOptions\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x10\n\x08required\x18\x03 \x01(\x08\x12\x0f\n\x07\x66latten\x18\x04 \x01(\x08\x12&\n\x04role\x18\x05 \x01(\x0e\x32\x18.kingest.options.v1.Role\x12\x12\n\nmax_length\x18\x06 \x01(\r\x12\x10\n\x03gte\x18\x07 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x03lte\x18\x08 \x01(\x01H\x01\x88\x01\x01\x12\x0f\n\x02lt\x18\t \x01(\x01H\x02\x88\x01\x01\x12\x12\n\nkeep_empty\x18\n \x01(\x08\x42\x06\n\x04_gteB\x06\n\x04_lteB\x05\n\x03_lt*j\n\rUnknownFields\x12\x1e\n\x1aUNKNOWN_FIELDS_UNSPECIFIED\x10\x00\x12\x1e\n\x1aUNKNOWN_FIELDS_DEAD_LETTER\x10\x01\x12\x19\n\x15UNKNOWN_FIELDS_IGNORE\x10\x02*o\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x11\n\rROLE_EVENT_ID\x10\x01\x12\x17\n\x13ROLE_CORRELATION_ID\x10\x02\x12\x14\n\x10ROLE_OCCURRED_AT\x10\x03\x12\x0f\n\x0bROLE_SOURCE\x10\x04:S\n\x07\x63\x61talog\x12\x1c.google.protobuf.FileOptions\x18\xe6\x9b\x03 \x01(\x0b\x32\".kingest.options.v1.CatalogOptions:R\n\x05table\x12\x1f.google.protobuf.MessageOptions\x18\xe6\x9b\x03 \x01(\x0b\x32 .kingest.options.v1.TableOptions:R\n\x06\x63olumn\x12\x1d.google.protobuf.FieldOptions\x18\xe6\x9b\x03 \x01(\x0b\x32!.kingest.options.v1.ColumnOptions:2\n\x05label\x12!.google.protobuf.EnumValueOptions\x18\xe6\x9b\x03 \x01(\tb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,24 +34,26 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_STATETABLE_COLUMNCOMMENTSENTRY']._loaded_options = None
   _globals['_STATETABLE_COLUMNCOMMENTSENTRY']._serialized_options = b'8\001'
-  _globals['_ROLE']._serialized_start=1127
-  _globals['_ROLE']._serialized_end=1238
-  _globals['_CATALOGOPTIONS']._serialized_start=90
-  _globals['_CATALOGOPTIONS']._serialized_end=160
-  _globals['_STATETABLE']._serialized_start=163
-  _globals['_STATETABLE']._serialized_end=382
-  _globals['_STATETABLE_COLUMNCOMMENTSENTRY']._serialized_start=329
-  _globals['_STATETABLE_COLUMNCOMMENTSENTRY']._serialized_end=382
-  _globals['_TABLEOPTIONS']._serialized_start=385
-  _globals['_TABLEOPTIONS']._serialized_end=539
-  _globals['_INDEX']._serialized_start=541
-  _globals['_INDEX']._serialized_end=579
-  _globals['_STATEUPDATE']._serialized_start=582
-  _globals['_STATEUPDATE']._serialized_end=788
-  _globals['_STATECOLUMN']._serialized_start=790
-  _globals['_STATECOLUMN']._serialized_end=849
-  _globals['_RANK']._serialized_start=851
-  _globals['_RANK']._serialized_end=888
-  _globals['_COLUMNOPTIONS']._serialized_start=891
-  _globals['_COLUMNOPTIONS']._serialized_end=1125
+  _globals['_UNKNOWNFIELDS']._serialized_start=1187
+  _globals['_UNKNOWNFIELDS']._serialized_end=1293
+  _globals['_ROLE']._serialized_start=1295
+  _globals['_ROLE']._serialized_end=1406
+  _globals['_CATALOGOPTIONS']._serialized_start=91
+  _globals['_CATALOGOPTIONS']._serialized_end=220
+  _globals['_STATETABLE']._serialized_start=223
+  _globals['_STATETABLE']._serialized_end=442
+  _globals['_STATETABLE_COLUMNCOMMENTSENTRY']._serialized_start=389
+  _globals['_STATETABLE_COLUMNCOMMENTSENTRY']._serialized_end=442
+  _globals['_TABLEOPTIONS']._serialized_start=445
+  _globals['_TABLEOPTIONS']._serialized_end=599
+  _globals['_INDEX']._serialized_start=601
+  _globals['_INDEX']._serialized_end=639
+  _globals['_STATEUPDATE']._serialized_start=642
+  _globals['_STATEUPDATE']._serialized_end=848
+  _globals['_STATECOLUMN']._serialized_start=850
+  _globals['_STATECOLUMN']._serialized_end=909
+  _globals['_RANK']._serialized_start=911
+  _globals['_RANK']._serialized_end=948
+  _globals['_COLUMNOPTIONS']._serialized_start=951
+  _globals['_COLUMNOPTIONS']._serialized_end=1185
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,12 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class UnknownFields(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    UNKNOWN_FIELDS_UNSPECIFIED: _ClassVar[UnknownFields]
+    UNKNOWN_FIELDS_DEAD_LETTER: _ClassVar[UnknownFields]
+    UNKNOWN_FIELDS_IGNORE: _ClassVar[UnknownFields]
+
 class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ROLE_UNSPECIFIED: _ClassVar[Role]
@@ -15,6 +21,9 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_CORRELATION_ID: _ClassVar[Role]
     ROLE_OCCURRED_AT: _ClassVar[Role]
     ROLE_SOURCE: _ClassVar[Role]
+UNKNOWN_FIELDS_UNSPECIFIED: UnknownFields
+UNKNOWN_FIELDS_DEAD_LETTER: UnknownFields
+UNKNOWN_FIELDS_IGNORE: UnknownFields
 ROLE_UNSPECIFIED: Role
 ROLE_EVENT_ID: Role
 ROLE_CORRELATION_ID: Role
@@ -30,10 +39,12 @@ LABEL_FIELD_NUMBER: _ClassVar[int]
 label: _descriptor.FieldDescriptor
 
 class CatalogOptions(_message.Message):
-    __slots__ = ("state_tables",)
+    __slots__ = ("state_tables", "unknown_fields")
     STATE_TABLES_FIELD_NUMBER: _ClassVar[int]
+    UNKNOWN_FIELDS_FIELD_NUMBER: _ClassVar[int]
     state_tables: _containers.RepeatedCompositeFieldContainer[StateTable]
-    def __init__(self, state_tables: _Optional[_Iterable[_Union[StateTable, _Mapping]]] = ...) -> None: ...
+    unknown_fields: UnknownFields
+    def __init__(self, state_tables: _Optional[_Iterable[_Union[StateTable, _Mapping]]] = ..., unknown_fields: _Optional[_Union[UnknownFields, str]] = ...) -> None: ...
 
 class StateTable(_message.Message):
     __slots__ = ("name", "comment", "column_comments", "indexes")
