@@ -111,10 +111,14 @@ def columns_of_message(
     skip: frozenset[str] = frozenset(),
     prefix: str = "",
     path: tuple[str, ...] = (),
-    present: bool = False,
+    in_optional: bool = False,
     depth: int = 0,
 ) -> list[Column]:
-    """The columns of a message's fields, in field order (``skip`` names left out)."""
+    """The columns of a message's fields, in field order (``skip`` names left out).
+
+    ``in_optional``: the message is a flattened field that may be unset, so each of its
+    columns is NULL then, whatever its own type.
+    """
     message = context.messages[full_name]
     columns: list[Column] = []
     for field in message.field:
@@ -127,7 +131,7 @@ def columns_of_message(
         name = prefix + (options.name or field.name)
         field_path = (*path, field.name)
         comment = context.comment(f"{full_name}.{field.name}")
-        member_present = present or field.proto3_optional or field.HasField("oneof_index")
+        member_present = field.proto3_optional or field.HasField("oneof_index")
         if (
             options.flatten
             and field.type == F.TYPE_MESSAGE
@@ -140,7 +144,7 @@ def columns_of_message(
                 field.type_name,
                 prefix=f"{name}_",
                 path=field_path,
-                present=not options.required or present,
+                in_optional=not options.required or in_optional,
                 depth=depth + 1,
             )
             continue
@@ -153,6 +157,8 @@ def columns_of_message(
             present=member_present,
             comment=comment,
         )
+        if column is not None and in_optional and column.not_null and column.default is None:
+            column = attrs.evolve(column, not_null=False)
         if column is not None:
             columns.append(column)
     return columns

@@ -162,15 +162,16 @@ def _value(out: _Source, column: Column, transport: ColumnType, number: int) -> 
         expression = f"(_to_text({read}.value) if {present} else None)"
     elif transport is ColumnType.CAST:
         if kind in (ValueKind.TEXT, ValueKind.BYTES) and not column.not_null:
-            expression = f"(_to_text({read}) or None)"
+            expression = f"_to_text({read} or None)"  # empty: NULL
         elif field.present and kind not in (ValueKind.TEXT, ValueKind.BYTES):
             expression = f"(_to_text({read}) if {present} else None)"
         else:
             expression = f"_to_text({read})"
     else:
         expression = read
+    unset = "''" if transport is ColumnType.OPTIONAL_TEXT else "None"  # NULL either way
     for guard in reversed(guards):
-        expression = f"({expression} if {guard} else None)"
+        expression = f"({expression} if {guard} else {unset})"
     return expression
 
 

@@ -36,7 +36,7 @@ the same order.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from functools import cache
 from typing import Final
 
@@ -175,6 +175,12 @@ class WritePlan:
     catalog: Catalog = attrs.field(repr=False)
     tables: tuple[WriteTable, ...]
     statements: tuple[Statement, ...]
+    #: Event type -> the name of its fact table.
+    table_names: Mapping[str, str] = attrs.field(init=False)
+
+    @table_names.default
+    def _table_names(self) -> Mapping[str, str]:
+        return {table.event_type: table.name for table in self.tables}
 
     @property
     def by_event_type(self) -> dict[str, WriteTable]:
@@ -218,8 +224,6 @@ def _write_column(column: Column) -> WriteColumn:
         cast = _EPOCH
     elif kind is ValueKind.DURATION:
         cast = "({})::int8 * '1 microsecond'::interval"
-    elif kind is ValueKind.BYTES:
-        cast = "decode({}, 'hex')"
     elif kind is ValueKind.ARRAY and field is not None:
         element = column.sql_type.removesuffix("[]")
         decode = "decode(e, 'hex')" if field.element is ValueKind.BYTES else f"e::{element}"

@@ -1,6 +1,6 @@
 """Write a RowBatch to PostgreSQL in one transaction, idempotently.
 
-For each statement of :data:`kingest.store.tables.WRITE_PLAN` whose tables have rows,
+For each statement of the batch's write plan (:mod:`kingest.store.tables`) whose tables have rows,
 every column of the batch travels as ONE array parameter, and the statement is
 prepared, so a batch of any size costs a handful of round trips. (Not on a connection
 whose ``prepare_threshold`` is None: psycopg then ignores ``prepare=True``. The writers'
@@ -38,7 +38,7 @@ from psycopg.pq import Format, TransactionStatus
 from kingest.store.copy import copy_rows
 from kingest.store.dead_letter_sql import INSERT_DEAD_LETTER, INSERT_UNPUBLISHED_DEAD_LETTER
 from kingest.store.rows import Rejection, RowBatch, storable_timestamp_ms
-from kingest.store.tables import TABLES_BY_EVENT_TYPE, WRITE_PLAN, ColumnType
+from kingest.store.tables import ColumnType, builtin_plan
 
 __all__ = [
     "WriteResult",
@@ -69,12 +69,14 @@ class WriteResult:
     #: rows were then written with the idempotent INSERT.
     copied: tuple[str, ...] = ()
     copy_fallbacks: tuple[str, ...] = ()
+    #: Event type -> the fact table its events go to (the built-in catalog's by default).
+    tables_by_type: Mapping[str, str] = attrs.field(factory=lambda: builtin_plan().table_names)
 
     def outcomes_by_type(self) -> dict[str, tuple[int, int]]:
         """Event type -> (stored, duplicates) of this write."""
         outcomes = {}
         for kind, count in self.events_by_type.items():
-            stored = self.inserted.get(TABLES_BY_EVENT_TYPE[kind].name, 0)
+            stored = self.inserted.get(self.tables_by_type[kind], 0)
             outcomes[kind] = (stored, count - stored)
         return outcomes
 
@@ -213,6 +215,18 @@ def _text_array(values: Sequence[str]) -> str | Sequence[str]:
     return '{"' + body + '"}'
 
 
+def _nullable_text_array(values: Sequence[str | None]) -> str | Sequence[str | None]:
+    """A text array literal of values cast in SQL (``ColumnType.CAST``): None is NULL."""
+    if not values:
+        return "{}"
+    body = ",".join(
+        "NULL" if value is None else '"' + _escape_array_element(value) + '"' for value in values
+    )
+    if "\x00" in body:
+        return values
+    return "{" + body + "}"
+
+
 _ENCODERS: Final[dict[ColumnType, Callable[[Sequence[Any]], Any]]] = {
     ColumnType.TEXT: _text_array,
     ColumnType.OPTIONAL_TEXT: _text_array,
@@ -223,6 +237,7 @@ _ENCODERS: Final[dict[ColumnType, Callable[[Sequence[Any]], Any]]] = {
     ColumnType.EPOCH_MICROS: _int8_array,
     ColumnType.FLOAT8: _float8_array,
     ColumnType.BOOL: _bool_array,
+    ColumnType.CAST: _nullable_text_array,
 }
 
 
@@ -312,10 +327,10 @@ def write_batch(
     with conn.transaction(), conn.cursor() as cursor:
         for array_class, dumper in _DUMPERS:
             cursor.adapters.register_dumper(array_class, dumper)
-        for statement in WRITE_PLAN:
+        for statement in batch.plan.statements:
             if not any(table.event_type in rows_by_type for table in statement.fact_tables):
                 continue
-            if use_copy and not statement.state_tables:
+            if use_copy and not statement.state_tables and statement.fact_tables[0].copyable:
                 (table,) = statement.fact_tables
                 columns = batch.columns(table)
                 if len(set(columns[0])) == len(columns[0]):
@@ -354,6 +369,7 @@ def write_batch(
         events_by_type=rows_by_type,
         copied=tuple(copied),
         copy_fallbacks=tuple(fallbacks),
+        tables_by_type=batch.plan.table_names,
     )
 
 
