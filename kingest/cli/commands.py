@@ -11,8 +11,9 @@ early_stop.install()
 import json
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
@@ -32,6 +33,9 @@ from kingest.config import (
     safe_error_text,
 )
 from kingest.telemetry import configure_logging, secret_values
+
+if TYPE_CHECKING:
+    from kingest.dev import DemoCatalog, ProducibleRecord
 
 __all__ = ["app", "main"]
 
@@ -200,6 +204,11 @@ def migrate(
         typer.echo("database is up to date")
 
 
+_MAX_SCHEMA_ID = 2**31 - 1
+#: What `kingest produce` frames a share of the built-in stream with, unless told.
+_DEFAULT_WIRE_FORMAT_SHARE = 0.1
+
+
 @app.command()
 def produce(
     count: Annotated[int, typer.Option(min=1, help="Events to produce.")] = 10_000,
@@ -216,16 +225,52 @@ def produce(
         int, typer.Option(min=1, help="Partitions when the topic has to be created.")
     ] = 8,
     wire_format_share: Annotated[
-        float,
-        typer.Option(min=0.0, max=1.0, help="Share of values in Schema Registry wire format."),
-    ] = 0.1,
+        float | None,
+        typer.Option(
+            min=0.0,
+            max=1.0,
+            help="Share of values in Schema Registry wire format (built-in stream only; "
+            f"default {_DEFAULT_WIRE_FORMAT_SHARE}).",
+            show_default=False,
+        ),
+    ] = None,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            "--catalog",
+            help="Produce messages of this catalog (a FileDescriptorSet: buf build -o) "
+            "instead of the built-in AI/ML stream.",
+            show_default=False,
+        ),
+    ] = None,
+    message: Annotated[
+        str | None,
+        typer.Option(
+            "--message",
+            help="With --catalog: the message type to produce, package.Message "
+            "(default: the catalog's envelope).",
+            show_default=False,
+        ),
+    ] = None,
+    schema_id: Annotated[
+        int | None,
+        typer.Option(
+            "--schema-id",
+            min=0,
+            max=_MAX_SCHEMA_ID,
+            help="With --catalog: frame every value in Schema Registry wire format with "
+            "this schema id and the message's index path in its file (default: plain).",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
-    """Produce a realistic synthetic stream of AI/ML pipeline events (all event kinds)."""
-    from kingest.dev import SyntheticStream, create_topic, produce_records
+    """Produce a realistic synthetic stream of AI/ML pipeline events (all event kinds),
+    or with --catalog plausible messages of one type of your catalog."""
+    from kingest.dev import create_topic, produce_records
     from kingest.telemetry import produce_with_progress
 
+    stream, what = _produce_stream(catalog, message, schema_id, seed, wire_format_share)
     create_topic(bootstrap_servers, topic, partitions)
-    stream = SyntheticStream(seed=seed, wire_format_share=wire_format_share)
     report = produce_with_progress(
         lambda progress: produce_records(
             bootstrap_servers, topic, stream, count=count, rate=rate, progress=progress
@@ -234,7 +279,7 @@ def produce(
         description=f"producing to {topic}",
     )
     typer.echo(
-        f"delivered {report.delivered} of {report.requested} events to {topic} "
+        f"delivered {report.delivered} of {report.requested} {what} to {topic} "
         f"in {report.elapsed_s:.1f}s ({report.delivered / max(report.elapsed_s, 1e-9):,.0f}/s)"
     )
     if report.failed:
@@ -242,9 +287,67 @@ def produce(
         raise typer.Exit(EXIT_FAILED)
 
 
+def _produce_stream(
+    catalog: Path | None,
+    message: str | None,
+    schema_id: int | None,
+    seed: int,
+    wire_format_share: float | None,
+) -> tuple[Iterable[ProducibleRecord], str]:
+    """The records `kingest produce` sends and what they are, or exit 2 listing every
+    problem with its options."""
+    from kingest.dev import CatalogStream, CatalogSynthError, SyntheticStream
+
+    if catalog is None:
+        problems = [
+            f"{option}: only with --catalog"
+            for option, value in (("--message", message), ("--schema-id", schema_id))
+            if value is not None
+        ]
+        if problems:
+            _exit_bad_input("kingest produce", problems)
+        share = _DEFAULT_WIRE_FORMAT_SHARE if wire_format_share is None else wire_format_share
+        return SyntheticStream(seed=seed, wire_format_share=share), "events"
+    problems = []
+    if wire_format_share is not None:
+        problems.append("--wire-format-share: only without --catalog (frame with --schema-id)")
+    stream = None
+    if not catalog.is_file():
+        problems.append(f"--catalog {catalog}: no such file")
+    else:
+        try:
+            stream = CatalogStream(catalog, message, seed=seed, schema_id=schema_id)
+        except CatalogSynthError as error:
+            problems.append(f"--catalog {catalog}: {error}")
+    if stream is None or problems:
+        _exit_bad_input("kingest produce", problems)
+    return stream, f"{stream.message_name} messages"
+
+
+def _exit_bad_input(command: str, problems: list[str]) -> NoReturn:
+    err.print(f"[bold red]{command}: bad input[/] ({len(problems)} problems):")
+    for problem in problems:
+        indented = problem.replace("\n", "\n    ")
+        err.print(f"  - {indented}", markup=False, highlight=False)
+    raise typer.Exit(EXIT_BAD_CONFIG)
+
+
+_DEMO_COUNT = 200_000
+_DEMO_CATALOG_COUNT = 20_000
+
+
 @app.command()
 def demo(
-    count: Annotated[int, typer.Option(min=1, help="Events in the demo stream.")] = 200_000,
+    count: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help=f"Events in the demo stream (default {_DEMO_COUNT:,}; with --catalog: per "
+            f"topic, default {_DEMO_CATALOG_COUNT:,}, as a catalog's messages take longer "
+            "to make).",
+            show_default=False,
+        ),
+    ] = None,
     partitions: Annotated[int, typer.Option(min=1, help="Partitions of the demo topic.")] = 8,
     rate: Annotated[
         float | None,
@@ -253,15 +356,74 @@ def demo(
     exit_when_done: Annotated[
         bool, typer.Option("--exit-when-done", help="Stop once everything is ingested.")
     ] = False,
+    catalog: Annotated[
+        Path | None,
+        typer.Option(
+            "--catalog",
+            help="Run on this catalog (a FileDescriptorSet: buf build -o) instead of the "
+            "built-in one: its tables are applied, its envelope produced to the demo topic.",
+            show_default=False,
+        ),
+    ] = None,
+    schema: Annotated[
+        str | None,
+        typer.Option(
+            "--schema",
+            help="With --catalog: PostgreSQL schema of its tables (default: demo).",
+            show_default=False,
+        ),
+    ] = None,
+    topic_types: Annotated[
+        str | None,
+        typer.Option(
+            "--topic-types",
+            help="With --catalog: topics that carry one message type each, also produced "
+            "and ingested: topic:package.Message, comma-separated.",
+            show_default=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the real pipeline on embedded local services (a Kafka-protocol broker and
     PostgreSQL, both from PyPI): migrate, produce a demo stream, ingest it, show progress.
     Ctrl-C stops everything cleanly."""
     from kingest.dev import run_demo
 
+    demo_catalog = _demo_catalog(catalog, schema, topic_types)
     raise typer.Exit(
-        run_demo(count=count, partitions=partitions, rate=rate, exit_when_done=exit_when_done)
+        run_demo(
+            count=count or (_DEMO_COUNT if demo_catalog is None else _DEMO_CATALOG_COUNT),
+            partitions=partitions,
+            rate=rate,
+            exit_when_done=exit_when_done,
+            catalog=demo_catalog,
+        )
     )
+
+
+def _demo_catalog(
+    catalog: Path | None, schema: str | None, topic_types: str | None
+) -> DemoCatalog | None:
+    """The demo's catalog (None: the built-in one), or exit 2 listing every problem."""
+    from kingest.dev import DEMO_SCHEMA, DEMO_TOPIC, DemoCatalogError, load_demo_catalog
+
+    if catalog is None:
+        problems = [
+            f"{option}: only with --catalog"
+            for option, value in (("--schema", schema), ("--topic-types", topic_types))
+            if value is not None
+        ]
+        if problems:
+            _exit_bad_input("kingest demo", problems)
+        return None
+    try:
+        return load_demo_catalog(
+            catalog,
+            schema=DEMO_SCHEMA if schema is None else schema,
+            topic_types=topic_types or "",
+            envelope_topic=DEMO_TOPIC,
+        )
+    except DemoCatalogError as error:
+        _exit_bad_input("kingest demo", error.problems)
 
 
 @app.command()

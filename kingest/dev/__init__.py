@@ -18,9 +18,11 @@ cluster, and the helpers to create topics and wait for them.
 * :mod:`kingest.dev.synth`: a reproducible synthetic stream of AI/ML events;
 * :mod:`kingest.dev.catalog_synth`: plausible messages of any catalog's message types,
   from its descriptor set (:class:`CatalogSynth`, :func:`records_from_descriptor_set`),
-  with the values of :mod:`kingest.dev.catalog_values`;
+  with the values of :mod:`kingest.dev.catalog_values`, as Kafka records of one message
+  type by :mod:`kingest.dev.catalog_stream` (:class:`CatalogStream`);
 * :mod:`kingest.dev.producer`: producing a stream to Kafka;
-* :mod:`kingest.dev.demo`: ``kingest demo``;
+* :mod:`kingest.dev.demo`: ``kingest demo``, on a team's catalog with
+  :mod:`kingest.dev.demo_catalog` (:func:`load_demo_catalog`);
 * :mod:`kingest.dev.benchmark`: ``kingest bench`` (kingest against a baseline loop),
   with :mod:`kingest.dev.bench_figures` (what a run measures and how runs are summed
   up) and :mod:`kingest.dev.baseline` (the baseline loop, run in its own process).
@@ -29,6 +31,7 @@ cluster, and the helpers to create topics and wait for them.
 from __future__ import annotations
 
 from kingest.dev.benchmark import BenchError, Options, parse_sweep, run_bench
+from kingest.dev.catalog_stream import CatalogRecord, CatalogStream, default_message
 from kingest.dev.catalog_synth import (
     CatalogSynth,
     DescriptorSetPool,
@@ -38,11 +41,12 @@ from kingest.dev.catalog_synth import (
     records_from_descriptor_set,
 )
 from kingest.dev.catalog_values import CatalogSynthError
-from kingest.dev.demo import committed_offsets, committed_total, run_demo
+from kingest.dev.demo import DEMO_TOPIC, committed_offsets, committed_total, run_demo
+from kingest.dev.demo_catalog import DEMO_SCHEMA, DemoCatalog, DemoCatalogError, load_demo_catalog
 from kingest.dev.lifecycle import ServiceError, free_port
 from kingest.dev.mock_cluster import MockKafkaCluster
 from kingest.dev.postgres import LocalPostgres, database_url_for
-from kingest.dev.producer import ProduceReport, produce_records
+from kingest.dev.producer import ProduceReport, ProducibleRecord, produce_records
 from kingest.dev.services import (
     FAST_GROUP_SETTINGS,
     TEST_POSTGRES_SETTINGS,
@@ -58,17 +62,24 @@ from kingest.dev.tansu import LocalKafka
 from kingest.dev.topics import create_topic
 
 __all__ = [
+    "DEMO_SCHEMA",
+    "DEMO_TOPIC",
     "FAST_GROUP_SETTINGS",
     "TEST_POSTGRES_SETTINGS",
     "BenchError",
+    "CatalogRecord",
+    "CatalogStream",
     "CatalogSynth",
     "CatalogSynthError",
+    "DemoCatalog",
+    "DemoCatalogError",
     "DescriptorSetPool",
     "LocalKafka",
     "LocalPostgres",
     "MockKafkaCluster",
     "Options",
     "ProduceReport",
+    "ProducibleRecord",
     "ServiceError",
     "ServicePlan",
     "Services",
@@ -78,7 +89,9 @@ __all__ = [
     "committed_total",
     "create_topic",
     "database_url_for",
+    "default_message",
     "free_port",
+    "load_demo_catalog",
     "load_descriptor_set_pool",
     "messages_from_descriptor_set",
     "parse_sweep",

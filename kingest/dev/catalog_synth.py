@@ -135,6 +135,10 @@ class DescriptorSetPool:
                     visit(descriptor)
         return names
 
+    def envelope_names(self) -> list[str]:
+        """Full names of the set's envelope messages (``table`` option ``envelope = true``)."""
+        return [name for name in self.message_names() if _is_envelope(self.message_type(name))]
+
     def message_type(self, full_name: str) -> Descriptor:
         """The message type ``full_name``; the error lists the catalog's message types."""
         try:

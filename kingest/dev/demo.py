@@ -15,7 +15,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -26,9 +26,10 @@ from psycopg import sql
 from rich.console import Console
 from rich.table import Table
 
+from kingest.dev.demo_catalog import DemoCatalog
 from kingest.dev.lifecycle import clean_env, free_port
 from kingest.dev.postgres import LocalPostgres
-from kingest.dev.producer import ProduceReport, produce_records
+from kingest.dev.producer import ProduceReport, ProducibleRecord, produce_records
 from kingest.dev.services import FAST_GROUP_SETTINGS
 from kingest.dev.synth import SyntheticStream
 from kingest.dev.tansu import LocalKafka
@@ -36,9 +37,10 @@ from kingest.dev.topics import create_topic
 from kingest.store import apply_migrations
 from kingest.telemetry import new_progress
 
-__all__ = ["committed_offsets", "committed_total", "run_demo"]
+__all__ = ["DEMO_TOPIC", "committed_offsets", "committed_total", "run_demo"]
 
-TOPIC = "ml-events"
+#: The demo's topic: the built-in stream's, or a catalog's envelope messages.
+DEMO_TOPIC = "ml-events"
 GROUP = "kingest-demo"
 
 
@@ -65,12 +67,14 @@ def committed_total(bootstrap_servers: str, group: str, topic: str, partitions: 
     return sum(max(offset, 0) for offset in committed.values())
 
 
-def _service_env(kafka: LocalKafka, postgres: LocalPostgres, http_port: int) -> dict[str, str]:
+def _service_env(
+    kafka: LocalKafka, postgres: LocalPostgres, http_port: int, catalog: DemoCatalog | None
+) -> dict[str, str]:
     env = clean_env()
     env.update(
         {
             "KINGEST_KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
-            "KINGEST_TOPICS": TOPIC,
+            "KINGEST_TOPICS": DEMO_TOPIC,
             "KINGEST_GROUP_ID": GROUP,
             "KINGEST_DATABASE_URL": postgres.url,
             "KINGEST_ENV": "dev",
@@ -82,17 +86,23 @@ def _service_env(kafka: LocalKafka, postgres: LocalPostgres, http_port: int) -> 
             "KINGEST_HTTP_PORT": str(http_port),
         }
     )
+    if catalog is not None:
+        env.update(catalog.service_env())
     return env
 
 
-def _table_counts(url: str) -> list[tuple[str, int]]:
+def _table_counts(url: str, tables_like: str = "%") -> list[tuple[str, int]]:
+    """Rows of each table of schema kingest (but its migrations) whose name is like
+    ``tables_like``."""
     with psycopg.connect(url) as conn:
         tables = [
             row[0]
             for row in conn.execute(
                 "SELECT table_name FROM information_schema.tables "
                 "WHERE table_schema = 'kingest' AND table_type = 'BASE TABLE' "
-                "AND table_name NOT LIKE '%%migrations%%' ORDER BY table_name"
+                "AND table_name NOT LIKE '%%migrations%%' AND table_name LIKE %s "
+                "ORDER BY table_name",
+                (tables_like,),
             )
         ]
         counts = []
@@ -110,8 +120,10 @@ def run_demo(
     rate: float | None,
     exit_when_done: bool,
     console: Console | None = None,
+    catalog: DemoCatalog | None = None,
 ) -> int:
-    """Run the demo; returns the process exit code."""
+    """Run the demo (on ``catalog`` when given, else the built-in one); returns the
+    process exit code."""
     console = console or Console(stderr=True)
     workdir = Path(tempfile.mkdtemp(prefix="kingest-demo-"))
     kafka = LocalKafka(log_path=workdir / "broker.log")
@@ -123,31 +135,56 @@ def run_demo(
         with console.status("starting a Kafka-protocol broker (Tansu) and PostgreSQL..."):
             kafka.start()
             postgres.start()
-            create_topic(kafka.bootstrap_servers, TOPIC, partitions)
+            topics = list(catalog.topics) if catalog is not None else [DEMO_TOPIC]
+            for topic in topics:
+                create_topic(kafka.bootstrap_servers, topic, partitions)
             applied = apply_migrations(postgres.url)
+            statements = len(catalog.apply(postgres.url).statements) if catalog else 0
         console.print(
-            f"broker    {kafka.bootstrap_servers}  topic {TOPIC} ({partitions} partitions)"
+            f"broker    {kafka.bootstrap_servers}  topics {', '.join(topics)} "
+            f"({partitions} partitions each)"
         )
         console.print(f"postgres  {postgres.url}  ({len(applied)} migrations applied)")
+        if catalog is not None:
+            console.print(
+                f"catalog   {catalog.path}  schema {catalog.catalog.schema} "
+                f"({statements} statements applied)",
+                highlight=False,
+            )
         http_port = free_port("127.0.0.1")
         console.print(f"metrics   http://127.0.0.1:{http_port}/metrics  (and /healthz, /readyz)")
         with log_path.open("wb") as log_file:
             child = subprocess.Popen(
                 [sys.executable, "-m", "kingest", "start"],
-                env=_service_env(kafka, postgres, http_port),
+                env=_service_env(kafka, postgres, http_port, catalog),
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # Ctrl-C reaches the demo, which stops kingest once
             )
         console.print(f"kingest   pid {child.pid}, log {log_path}")
+        seed = int(time.time())
+        streams: Mapping[str, Iterable[ProducibleRecord]] = (
+            catalog.streams(seed)
+            if catalog is not None
+            else {DEMO_TOPIC: SyntheticStream(seed=seed)}
+        )
         _produce_and_follow(
-            kafka, count=count, partitions=partitions, rate=rate, child=child, console=console
+            kafka,
+            streams,
+            count=count,
+            partitions=partitions,
+            rate=rate,
+            child=child,
+            console=console,
         )
         if child.poll() is not None:
             console.print(f"[red]kingest exited with {child.returncode}; its log:[/]")
             console.print(log_path.read_text(errors="replace")[-4000:], markup=False)
             return 1
-        _print_summary(console, postgres.url)
+        if catalog is not None:
+            _print_catalog_summary(console, postgres.url, catalog)
+        else:
+            _print_summary(console, postgres.url)
         if not exit_when_done:
             console.print(
                 "\nkingest keeps running. Explore the tables with:\n"
@@ -186,6 +223,7 @@ def _stop_on_sigterm() -> signal.Handlers | Callable[[int, FrameType | None], An
 
 def _produce_and_follow(
     kafka: LocalKafka,
+    streams: Mapping[str, Iterable[ProducibleRecord]],
     *,
     count: int,
     partitions: int,
@@ -193,34 +231,36 @@ def _produce_and_follow(
     child: subprocess.Popen[bytes],
     console: Console,
 ) -> int:
-    """Produce in a thread; follow committed offsets until everything is ingested."""
+    """Produce ``count`` records to each topic of ``streams`` (one topic after the other,
+    in a thread); follow committed offsets until everything is ingested."""
     report: list[ProduceReport] = []
+    total = count * len(streams)
+    bootstrap = kafka.bootstrap_servers
     with new_progress(console) as progress:
-        produced_task = progress.add_task("produced", total=count, rate="")
-        ingested_task = progress.add_task("ingested", total=count, rate="")
+        produced_task = progress.add_task("produced", total=total, rate="")
+        ingested_task = progress.add_task("ingested", total=total, rate="")
 
         def advance(delta: int) -> None:
             progress.advance(produced_task, delta)
 
-        stream = SyntheticStream(seed=int(time.time()))
-        producer = threading.Thread(
-            target=lambda: report.append(
-                produce_records(
-                    kafka.bootstrap_servers, TOPIC, stream, count=count, rate=rate, progress=advance
+        def produce_all() -> None:
+            for topic, stream in streams.items():
+                report.append(
+                    produce_records(
+                        bootstrap, topic, stream, count=count, rate=rate, progress=advance
+                    )
                 )
-            ),
-            name="demo-producer",
-            daemon=True,
-        )
+
+        producer = threading.Thread(target=produce_all, name="demo-producer", daemon=True)
         producer.start()
         done = 0
         while child.poll() is None:
-            done = committed_total(kafka.bootstrap_servers, GROUP, TOPIC, partitions)
+            done = sum(committed_total(bootstrap, GROUP, topic, partitions) for topic in streams)
             progress.update(ingested_task, completed=done)
             speed = progress.tasks[ingested_task].speed
             if speed:
                 progress.update(ingested_task, rate=f"{speed:,.0f}/s")
-            if done >= count:
+            if done >= total:
                 break
             time.sleep(0.5)
         producer.join(timeout=60)
@@ -249,6 +289,16 @@ def _print_summary(console: Console, url: str) -> None:
     rows, seconds = _write_window(url)
     pace = f"over {seconds:.1f}s ({rows / seconds:,.0f} rows/s)" if seconds >= 1 else "in under 1s"
     console.print(f"inference and metric rows: {rows:,} written {pace}")
+
+
+def _print_catalog_summary(console: Console, url: str, catalog: DemoCatalog) -> None:
+    console.print(f"\n[bold]stored in PostgreSQL[/] (schema {catalog.catalog.schema})")
+    table = Table("table", "rows")
+    for name, rows in catalog.table_counts(url):
+        table.add_row(name, f"{rows:,}")
+    for name, rows in _table_counts(url, "dead_letters"):
+        table.add_row(f"kingest.{name}", f"{rows:,}")
+    console.print(table)
 
 
 def _stop_child(child: subprocess.Popen[bytes] | None) -> int | None:

@@ -17,13 +17,11 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from kingest.dev.synth import SyntheticRecord
-
-__all__ = ["DEFAULT_PRODUCER_CONFIG", "ProduceReport", "produce_records"]
+__all__ = ["DEFAULT_PRODUCER_CONFIG", "ProduceReport", "ProducibleRecord", "produce_records"]
 
 DEFAULT_PRODUCER_CONFIG: Final[Mapping[str, str]] = {
     "enable.idempotence": "true",
@@ -32,6 +30,24 @@ DEFAULT_PRODUCER_CONFIG: Final[Mapping[str, str]] = {
     # Long enough to fill batches at high rates, short enough not to be noticed at low ones.
     "linger.ms": "10",
 }
+
+
+class ProducibleRecord(Protocol):
+    """What ``produce_records`` needs of a record: the built-in stream's
+    :class:`~kingest.dev.synth.SyntheticRecord` and a catalog's records alike."""
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes: ...
+
+    @property
+    def headers(self) -> list[tuple[str, bytes]]: ...
+
+    @property
+    def event_id(self) -> str: ...
+
 
 # What Producer.produce is annotated to take (a list is invariant, so ours must be cast).
 _Headers = list[tuple[str, str | bytes | None]]
@@ -130,7 +146,7 @@ class _ProgressReporter:
 def produce_records(
     bootstrap_servers: str,
     topic: str,
-    records: Iterable[SyntheticRecord],
+    records: Iterable[ProducibleRecord],
     *,
     count: int,
     rate: float | None = None,
@@ -198,7 +214,7 @@ def _wait_for_schedule(producer: Producer, due: float, reporter: _ProgressReport
 def _produce_one(
     producer: Producer,
     topic: str,
-    record: SyntheticRecord,
+    record: ProducibleRecord,
     on_delivery: Callable[[KafkaError | None, Message], None],
     report: ProduceReport,
 ) -> None:

@@ -12,6 +12,8 @@ from kingest.schema.codec import (
     catalog_decoders,
     decode_event,
     encode_event,
+    encode_message,
+    message_index_path,
     split_wire_format,
 )
 from kingest.schema.v1.events_pb2 import Event
@@ -37,7 +39,9 @@ __all__ = [
     "catalog_decoders",
     "decode_event",
     "encode_event",
+    "encode_message",
     "event_type",
+    "message_index_path",
     "split_wire_format",
     "validate_event",
     "validate_payload",

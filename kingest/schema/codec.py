@@ -44,6 +44,8 @@ __all__ = [
     "catalog_decoders",
     "decode_event",
     "encode_event",
+    "encode_message",
+    "message_index_path",
     "split_wire_format",
 ]
 
@@ -204,30 +206,47 @@ def _zigzag_varint(number: int) -> bytes:
     return bytes(out)
 
 
+def encode_message(
+    message: Message,
+    *,
+    schema_id: int | None = None,
+    message_indexes: Sequence[int] | None = None,
+) -> bytes:
+    """Serialize any message; with a ``schema_id``, frame it in the wire format.
+
+    ``message_indexes`` (only used with a schema id) is the message's path in the file
+    of the registered schema; by default the message's own path in its ``.proto`` file.
+    ``[0]`` is written in the registry's one-byte short form. Serialization is
+    deterministic (map entries sorted) so that equal messages give equal bytes.
+    """
+    payload = message.SerializeToString(deterministic=True)
+    if schema_id is None:
+        return payload
+    if not 0 <= schema_id <= _MAX_SCHEMA_ID:
+        raise ValueError(f"schema id {schema_id} is outside 0..{_MAX_SCHEMA_ID}")
+    indexes = (
+        message_index_path(message.DESCRIPTOR)
+        if message_indexes is None
+        else tuple(message_indexes)
+    )
+    if indexes == _EVENT_INDEXES:
+        index_bytes = b"\x00"
+    else:
+        index_bytes = _zigzag_varint(len(indexes)) + b"".join(
+            _zigzag_varint(index) for index in indexes
+        )
+    return b"\x00" + schema_id.to_bytes(4, "big") + index_bytes + payload
+
+
 def encode_event(
     event: Event,
     *,
     schema_id: int | None = None,
     message_indexes: Sequence[int] = _EVENT_INDEXES,
 ) -> bytes:
-    """Serialize ``event``; with a ``schema_id``, frame it in the wire format.
-
-    ``message_indexes`` is only used with a schema id; ``[0]`` is written in the
-    registry's one-byte short form. Serialization is deterministic (map entries sorted)
-    so that equal events give equal bytes.
-    """
-    payload = event.SerializeToString(deterministic=True)
-    if schema_id is None:
-        return payload
-    if not 0 <= schema_id <= _MAX_SCHEMA_ID:
-        raise ValueError(f"schema id {schema_id} is outside 0..{_MAX_SCHEMA_ID}")
-    if tuple(message_indexes) == _EVENT_INDEXES:
-        index_bytes = b"\x00"
-    else:
-        index_bytes = _zigzag_varint(len(message_indexes)) + b"".join(
-            _zigzag_varint(index) for index in message_indexes
-        )
-    return b"\x00" + schema_id.to_bytes(4, "big") + index_bytes + payload
+    """Serialize a built-in ``event`` (see :func:`encode_message`); framed, its index path
+    is ``[0]`` unless told otherwise."""
+    return encode_message(event, schema_id=schema_id, message_indexes=message_indexes)
 
 
 def catalog_classes(catalog: Catalog) -> dict[str, type[Message]]:
@@ -248,8 +267,9 @@ def catalog_classes(catalog: Catalog) -> dict[str, type[Message]]:
     return {name: message_class(catalog, name) for name in names}
 
 
-def _index_path(descriptor: Any) -> tuple[int, ...]:
-    """The message-index path of a message in its file (``(0,)``: its first message)."""
+def message_index_path(descriptor: Any) -> tuple[int, ...]:
+    """The message-index path of a message type in its file (``(0,)``: its first message),
+    as a Schema Registry serializer frames it."""
     path: list[int] = []
     while descriptor.containing_type is not None:
         parent = descriptor.containing_type
@@ -272,13 +292,13 @@ def catalog_decoders(
     if catalog.envelope is not None:
         envelope_class = classes[catalog.envelope]
         envelope = MessageDecoder(
-            envelope_class, {_index_path(envelope_class.DESCRIPTOR): envelope_class}
+            envelope_class, {message_index_path(envelope_class.DESCRIPTOR): envelope_class}
         )
     topics: dict[str, MessageDecoder] = {}
     for topic, name in catalog.topic_types.items():
         default = classes[name]
         same_file = {
-            _index_path(cls.DESCRIPTOR): cls
+            message_index_path(cls.DESCRIPTOR): cls
             for cls in {classes[table.message] for table in catalog.fact_tables}
             if cls.DESCRIPTOR.file.name == default.DESCRIPTOR.file.name
         }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typer.testing import CliRunner
 
 from kingest.cli.commands import app
 from kingest.store.migrate import load_migrations
+from tests.catalog_support import EXAMPLE_PROTO, compile_catalog, compile_example_catalog
 from tests.integration.support import wait_for
 
 pytestmark = pytest.mark.integration
@@ -124,3 +126,54 @@ def test_sigterm_stops_the_demo_and_everything_it_started(tmp_path: Path) -> Non
     assert "kingest stopped (exit code 0)" in output.read_text(errors="replace")
     _, alive = psutil.wait_procs(started, timeout=10)
     assert not alive, [process.name() for process in alive]
+
+
+TOPIC_TYPES = (
+    "gpu-samples:llmserving.v1.GpuUtilizationSample,datasets:llmserving.v1.DatasetVersionCreated"
+)
+
+
+@pytest.mark.parametrize(
+    ("proto", "topic_types", "expected"),
+    [
+        (
+            "events.proto",
+            None,
+            {"prompt_completions": 100, "guardrail_hits": 100, "feedback": 100},
+        ),
+        (
+            "topics.proto",
+            TOPIC_TYPES,
+            {"gpu_utilization_sample": 300, "dataset_version_created": 300},
+        ),
+    ],
+    ids=["envelope", "typed-topics"],
+)
+def test_demo_ingests_a_catalogs_messages_into_its_schema(
+    runner: CliRunner,
+    tmp_path: Path,
+    proto: str,
+    topic_types: str | None,
+    expected: dict[str, int],
+) -> None:
+    """Envelope mode (the envelope's events in turn) and per-topic mode, each table filled."""
+    if proto == "events.proto":
+        catalog = compile_example_catalog(tmp_path)
+    else:  # a catalog without envelope: the typed topics' file alone
+        catalog = tmp_path / "topics.binpb"
+        name = f"llmserving/v1/{proto}"
+        catalog.write_bytes(compile_catalog(tmp_path, {name: (EXAMPLE_PROTO / name).read_text()}))
+    types = [] if topic_types is None else ["--topic-types", topic_types]
+    result = runner.invoke(
+        app,
+        [
+            *("demo", "--catalog", str(catalog), "--count", "300", "--partitions", "2"),
+            *("--schema", "llm", "--exit-when-done", *types),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "schema llm" in result.output
+    for table, rows in expected.items():
+        assert re.search(rf"│ {table}\s+│ {rows}\s+│", result.output), result.output
+    assert re.search(r"│ kingest\.dead_letters\s+│ 0\s+│", result.output), result.output
+    assert "kingest stopped (exit code 0)" in result.output

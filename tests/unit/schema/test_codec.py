@@ -5,10 +5,20 @@ from __future__ import annotations
 import pickle
 
 import pytest
+from google.protobuf import descriptor_pb2
+from google.protobuf.message import Message
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kingest.schema.codec import DecodeError, decode_event, encode_event, split_wire_format
+from kingest.schema.codec import (
+    DecodeError,
+    MessageDecoder,
+    decode_event,
+    encode_event,
+    encode_message,
+    message_index_path,
+    split_wire_format,
+)
 from kingest.schema.v1.events_pb2 import (
     Event,
     InferenceCompleted,
@@ -181,3 +191,69 @@ def test_decode_error_survives_pickling() -> None:
     error = DecodeError("invalid_protobuf", "bad bytes")
     copy = pickle.loads(pickle.dumps(error))
     assert (copy.error_class, str(copy)) == ("invalid_protobuf", "bad bytes")
+
+
+# Any message, not only Event: the messages of descriptor.proto have a fixed layout in their
+# file (FileDescriptorSet first, DescriptorProto third with ExtensionRange and ReservedRange
+# nested), so their index paths are known without a catalog.
+_RANGE = descriptor_pb2.DescriptorProto.ReservedRange(start=3, end=7)
+_RANGE_PATH = (2, 1)
+
+
+def _decoder_of(*classes: type[Message]) -> MessageDecoder:
+    return MessageDecoder(classes[0], {message_index_path(c.DESCRIPTOR): c for c in classes})
+
+
+def test_message_index_path_follows_nesting_in_the_file() -> None:
+    assert message_index_path(descriptor_pb2.FileDescriptorSet.DESCRIPTOR) == (0,)
+    assert message_index_path(descriptor_pb2.DescriptorProto.DESCRIPTOR) == (2,)
+    assert message_index_path(_RANGE.DESCRIPTOR) == _RANGE_PATH
+    assert message_index_path(Event.DESCRIPTOR) == (0,)
+
+
+def test_any_message_round_trips_plain() -> None:
+    value = encode_message(_RANGE)
+    assert value == _RANGE.SerializeToString(deterministic=True)
+    assert split_wire_format(value) == (None, (), value)
+    assert _decoder_of(descriptor_pb2.DescriptorProto.ReservedRange).decode(value) == _RANGE
+
+
+def test_framed_message_carries_its_own_index_path_by_default() -> None:
+    value = encode_message(_RANGE, schema_id=42)
+    assert value == _framed(42, bytes([4, 4, 2]), _RANGE.SerializeToString())
+    schema_id, indexes, payload = split_wire_format(value)
+    assert (schema_id, indexes, bytes(payload)) == (42, _RANGE_PATH, _RANGE.SerializeToString())
+    decoder = _decoder_of(
+        descriptor_pb2.FileDescriptorSet,
+        descriptor_pb2.DescriptorProto,
+        descriptor_pb2.DescriptorProto.ReservedRange,
+    )
+    decoded = decoder.decode(value)
+    assert type(decoded) is descriptor_pb2.DescriptorProto.ReservedRange
+    assert decoded == _RANGE
+
+
+def test_framed_first_message_uses_the_short_form() -> None:
+    files = descriptor_pb2.FileDescriptorSet(file=[descriptor_pb2.FileDescriptorProto(name="a")])
+    value = encode_message(files, schema_id=7)
+    assert value == _framed(7, b"\x00", files.SerializeToString())
+    assert _decoder_of(descriptor_pb2.FileDescriptorSet).decode(value) == files
+
+
+def test_explicit_message_indexes_override_the_messages_own_path() -> None:
+    value = encode_message(_RANGE, schema_id=1, message_indexes=[5, 0, 3])
+    assert split_wire_format(value)[1] == (5, 0, 3)
+
+
+def test_encode_event_is_encode_message_with_index_zero() -> None:
+    event = _event()
+    assert encode_event(event, schema_id=9) == encode_message(event, schema_id=9)
+    assert encode_event(event, schema_id=9, message_indexes=[1]) == encode_message(
+        event, schema_id=9, message_indexes=[1]
+    )
+
+
+@pytest.mark.parametrize("schema_id", [-1, 2**31])
+def test_encode_message_refuses_a_schema_id_outside_int32(schema_id: int) -> None:
+    with pytest.raises(ValueError, match="schema id"):
+        encode_message(_RANGE, schema_id=schema_id)
