@@ -138,13 +138,16 @@ class MessageDecoder:
     ``(0,)`` for its first message); a path it does not know is ``unknown_message_index``.
     """
 
-    __slots__ = ("_by_indexes", "_default", "_parse", "_short_form")
+    __slots__ = ("_allow_empty", "_by_indexes", "_default", "_parse", "_short_form")
 
     def __init__(
         self,
         default: type[Message],
         by_indexes: Mapping[tuple[int, ...], type[Message]],
+        *,
+        allow_empty: bool = False,
     ) -> None:
+        self._allow_empty = allow_empty
         self._default = default
         self._parse = cast(Callable[[bytes | bytearray | memoryview], Message], default.FromString)
         self._by_indexes = dict(by_indexes)
@@ -153,12 +156,15 @@ class MessageDecoder:
     def decode(self, value: bytes | None) -> Message:
         """Parse a Kafka message value; raises only ``DecodeError``, whatever the bytes.
 
-        A missing or zero-length value is rejected as ``empty_value`` even though it is
-        a valid empty proto3 message: a message with nothing in it is a producer bug, not
-        an event.
+        A missing value (a tombstone) is rejected as ``empty_value``; so is a zero-length
+        one, though it is a valid empty proto3 message, unless ``allow_empty``: an
+        envelope with nothing in it is a producer bug, not an event, while a typed
+        topic's message may hold only default values (``allow_empty``).
         """
         if not value:
-            raise DecodeError("empty_value", "message value is empty or missing")
+            if value is None or not self._allow_empty:
+                raise DecodeError("empty_value", "message value is empty or missing")
+            return self._default()  # every field at its default (an int32 of 0...)
         parse = self._parse
         if value[0] != WIRE_FORMAT_MAGIC:
             payload: memoryview | bytes | bytearray = value
@@ -302,5 +308,5 @@ def catalog_decoders(
             for cls in {classes[table.message] for table in catalog.fact_tables}
             if cls.DESCRIPTOR.file.name == default.DESCRIPTOR.file.name
         }
-        topics[topic] = MessageDecoder(default, same_file)
+        topics[topic] = MessageDecoder(default, same_file, allow_empty=True)
     return envelope, topics

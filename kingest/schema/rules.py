@@ -18,7 +18,7 @@ from __future__ import annotations
 import keyword
 from collections.abc import Callable, Mapping
 from math import isfinite
-from typing import Any
+from typing import Any, Final
 
 from kingest.catalog import FactTable, FieldMapping, ValueKind
 
@@ -70,6 +70,31 @@ def _check_finite_map(values: Mapping[str, float], path: str) -> None:
             raise ValidationError(
                 "not_finite", f"{path}[{key}]", f"{path}[{key!r}] is {value}, not finite"
             )
+
+
+#: Well-known messages holding JSON values, whose numbers may be NaN or infinite.
+_JSON_VALUES: Final = frozenset(
+    {".google.protobuf.Struct", ".google.protobuf.Value", ".google.protobuf.ListValue"}
+)
+
+
+def _check_finite_within(message: Any, path: str) -> None:
+    """Every double in a wrapper, Struct, Value or ListValue must be finite."""
+    descriptor = message.DESCRIPTOR
+    if descriptor.full_name == "google.protobuf.Struct":
+        for key, value in message.fields.items():
+            _check_finite_within(value, f"{path}.{key}")
+    elif descriptor.full_name == "google.protobuf.ListValue":
+        for index, value in enumerate(message.values):
+            _check_finite_within(value, f"{path}[{index}]")
+    elif descriptor.full_name == "google.protobuf.Value":
+        kind = message.WhichOneof("kind")
+        if kind == "number_value" and not isfinite(message.number_value):
+            raise _not_finite(path, message.number_value)
+        if kind in ("struct_value", "list_value"):
+            _check_finite_within(getattr(message, kind), path)
+    elif not isfinite(message.value):  # a DoubleValue or FloatValue
+        raise _not_finite(path, message.value)
 
 
 def _check_finite_items(values: Any, path: str) -> None:
@@ -174,10 +199,16 @@ def _rules_source(table: FactTable, prefix: str, out: _Writer) -> None:
         name = field.path[-1]
         block = _Writer()
         block.constants = out.constants
-        if _message_like(field):
+        if _message_like(field) or field.proto_type in _JSON_VALUES:
             if field.required:
                 block.emit(0, f"if not {parent}.HasField({name!r}):")
                 block.emit(1, f"raise missing({path})")
+            if field.proto_type in _JSON_VALUES or (
+                field.wrapped and field.kind is ValueKind.FLOAT
+            ):
+                # A NaN or infinity inside: JSON and PostgreSQL numbers have none.
+                block.emit(0, f"if {parent}.HasField({name!r}):")
+                block.emit(1, f"_check_finite_within({_read(parent, name)}, {path})")
         else:
             value = f"v{number}"
             _field_rules(block, field, value, path, 0)
@@ -213,6 +244,7 @@ def compile_rules(tables: Mapping[str, FactTable]) -> dict[str, Callable[[Any], 
             "_not_finite": _not_finite,
             "_check_finite_map": _check_finite_map,
             "_check_finite_items": _check_finite_items,
+            "_check_finite_within": _check_finite_within,
             "_check_enum_items": _check_enum_items,
             **out.constants,
         }

@@ -45,6 +45,10 @@ _JSON_SCALARS: Final = frozenset(
     {ValueKind.TEXT, ValueKind.INT, ValueKind.UINT64, ValueKind.FLOAT, ValueKind.BOOL}
 )
 
+#: The value of a column whose flattened parent message is unset: NULL in every case
+#: (optional text travels as '' and becomes NULL in SQL).
+_UNSET: Final = {ColumnType.OPTIONAL_TEXT: "''"}
+
 RowFunction = Callable[[Any, list[list[Any]]], None]
 
 
@@ -126,17 +130,20 @@ def _value(out: _Source, column: Column, transport: ColumnType, number: int) -> 
     read = _read(parent, name)
     kind = field.kind
     present = f"{parent}.HasField({name!r})"
+    # Rendering JSON may raise (a value json cannot hold): such values are computed
+    # before the first append, so that a failure leaves the row wholly unbuffered.
+    risky = kind in (ValueKind.JSON, ValueKind.ARRAY) and field.map_value not in _JSON_SCALARS
     if kind is ValueKind.ENUM:
         labels = out.constant(_labels(field, nullable=not column.not_null))
         local = f"e{number}"
         out.first.append(f"{local} = {labels}[{read}]")
         expression = local
     elif kind is ValueKind.JSON and field.map_value is not None:
-        if (
-            field.map_value in (ValueKind.TEXT, ValueKind.INT, ValueKind.FLOAT, ValueKind.BOOL)
-            or field.map_value is ValueKind.UINT64
-        ):
+        if field.map_value in _JSON_SCALARS:
             expression = f"_json_object({read})"
+        elif field.map_value is ValueKind.ENUM:
+            labels = out.constant(dict(field.labels))
+            expression = f"json.dumps({{k: {labels}.get(v, v) for k, v in {read}.items()}})"
         else:
             expression = f"json.dumps({{k: _json_value(v) for k, v in {read}.items()}})"
     elif kind is ValueKind.JSON:
@@ -156,7 +163,8 @@ def _value(out: _Source, column: Column, transport: ColumnType, number: int) -> 
         local = f"t{number}"
         out.first.append(f"{local} = {read}")
         expression = (
-            f"(str({local}.seconds * 1000000 + {local}.nanos // 1000) if {present} else None)"
+            # int(nanos / 1000) truncates toward zero: a negative duration's nanos are < 0.
+            f"(str({local}.seconds * 1000000 + int({local}.nanos / 1000)) if {present} else None)"
         )
     elif field.wrapped:
         expression = f"(_to_text({read}.value) if {present} else None)"
@@ -169,9 +177,15 @@ def _value(out: _Source, column: Column, transport: ColumnType, number: int) -> 
             expression = f"_to_text({read})"
     else:
         expression = read
-    unset = "''" if transport is ColumnType.OPTIONAL_TEXT else "None"  # NULL either way
+    unset = _UNSET.get(transport, "None")
+    if column.default is not None:  # a map, list or array under an unset parent: empty
+        unset = repr("[]" if column.default == "'[]'" or kind is ValueKind.ARRAY else "{}")
     for guard in reversed(guards):
         expression = f"({expression} if {guard} else {unset})"
+    if risky:
+        local = f"j{number}"
+        out.first.append(f"{local} = {expression}")
+        return local
     return expression
 
 

@@ -304,6 +304,11 @@ class RowBatch:
                         record, event, kind, "unknown_enum", f"unmapped enum {exc}"
                     )
                     continue
+                except (ValueError, TypeError) as exc:
+                    # A value the mapping cannot render (the validator should have said
+                    # so); values that may fail are computed before the first append.
+                    self._reject_invalid(record, event, kind, "unmappable", str(exc))
+                    continue
                 columns[0].append(event_id)
                 columns[1].append(occurred_micros)
                 columns[2].append(correlation_id)

@@ -200,7 +200,12 @@ _DIRECT: Final = {
     ("double precision", True): ColumnType.FLOAT8,
     ("boolean", True): ColumnType.BOOL,
 }
-_EPOCH: Final = "'epoch'::timestamptz + ({})::int8 * '1 microsecond'::interval"
+#: Epoch microseconds to timestamptz by integer arithmetic only: multiplying an interval
+#: by an int8 goes through float8, exact only within 2^53 microseconds of 1970.
+_EPOCH: Final = (
+    "'epoch'::timestamptz + (({0})::int8 / 1000000) * '1 second'::interval"
+    " + (({0})::int8 % 1000000) * '1 microsecond'::interval"
+)
 
 
 def _write_column(column: Column) -> WriteColumn:
@@ -223,7 +228,10 @@ def _write_column(column: Column) -> WriteColumn:
     if kind is ValueKind.TIMESTAMP:
         cast = _EPOCH
     elif kind is ValueKind.DURATION:
-        cast = "({})::int8 * '1 microsecond'::interval"
+        cast = (
+            "(({0})::int8 / 1000000) * '1 second'::interval"
+            " + (({0})::int8 % 1000000) * '1 microsecond'::interval"
+        )
     elif kind is ValueKind.ARRAY and field is not None:
         element = column.sql_type.removesuffix("[]")
         decode = "decode(e, 'hex')" if field.element is ValueKind.BYTES else f"e::{element}"
