@@ -457,6 +457,33 @@ def expected_sql_types(
     return types
 
 
+def expected_not_null(
+    spec: CatalogSpec, message: MessageSpec | None = None, prefix: str = ""
+) -> dict[str, bool | None]:
+    """Column -> whether the type table makes it NOT NULL (None: either, for a map or
+    repeated field of a flattened message, see test_a_flattened_map_of_an_unset_message_*)."""
+    not_null: dict[str, bool | None] = {}
+    for field in (message or spec.root).fields:
+        name = prefix + field.name
+        if field.flatten:
+            nested = expected_not_null(spec, spec.message(field.type), f"{name}_")
+            not_null.update({column: False if value else value for column, value in nested.items()})
+            not_null.update(
+                {
+                    prefix + f"{field.name}_{f.name}": None
+                    for f in spec.message(field.type).fields
+                    if f.repeated or f.category == "map"
+                }
+            )
+        elif field.repeated or field.category == "map":
+            not_null[name] = True
+        elif field.optional or field.oneof or field.category != "scalar":
+            not_null[name] = False
+        else:
+            not_null[name] = field.type not in ("string", "bytes")
+    return not_null
+
+
 def _json(message: Message) -> Any:
     return json_format.MessageToDict(message, preserving_proto_field_name=True)
 
