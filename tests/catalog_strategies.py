@@ -15,6 +15,7 @@ import math
 import re
 import struct
 import tempfile
+import uuid
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Final
@@ -79,6 +80,18 @@ _WORDS: Final = ("RED", "GREEN", "BLUE", "FAILED", "OK", "HTTP", "V2", "A1")
 TIMESTAMP_SECONDS: Final = st.integers(-9_007_199_254, 9_007_199_254)
 DURATION_SECONDS: Final = 9_007_199_254
 EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+#: The envelope fields, found by name in a message of a topic.
+ROLE_FIELDS: Final = (
+    "string event_id",
+    "google.protobuf.Timestamp occurred_at",
+    "string correlation_id",
+    "string source",
+)
+#: occurred_at the validator accepts: from 2000-01-01 to a day after the test's clock.
+MIN_OCCURRED_AT: Final = 946_684_800
+MAX_OCCURRED_AT: Final = 1_750_000_000 + 86_400
+#: tests.fakes.FakeRecord's Kafka timestamp, which stands in for an unset occurred_at.
+KAFKA_TIME: Final = EPOCH + dt.timedelta(milliseconds=1_749_999_000_500)
 
 
 def _upper_snake(name: str) -> str:
@@ -128,6 +141,9 @@ class CatalogSpec:
 
     enums: tuple[EnumSpec, ...]
     messages: tuple[MessageSpec, ...]
+    #: Whether the table's message carries the envelope fields by name (event_id,
+    #: occurred_at, correlation_id, source: :data:`ROLE_FIELDS`, after its own fields).
+    roles: bool = False
 
     @property
     def root(self) -> MessageSpec:
@@ -266,7 +282,7 @@ def catalog_specs(draw: st.DrawFn, exclude: frozenset[str] = frozenset()) -> Cat
         attrs.evolve(shape, name=name)
         for shape, name in zip([*shapes, *members], names, strict=True)
     )
-    spec = CatalogSpec(enums, (*messages, MessageSpec(MESSAGE, fields)))
+    spec = CatalogSpec(enums, (*messages, MessageSpec(MESSAGE, fields)), draw(st.booleans()))
     columns = list(expected_sql_types(spec))
     if len(set(columns)) != len(columns):  # a flattened prefix met a field's name
         return draw(st.nothing())
@@ -303,6 +319,11 @@ def _message_text(spec: CatalogSpec, message: MessageSpec) -> str:
             oneofs.setdefault(field.oneof, []).append(line)
         else:
             lines.append(f"  {line}")
+    if spec.roles and message is spec.root:
+        lines += [
+            f"  {text} = {number};"
+            for number, text in enumerate(ROLE_FIELDS, start=len(message.fields) + 1)
+        ]
     for name, members in oneofs.items():
         lines.append(f"  oneof {name} {{")
         lines += [f"    {member}" for member in members]
@@ -314,6 +335,7 @@ def _message_text(spec: CatalogSpec, message: MessageSpec) -> str:
 def proto_source(spec: CatalogSpec) -> str:
     """The ``.proto`` file of ``spec``."""
     used = {field.category for message in spec.messages for field in message.fields}
+    used |= {"timestamp"} if spec.roles else set()
     flattened = any(field.flatten for message in spec.messages for field in message.fields)
     imports = {
         "timestamp": "google/protobuf/timestamp.proto",
@@ -421,7 +443,35 @@ def message_values(draw: st.DrawFn, spec: CatalogSpec, cls: type[Message]) -> Me
     """An instance of the table's message, fields set or left unset at random."""
     message = cls()
     _fill(draw, spec, message, spec.root)
+    if spec.roles:
+        message.event_id = draw(st.just("") | st.uuids().map(str) | st.uuids().map(_hex))
+        if draw(st.booleans()):  # else the Kafka timestamp stands in
+            message.occurred_at.seconds = draw(st.integers(MIN_OCCURRED_AT, MAX_OCCURRED_AT))
+            message.occurred_at.nanos = draw(st.integers(0, 999_999_999))
+        message.correlation_id = draw(TEXT)
+        message.source = draw(TEXT)
     return message
+
+
+def _hex(value: Any) -> str:
+    """A UUID as 32 upper-case hex digits (a form the validator accepts too)."""
+    return str(value.hex.upper())
+
+
+def expected_envelope(message: Message, derived_event_id: str) -> dict[str, Any]:
+    """The envelope columns of a message carrying the role fields (``roles``)."""
+    event_id = message.event_id or derived_event_id  # type: ignore[attr-defined]
+    occurred_at = message.occurred_at  # type: ignore[attr-defined]
+    return {
+        "event_id": str(uuid.UUID(event_id)),
+        "occurred_at": EPOCH
+        + dt.timedelta(microseconds=occurred_at.seconds * 1_000_000 + occurred_at.nanos // 1000)
+        if message.HasField("occurred_at")
+        else KAFKA_TIME,
+        # The event id as sent stands in for a missing correlation id.
+        "correlation_id": message.correlation_id or event_id,  # type: ignore[attr-defined]
+        "source": message.source,  # type: ignore[attr-defined]
+    }
 
 
 # --- expectations ----------------------------------------------------------------------
@@ -602,7 +652,7 @@ def poisoned(draw: st.DrawFn, spec: CatalogSpec, message: Message) -> str | None
     """Make ``message`` one kingest must dead-letter (a NUL, a 1025-character text, a
     NaN or infinity, an undefined enum number) and return the ``error_class`` expected;
     None (message unchanged) when the table's message has no field to spoil."""
-    choices: list[tuple[FieldSpec, str]] = []
+    choices: list[tuple[FieldSpec | None, str]] = []
     for field in spec.root.fields:
         if field.category in ("scalar", "map") and field.type == "string":
             choices.append((field, "nul_character"))
@@ -612,9 +662,20 @@ def poisoned(draw: st.DrawFn, spec: CatalogSpec, message: Message) -> str | None
             choices.append((field, "not_finite"))
         elif field.category == "enum":
             choices.append((field, "unknown_enum"))
+    if spec.roles:
+        choices += [(None, "invalid_uuid"), (None, "timestamp_out_of_range")]
     if not choices:
         return None
-    field, error_class = draw(st.sampled_from(choices))
+    chosen, error_class = draw(st.sampled_from(choices))
+    if chosen is None:
+        if error_class == "invalid_uuid":
+            message.event_id = "not a uuid " + draw(TEXT)  # type: ignore[attr-defined]
+        else:
+            message.occurred_at.seconds = draw(  # type: ignore[attr-defined]
+                st.integers(-(2**40), MIN_OCCURRED_AT - 1) | st.integers(MAX_OCCURRED_AT + 1, 2**40)
+            )
+        return error_class
+    field = chosen
     target = getattr(message, field.name)
     if error_class == "nul_character":
         text = draw(TEXT) + "\x00" + draw(TEXT)
