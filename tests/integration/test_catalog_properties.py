@@ -1,0 +1,382 @@
+"""Random catalogs on a real PostgreSQL: their DDL applies, and a random message of the
+table's type round-trips through RowBatch and write_batch to the values the type table
+promises (computed in ``tests.catalog_strategies``, not by kingest's mapping).
+
+What the properties found broken is pinned by the ``xfail(strict=True)`` examples at the
+end; until it is fixed, the round trip leaves those features out (:data:`BROKEN`) and
+writes through :func:`_write`, which bridges the two gaps of ``write_batch`` for a
+catalog other than the built-in one.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import math
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import psycopg
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+import kingest.store.write as write_module
+from kingest.catalog import Catalog, catalog_ddl, load_catalog, message_class, quote_identifier
+from kingest.store import (
+    RowBatch,
+    WriteResult,
+    apply_migrations,
+    derive_event_id,
+    write_batch,
+    write_plan,
+)
+from kingest.store.tables import ColumnType
+from tests.catalog_strategies import (
+    FULL_NAME,
+    KAFKA_TIME,
+    TABLE,
+    CatalogSpec,
+    catalog_specs,
+    compile_spec,
+    expected_columns,
+    expected_envelope,
+    expected_sql_types,
+    message_values,
+    poisoned,
+    proto_source,
+    same_value,
+)
+from tests.catalog_support import compile_catalog
+from tests.fakes import FakeRecord
+
+pytestmark = pytest.mark.integration
+
+NOW = 1_750_000_000.0
+#: The envelope columns read back before the payload's (kafka_offset first, to order by).
+ENVELOPE = ("kafka_offset", "event_id", "occurred_at", "correlation_id", "source")
+#: Features the round trip leaves out: each is a finding pinned by an xfail test below.
+BROKEN: frozenset[str] = frozenset(
+    {
+        "bytes",  # test_a_bytes_column_round_trips
+        "optional bytes",
+        "BytesValue",
+        "flatten",  # test_a_flattened_* (two findings)
+        "map<string, enum>",  # test_a_map_is_json_as_protobuf_writes_it (three findings)
+        "map<string, float>",
+        *(f"map<string, {t}>" for t in ("int64", "sint64", "sfixed64", "uint64", "fixed64")),
+    }
+)
+
+
+@pytest.fixture
+def migrated_url(any_database_url: str) -> str:
+    """A fresh database with kingest's own tables (the dead letters go there)."""
+    apply_migrations(any_database_url)
+    return any_database_url
+
+
+@contextmanager
+def _bridged(catalog: Catalog) -> Iterator[None]:
+    """write_batch as it must work for any catalog: the batch's own plan's statements,
+    and text (or NULL) for the columns cast in SQL, never written by COPY."""
+    encoders = {**write_module._ENCODERS, ColumnType.CAST: list}
+    with (
+        mock.patch.object(write_module, "WRITE_PLAN", write_plan_of(catalog).statements),
+        mock.patch.object(write_module, "_ENCODERS", encoders),
+    ):
+        yield
+
+
+_PLANS: dict[str, Any] = {}
+
+
+def write_plan_of(catalog: Catalog) -> Any:
+    if catalog.digest + catalog.schema not in _PLANS:
+        _PLANS[catalog.digest + catalog.schema] = write_plan(catalog)
+    return _PLANS[catalog.digest + catalog.schema]
+
+
+def _write(conn: psycopg.Connection[Any], batch: RowBatch) -> WriteResult:
+    copyable = all(table.copyable for table in batch.plan.tables)
+    with _bridged(batch.plan.catalog):
+        return write_batch(conn, batch, use_copy=copyable)
+
+
+def _round_trip(
+    conn: psycopg.Connection[Any], catalog: Catalog, values: list[bytes], topic: str
+) -> tuple[RowBatch, list[tuple[Any, ...]], list[str]]:
+    for statement in catalog_ddl(catalog):
+        conn.execute(statement.encode())
+    batch = RowBatch(now=NOW, plan=write_plan_of(catalog))
+    batch.add_records(
+        FakeRecord(value, topic=topic, offset=offset) for offset, value in enumerate(values)
+    )
+    _write(conn, batch)
+    (table,) = catalog.fact_tables
+    names = [column.name for column in table.payload_columns]
+    selected = ", ".join([*ENVELOPE, *map(quote_identifier, names)])
+    rows = conn.execute(
+        f"SELECT {selected} FROM {quote_identifier(catalog.schema)}.{TABLE} ORDER BY 1"
+    ).fetchall()
+    return batch, rows, names
+
+
+@settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data(), spec=catalog_specs(exclude=BROKEN))
+def test_a_random_message_round_trips(
+    migrated_url: str, data: st.DataObject, spec: CatalogSpec
+) -> None:
+    schema = f"g{uuid.uuid4().hex[:12]}"
+    catalog = load_catalog(compile_spec(spec), schema=schema, topic_types={schema: FULL_NAME})
+    cls = message_class(catalog, FULL_NAME)
+    # An all-default message is empty bytes: test_an_all_default_message_is_a_row.
+    # Events that share an event_id are one row: not what this property is about.
+    messages = data.draw(
+        st.lists(
+            message_values(spec, cls).filter(lambda m: m.ByteSize()),
+            min_size=1,
+            max_size=3,
+            unique_by=lambda m: str(uuid.UUID(m.event_id)) if spec.roles and m.event_id else id(m),
+        )
+    )
+    # Some messages are spoilt: each must become a dead letter of the expected class.
+    spoilt = {
+        offset: error_class
+        for offset, message in enumerate(messages)
+        if data.draw(st.booleans(), label=f"spoil {offset}")
+        and (error_class := data.draw(poisoned(spec, message))) is not None
+    }
+    for error_class in spoilt.values():
+        event(f"dead letter: {error_class}")
+    types = expected_sql_types(spec)
+    with psycopg.connect(migrated_url, autocommit=True) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        batch, rows, names = _round_trip(
+            conn, catalog, [m.SerializeToString() for m in messages], schema
+        )
+        rejected = {r.offset: (r.error_stage, r.error_class) for r in batch.rejections}
+        assert rejected == {o: ("validate", c) for o, c in spoilt.items()}, proto_source(spec)
+        dead_letters = conn.execute(
+            "SELECT kafka_offset, error_class FROM kingest.dead_letters WHERE kafka_topic = %s",
+            (schema,),
+        ).fetchall()
+        assert dict(dead_letters) == spoilt
+        stored = [n for n in range(len(messages)) if n not in spoilt]
+        assert [row[0] for row in rows] == stored
+        for offset, row in zip(stored, rows, strict=True):
+            parsed = cls.FromString(messages[offset].SerializeToString())
+            expected = expected_columns(spec, parsed)
+            got = dict(zip(names, row[len(ENVELOPE) :], strict=True))
+            wrong = {
+                name: (got[name], expected[name])
+                for name in names
+                if not same_value(types[name], got[name], expected[name])
+            }
+            derived = derive_event_id(schema, 3, offset)
+            envelope = (
+                expected_envelope(parsed, derived)
+                if spec.roles
+                else {"event_id": derived, "occurred_at": KAFKA_TIME, "correlation_id": derived}
+                | {"source": ""}
+            )
+            got_envelope = dict(zip(ENVELOPE[1:], row[1 : len(ENVELOPE)], strict=True))
+            got_envelope["event_id"] = str(got_envelope["event_id"])
+            if got_envelope != envelope:
+                wrong["envelope"] = (got_envelope, envelope)
+            assert not wrong, f"(got, expected) {wrong}\n{proto_source(spec)}{parsed}"
+
+
+# --- findings: minimal examples of what the properties found broken ------------------
+
+COLOR = "enum Color { COLOR_UNSPECIFIED = 0; COLOR_RED = 1; }\n"
+
+
+def _catalog(tmp_path: Path, body: str, *imports: str) -> Catalog:
+    """A catalog of one ``.proto`` file whose message ``ex.v1.M`` is topic ``ex``'s type."""
+    header = 'syntax = "proto3";\npackage ex.v1;\n'
+    header += "".join(f'import "{name}";\n' for name in imports)
+    raw = compile_catalog(tmp_path, {"ex/v1/m.proto": header + body})
+    return load_catalog(raw, schema="ex", topic_types={"ex": "ex.v1.M"})
+
+
+def _batch(catalog: Catalog, *messages: Any) -> RowBatch:
+    batch = RowBatch(now=NOW, plan=write_plan_of(catalog))
+    batch.add_records(
+        FakeRecord(m.SerializeToString(), topic="ex", offset=n) for n, m in enumerate(messages)
+    )
+    return batch
+
+
+def _stored(url: str, catalog: Catalog, message: Any, column: str) -> Any:
+    """``column`` of the row ``message`` makes, written as :func:`_write` writes."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SET TimeZone = 'UTC'")
+        for statement in catalog_ddl(catalog):
+            conn.execute(statement.encode())
+        batch = _batch(catalog, message)
+        assert batch.rejections == []
+        _write(conn, batch)
+        row = conn.execute(f"SELECT {quote_identifier(column)} FROM ex.m").fetchone()
+    assert row is not None
+    return row[0]
+
+
+def _new(catalog: Catalog) -> Any:
+    return message_class(catalog, "ex.v1.M")()
+
+
+@pytest.mark.xfail(strict=True, reason="write_batch writes the built-in plan's statements")
+def test_write_batch_writes_the_rows_of_the_batchs_own_catalog(
+    any_database_url: str, tmp_path: Path
+) -> None:
+    catalog = _catalog(tmp_path, "message M { int64 n = 1; }")
+    message = _new(catalog)
+    message.n = 7
+    with psycopg.connect(any_database_url, autocommit=True) as conn:
+        for statement in catalog_ddl(catalog):
+            conn.execute(statement.encode())
+        result = write_batch(conn, _batch(catalog, message))
+        assert result.inserted == {"m": 1}
+        assert conn.execute("SELECT n FROM ex.m").fetchall() == [(7,)]
+
+
+@pytest.mark.xfail(strict=True, reason="no encoder for ColumnType.CAST (INSERT nor COPY)")
+@pytest.mark.parametrize("use_copy", [True, False], ids=["copy", "insert"])
+def test_write_batch_sends_the_columns_cast_in_sql(
+    any_database_url: str, tmp_path: Path, use_copy: bool
+) -> None:
+    catalog = _catalog(tmp_path, "message M { optional int64 n = 1; uint64 u = 2; }")
+    message = _new(catalog)
+    message.n, message.u = 7, 2**64 - 1
+    with psycopg.connect(any_database_url, autocommit=True) as conn:
+        for statement in catalog_ddl(catalog):
+            conn.execute(statement.encode())
+        batch = _batch(catalog, message)
+        with mock.patch.object(write_module, "WRITE_PLAN", batch.plan.statements):
+            write_batch(conn, batch, use_copy=use_copy)
+        assert conn.execute("SELECT n, u FROM ex.m").fetchall() == [(7, 2**64 - 1)]
+
+
+@pytest.mark.xfail(strict=True, reason="bytes travel as '\\x..' text but are cast by decode(hex)")
+def test_a_bytes_column_round_trips(any_database_url: str, tmp_path: Path) -> None:
+    catalog = _catalog(tmp_path, "message M { bytes b = 1; }")
+    message = _new(catalog)
+    message.b = b"\x01\xff"
+    assert _stored(any_database_url, catalog, message, "b") == b"\x01\xff"
+
+
+@pytest.mark.xfail(
+    strict=True, raises=ValueError, reason="HasField on a flattened plain scalar raises"
+)
+def test_a_flattened_message_of_plain_scalars_is_a_row(tmp_path: Path) -> None:
+    catalog = _catalog(
+        tmp_path,
+        "message In { int32 a = 1; }\n"
+        "message M { In in = 1 [(kingest.options.v1.column).flatten = true]; }",
+        "kingest/options/v1/options.proto",
+    )
+    message = _new(catalog)
+    message.SetInParent()
+    getattr(message, "in").a = 3
+    batch = _batch(catalog, message)
+    assert (batch.event_count, batch.rejections) == (1, [])
+
+
+@pytest.mark.xfail(strict=True, reason="flattened map column is NOT NULL, mapped to None")
+def test_a_flattened_map_of_an_unset_message_is_storable(
+    any_database_url: str, tmp_path: Path
+) -> None:
+    catalog = _catalog(
+        tmp_path,
+        "message In { map<string, string> tags = 1; }\n"
+        "message M { In in = 1 [(kingest.options.v1.column).flatten = true]; int32 n = 2; }",
+        "kingest/options/v1/options.proto",
+    )
+    message = _new(catalog)
+    message.n = 1
+    assert _stored(any_database_url, catalog, message, "in_tags") in (None, {})
+
+
+@pytest.mark.xfail(
+    strict=True, raises=ValueError, reason="MessageToDict raises out of add_records on NaN"
+)
+def test_a_struct_holding_nan_is_dead_lettered(tmp_path: Path) -> None:
+    catalog = _catalog(
+        tmp_path, "message M { google.protobuf.Struct s = 1; }", "google/protobuf/struct.proto"
+    )
+    message = _new(catalog)
+    message.s["x"] = math.nan
+    assert [r.error_class for r in _batch(catalog, message).rejections] == ["not_finite"]
+
+
+@pytest.mark.xfail(strict=True, reason="a DoubleValue is not checked for finiteness")
+def test_a_nan_wrapper_is_dead_lettered(tmp_path: Path) -> None:
+    catalog = _catalog(
+        tmp_path,
+        "message M { google.protobuf.DoubleValue d = 1; }",
+        "google/protobuf/wrappers.proto",
+    )
+    message = _new(catalog)
+    message.d.value = math.nan
+    assert [r.error_class for r in _batch(catalog, message).rejections] == ["not_finite"]
+
+
+@pytest.mark.xfail(strict=True, reason="an all-default message is empty bytes: empty_value")
+def test_an_all_default_message_is_a_row(tmp_path: Path) -> None:
+    catalog = _catalog(tmp_path, "message M { int32 n = 1; }")
+    batch = _batch(catalog, _new(catalog))
+    assert (batch.event_count, batch.rejections) == (1, [])
+
+
+@pytest.mark.xfail(strict=True, reason="int8 * interval multiplies in float8: 2**53 us at most")
+def test_a_far_timestamp_keeps_its_microseconds(any_database_url: str, tmp_path: Path) -> None:
+    catalog = _catalog(
+        tmp_path,
+        "message M { google.protobuf.Timestamp t = 1; }",
+        "google/protobuf/timestamp.proto",
+    )
+    message = _new(catalog)
+    message.t.seconds, message.t.nanos = 253_402_300_799, 999_999_000
+    expected = dt.datetime(9999, 12, 31, 23, 59, 59, 999_999, tzinfo=dt.UTC)
+    assert _stored(any_database_url, catalog, message, "t") == expected
+
+
+@pytest.mark.xfail(strict=True, reason="nanos // 1000 floors a negative duration")
+def test_a_negative_duration_is_truncated_like_a_positive_one(
+    any_database_url: str, tmp_path: Path
+) -> None:
+    catalog = _catalog(
+        tmp_path,
+        "message M { google.protobuf.Duration d = 1; }",
+        "google/protobuf/duration.proto",
+    )
+    message = _new(catalog)
+    message.d.seconds, message.d.nanos = -1, -500
+    assert _stored(any_database_url, catalog, message, "d") == dt.timedelta(seconds=-1)
+
+
+@pytest.mark.xfail(strict=True, reason="maps of scalars are json.dumps'd, not MessageToDict'ed")
+@pytest.mark.parametrize(
+    ("value_type", "value", "expected"),
+    [
+        ("Color", 1, "COLOR_RED"),
+        ("int64", 2**62, str(2**62)),
+        ("float", 0.1, 0.1),
+    ],
+    ids=["enum", "int64", "float"],
+)
+def test_a_map_is_json_as_protobuf_writes_it(
+    any_database_url: str, tmp_path: Path, value_type: str, value: Any, expected: Any
+) -> None:
+    catalog = _catalog(tmp_path, COLOR + f"message M {{ map<string, {value_type}> m = 1; }}")
+    message = _new(catalog)
+    message.m["k"] = value
+    assert _stored(any_database_url, catalog, message, "m") == {"k": expected}
