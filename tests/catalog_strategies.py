@@ -10,6 +10,7 @@ through kingest's own mapping), and :func:`expected_sql_types` the column types.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import math
 import re
@@ -546,12 +547,26 @@ def _scalar_value(type_name: str, value: Any, *, nullable_text: bool) -> Any:
     return value
 
 
+def _map_json(spec: CatalogSpec, field: FieldSpec, entries: Any) -> dict[str, Any]:
+    """A map column as docs/catalogs.md says: scalars as JSON writes them (numbers as
+    numbers, a float as its float32 value, bytes in base64), enums as labels, messages
+    as protobuf's JSON."""
+    if field.map_value == "enum":
+        enum = spec.enum(field.type)
+        return {key: enum.label(number) for key, number in entries.items()}
+    if field.map_value == "message":
+        return {key: _json(item) for key, item in entries.items()}
+    if field.type == "bytes":
+        return {key: base64.b64encode(item).decode() for key, item in entries.items()}
+    return dict(entries)
+
+
 def _value(spec: CatalogSpec, message: Message, field: FieldSpec) -> Any:
     """The column value of one (not flattened) field: NULL when a field that tracks
     presence (a message, proto3 ``optional``, a oneof member) is unset."""
     value = getattr(message, field.name)
     if field.category == "map":
-        return _json(message).get(field.name, {})
+        return _map_json(spec, field, value)
     descriptor = message.DESCRIPTOR.fields_by_name[field.name]
     if not field.repeated and descriptor.has_presence and not message.HasField(field.name):
         return None

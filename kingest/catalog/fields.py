@@ -206,9 +206,14 @@ def _column(
         entry = context.messages[field.type_name]
         value = next(f for f in entry.field if f.name == "value")
         value_kind = SCALAR_TYPES[value.type][1] if value.type in SCALAR_TYPES else ValueKind.JSON
+        labels: dict[int, str] = {}
         if value.type == F.TYPE_ENUM:
             value_kind = ValueKind.ENUM
-        return column("jsonb", True, ValueKind.JSON, default="'{}'", map_value=value_kind)
+            enum = context.enums.get(value.type_name)
+            labels = enum_labels(enum) if enum is not None else {}
+        return column(
+            "jsonb", True, ValueKind.JSON, default="'{}'", map_value=value_kind, labels=labels
+        )
     repeated = field.label == F.LABEL_REPEATED
     if field.type == F.TYPE_ENUM:
         enum = context.enums.get(field.type_name)

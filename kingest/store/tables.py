@@ -204,7 +204,7 @@ _DIRECT: Final = {
 #: by an int8 goes through float8, exact only within 2^53 microseconds of 1970.
 _EPOCH: Final = (
     "'epoch'::timestamptz + (({0})::int8 / 1000000) * '1 second'::interval"
-    " + (({0})::int8 % 1000000) * '1 microsecond'::interval"
+    " + mod(({0})::int8, 1000000) * '1 microsecond'::interval"
 )
 
 
@@ -230,7 +230,7 @@ def _write_column(column: Column) -> WriteColumn:
     elif kind is ValueKind.DURATION:
         cast = (
             "(({0})::int8 / 1000000) * '1 second'::interval"
-            " + (({0})::int8 % 1000000) * '1 microsecond'::interval"
+            " + mod(({0})::int8, 1000000) * '1 microsecond'::interval"
         )
     elif kind is ValueKind.ARRAY and field is not None:
         element = column.sql_type.removesuffix("[]")
