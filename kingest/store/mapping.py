@@ -113,8 +113,14 @@ def _labels(field: FieldMapping, nullable: bool) -> dict[int, str]:
     return labels
 
 
-def _value(out: _Source, column: Column, transport: ColumnType, number: int) -> str:
-    """The expression of one column's value, reading the payload ``p``."""
+def _value(
+    out: _Source, column: Column, transport: ColumnType, number: int, *, has_presence: bool
+) -> str:
+    """The expression of one column's value, reading the payload ``p``.
+
+    ``has_presence`` says the field itself tracks presence: a field of a flattened
+    message is ``present`` (NULL) when its message is unset, which the guards test, but
+    asking a plain scalar of that message ``HasField`` raises."""
     field = column.field
     assert field is not None
     parent = "p"
@@ -163,7 +169,7 @@ def _value(out: _Source, column: Column, transport: ColumnType, number: int) -> 
     elif transport is ColumnType.CAST:
         if kind in (ValueKind.TEXT, ValueKind.BYTES) and not column.not_null:
             expression = f"(_to_text({read}) or None)"
-        elif field.present and kind not in (ValueKind.TEXT, ValueKind.BYTES):
+        elif field.present and has_presence and kind not in (ValueKind.TEXT, ValueKind.BYTES):
             expression = f"(_to_text({read}) if {present} else None)"
         else:
             expression = f"_to_text({read})"
@@ -174,22 +180,38 @@ def _value(out: _Source, column: Column, transport: ColumnType, number: int) -> 
     return expression
 
 
-def _row_source(table: WriteTable, out: _Source) -> None:
+def _has_presence(message: Any, path: tuple[str, ...]) -> bool:
+    """Whether the field at ``path`` from ``message`` tracks presence itself."""
+    for step in path[:-1]:
+        message = message.fields_by_name[step].message_type
+    return bool(message.fields_by_name[path[-1]].has_presence)
+
+
+def _row_source(table: WriteTable, out: _Source, message: Any) -> None:
     assert table.fact is not None
     payload = table.fact.payload_columns
     transports = {column.name: column.type for column in table.columns}
     for offset, column in enumerate(payload):
         position = ENVELOPE_WIDTH + offset
-        value = _value(out, column, transports[column.name], position)
+        assert column.field is not None
+        value = _value(
+            out,
+            column,
+            transports[column.name],
+            position,
+            has_presence=_has_presence(message, column.field.path),
+        )
         out.appends.append(f"c[{position}].append({value})")
 
 
 def compile_row_functions(plan: WritePlan) -> dict[str, RowFunction]:
     """Event type -> a function appending a payload's columns to its table's buffers."""
     functions: dict[str, RowFunction] = {}
+    classes = catalog_classes(plan.catalog)
     for table in plan.tables:
+        assert table.fact is not None
         out = _Source()
-        _row_source(table, out)
+        _row_source(table, out, classes[table.fact.message].DESCRIPTOR)
         body = [*out.first, *out.appends] or ["return None"]
         source = "def row(p, c):\n" + "".join(f"    {line}\n" for line in body)
         namespace: dict[str, Any] = {**_HELPERS, **out.constants}
