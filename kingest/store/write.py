@@ -1,6 +1,7 @@
 """Write a RowBatch to PostgreSQL in one transaction, idempotently.
 
-For each statement of :data:`kingest.store.tables.WRITE_PLAN` whose tables have rows,
+For each statement of the batch's write plan (:attr:`RowBatch.plan`: the built-in
+catalog's :data:`kingest.store.tables.WRITE_PLAN`, or a catalog's) whose tables have rows,
 every column of the batch travels as ONE array parameter, and the statement is
 prepared, so a batch of any size costs a handful of round trips. (Not on a connection
 whose ``prepare_threshold`` is None: psycopg then ignores ``prepare=True``. The writers'
@@ -38,7 +39,7 @@ from psycopg.pq import Format, TransactionStatus
 from kingest.store.copy import copy_rows
 from kingest.store.dead_letter_sql import INSERT_DEAD_LETTER, INSERT_UNPUBLISHED_DEAD_LETTER
 from kingest.store.rows import Rejection, RowBatch, storable_timestamp_ms
-from kingest.store.tables import TABLES_BY_EVENT_TYPE, WRITE_PLAN, ColumnType
+from kingest.store.tables import TABLES_BY_EVENT_TYPE, ColumnType
 
 __all__ = [
     "WriteResult",
@@ -65,6 +66,9 @@ class WriteResult:
     duplicates: int
     state_changed: Mapping[str, int] = attrs.field(factory=dict)
     events_by_type: Mapping[str, int] = attrs.field(factory=dict)
+    #: Event type -> its fact table, for the types of a catalog other than the built-in
+    #: (the plan's naming, not an outcome: left out of comparisons).
+    tables_by_type: Mapping[str, str] = attrs.field(factory=dict, eq=False, repr=False)
     #: Tables written with COPY, and tables whose COPY met a unique violation and whose
     #: rows were then written with the idempotent INSERT.
     copied: tuple[str, ...] = ()
@@ -74,7 +78,8 @@ class WriteResult:
         """Event type -> (stored, duplicates) of this write."""
         outcomes = {}
         for kind, count in self.events_by_type.items():
-            stored = self.inserted.get(TABLES_BY_EVENT_TYPE[kind].name, 0)
+            table = self.tables_by_type.get(kind) or TABLES_BY_EVENT_TYPE[kind].name
+            stored = self.inserted.get(table, 0)
             outcomes[kind] = (stored, count - stored)
         return outcomes
 
@@ -213,6 +218,20 @@ def _text_array(values: Sequence[str]) -> str | Sequence[str]:
     return '{"' + body + '"}'
 
 
+def _nullable_text_array(values: Sequence[str | None]) -> str | Sequence[str | None]:
+    """:func:`_text_array` of the text of ``CAST`` columns, whose None elements are NULL
+    (an unquoted ``NULL`` in the literal)."""
+    if None not in values:
+        return _text_array(values)  # type: ignore[arg-type]
+    if any(value is not None and "\x00" in value for value in values):
+        return values
+    return (
+        "{"
+        + ",".join("NULL" if v is None else f'"{_escape_array_element(v)}"' for v in values)
+        + "}"
+    )
+
+
 _ENCODERS: Final[dict[ColumnType, Callable[[Sequence[Any]], Any]]] = {
     ColumnType.TEXT: _text_array,
     ColumnType.OPTIONAL_TEXT: _text_array,
@@ -223,6 +242,7 @@ _ENCODERS: Final[dict[ColumnType, Callable[[Sequence[Any]], Any]]] = {
     ColumnType.EPOCH_MICROS: _int8_array,
     ColumnType.FLOAT8: _float8_array,
     ColumnType.BOOL: _bool_array,
+    ColumnType.CAST: _nullable_text_array,
 }
 
 
@@ -312,10 +332,14 @@ def write_batch(
     with conn.transaction(), conn.cursor() as cursor:
         for array_class, dumper in _DUMPERS:
             cursor.adapters.register_dumper(array_class, dumper)
-        for statement in WRITE_PLAN:
+        for statement in batch.plan.statements:
             if not any(table.event_type in rows_by_type for table in statement.fact_tables):
                 continue
-            if use_copy and not statement.state_tables:
+            if (
+                use_copy
+                and not statement.state_tables
+                and all(table.copyable for table in statement.fact_tables)
+            ):
                 (table,) = statement.fact_tables
                 columns = batch.columns(table)
                 if len(set(columns[0])) == len(columns[0]):
@@ -352,6 +376,7 @@ def write_batch(
         duplicates=batch.event_count - sum(inserted.values()),
         state_changed=state_changed,
         events_by_type=rows_by_type,
+        tables_by_type={table.event_type: table.name for table in batch.plan.tables},
         copied=tuple(copied),
         copy_fallbacks=tuple(fallbacks),
     )
