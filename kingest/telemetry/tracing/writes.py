@@ -20,7 +20,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link, Span, SpanKind, Status, StatusCode
 
-from kingest.store import WRITE_PLAN, first_line
+from kingest.store import first_line
 from kingest.telemetry.tracing.batches import BatchTrace, mark_dead_lettered
 from kingest.telemetry.tracing.conventions import (
     DB_BATCH_SIZE,
@@ -71,7 +71,7 @@ def _statement_count(rows: RowBatch, dead_letters: bool) -> int:
     present = rows.counts_by_type
     count = sum(
         1
-        for statement in WRITE_PLAN
+        for statement in rows.plan.statements
         if any(table.event_type in present for table in statement.fact_tables)
     )
     return count + (1 if dead_letters and rows.rejection_count else 0)
