@@ -57,13 +57,14 @@ def _message_json(message: Message) -> Any:
 
 
 def _to_text(value: Any) -> str | None:
-    """A value as the text PostgreSQL's input of its column type reads."""
+    """A value as the text its column's cast in the write plan reads: PostgreSQL's input
+    of the type, bytes as bare hex digits (``decode(..., 'hex')``)."""
     if value is None or isinstance(value, str):
         return value
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, bytes):
-        return "\\x" + value.hex()
+        return value.hex()
     return str(value)
 
 
