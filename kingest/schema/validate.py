@@ -405,9 +405,13 @@ class EventValidator:
     # --- the envelope ------------------------------------------------------------------
 
     def event_type(self, event: Message) -> str:
-        """The event type set on an envelope; ``missing_payload`` when none is set."""
+        """The event type set on an envelope; ``missing_payload`` when none is set, or
+        ``unknown_fields`` when the envelope holds fields the catalog does not define (a
+        producer ahead of the catalog: a new member of the oneof is such a field)."""
         kind: str | None = event.WhichOneof(self._oneof) if self._oneof else None
         if kind is None or kind not in self.tables:
+            if self._unknown_dead_lettered:
+                _check_unknown_fields(event, "")
             raise ValidationError("missing_payload", "payload", "event carries no payload")
         return kind
 
