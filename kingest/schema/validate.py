@@ -84,7 +84,7 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from kingest.catalog import Catalog, FactTable, ValueKind, load_catalog
+from kingest.catalog import Catalog, EnvelopeFields, FactTable, ValueKind, load_catalog
 from kingest.schema.rules import ValidationError, compile_rules
 from kingest.schema.v1.events_pb2 import Event
 
@@ -348,6 +348,29 @@ def _text_limits(catalog: Catalog, envelope: str | None) -> _TextLimits:
     return _TextLimits(chars=chars, indexed=frozenset(indexed))
 
 
+def _check_unset_time(event: Message, name: str, seconds: int, *, required: bool) -> None:
+    """An event time out of range: refused, unless unset and not required (the Kafka
+    timestamp then stands in). An unset timestamp reads as 0, so presence is only
+    asked on this failure path."""
+    if event.HasField(name):
+        raise ValidationError(
+            "timestamp_out_of_range",
+            name,
+            f"{name} {seconds} s is before 2000-01-01 or more than a day ahead",
+        )
+    if required:
+        raise ValidationError("missing_field", name, f"{name} is not set")
+
+
+def _time_roles(fields: EnvelopeFields) -> tuple[str | None, str | None, bool]:
+    """(event id field, occurred_at field, whether occurred_at is required) of a message."""
+    return (
+        fields.fields.get("event_id"),
+        fields.fields.get("occurred_at"),
+        fields.occurred_at_required,
+    )
+
+
 class EventValidator:
     """The rules of one catalog: envelope fields, text, and each type's compiled rules.
 
@@ -365,11 +388,6 @@ class EventValidator:
         envelope = catalog.envelope
         self._oneof: str | None = None
         self._roles: Mapping[str, str] = catalog.envelope_fields.fields
-        self._required_times = {
-            fields.fields["occurred_at"]
-            for fields in (catalog.envelope_fields, *(t.envelope for t in catalog.fact_tables))
-            if fields.occurred_at_required and "occurred_at" in fields.fields
-        }
         if envelope is not None:
             descriptor = classes[envelope].DESCRIPTOR
             member = next(field for field in descriptor.fields if field.name in self.tables)
@@ -394,11 +412,8 @@ class EventValidator:
             self._topic_roles[kind] = dict(table.envelope.fields)
         #: (event id field, occurred_at field) of the envelope, and of each type's own
         #: message (a typed topic's message is its own envelope); None: derived.
-        self._envelope_roles = (self._roles.get("event_id"), self._roles.get("occurred_at"))
-        self._own_roles = {
-            kind: (table.envelope.fields.get("event_id"), table.envelope.fields.get("occurred_at"))
-            for kind, table in self.tables.items()
-        }
+        self._envelope_roles = _time_roles(catalog.envelope_fields)
+        self._own_roles = {kind: _time_roles(table.envelope) for kind, table in self.tables.items()}
         self._limits = _text_limits(catalog, envelope)
         self._unknown_dead_lettered = {
             kind for kind, table in self.tables.items() if table.dead_letter_unknown_fields
@@ -414,9 +429,13 @@ class EventValidator:
     # --- the envelope ------------------------------------------------------------------
 
     def event_type(self, event: Message) -> str:
-        """The event type set on an envelope; ``missing_payload`` when none is set."""
+        """The event type set on an envelope; ``missing_payload`` when none is set, or
+        ``unknown_fields`` when the envelope holds fields the catalog does not define (a
+        producer ahead of the catalog: a new member of the oneof is such a field)."""
         kind: str | None = event.WhichOneof(self._oneof) if self._oneof else None
         if kind is None or kind not in self.tables:
+            if self._unknown_dead_lettered:
+                _check_unknown_fields(event, "")
             raise ValidationError("missing_payload", "payload", "event carries no payload")
         return kind
 
@@ -455,14 +474,16 @@ class EventValidator:
             member: Any = event.WhichOneof(oneof) if oneof is not None else None
             rules = self._rules.get(member)
             if rules is None:
+                if self._unknown_dead_lettered:  # a new member of the oneof is unknown
+                    _check_unknown_fields(event, "")
                 raise ValidationError("missing_payload", "payload", "event carries no payload")
             kind = member
             payload = getattr(event, member)
-            id_field, time_field = self._envelope_roles
+            id_field, time_field, time_required = self._envelope_roles
         else:
             rules = self._rules[kind]
             payload = event
-            id_field, time_field = self._own_roles[kind]
+            id_field, time_field, time_required = self._own_roles[kind]
         if encoded is not None:
             encoded_size = len(encoded)
         if id_field is not None:
@@ -486,7 +507,7 @@ class EventValidator:
                     )
                 occurred_micros = seconds * 1_000_000 + nanos // 1000
             else:
-                self._check_unset_time(event, time_field, seconds)
+                _check_unset_time(event, time_field, seconds, required=time_required)
         if (event.ByteSize() if encoded_size is None else encoded_size) > self._length_shortcut:
             self._limits.check(event, "")
         if (
@@ -498,19 +519,6 @@ class EventValidator:
         if kind in self._unknown_dead_lettered:
             _check_unknown_fields(event, "")
         return kind, payload, occurred_micros
-
-    def _check_unset_time(self, event: Message, name: str, seconds: int) -> None:
-        """An event time out of range: refused, unless unset and not required (the Kafka
-        timestamp then stands in). An unset timestamp reads as 0, so presence is only
-        asked on this failure path."""
-        if event.HasField(name):
-            raise ValidationError(
-                "timestamp_out_of_range",
-                name,
-                f"{name} {seconds} s is before 2000-01-01 or more than a day ahead",
-            )
-        if name in self._required_times:
-            raise ValidationError("missing_field", name, f"{name} is not set")
 
     def _check_nul(self, event: Message, kind: str, payload: Message) -> None:
         """Raise ``nul_character`` when any text of the event holds U+0000."""

@@ -69,8 +69,11 @@ class WriteResult:
     #: rows were then written with the idempotent INSERT.
     copied: tuple[str, ...] = ()
     copy_fallbacks: tuple[str, ...] = ()
-    #: Event type -> the fact table its events go to (the built-in catalog's by default).
-    tables_by_type: Mapping[str, str] = attrs.field(factory=lambda: builtin_plan().table_names)
+    #: Event type -> the fact table its events go to (the built-in catalog's by default);
+    #: the plan's naming, not an outcome: left out of comparisons.
+    tables_by_type: Mapping[str, str] = attrs.field(
+        factory=lambda: builtin_plan().table_names, eq=False, repr=False
+    )
 
     def outcomes_by_type(self) -> dict[str, tuple[int, int]]:
         """Event type -> (stored, duplicates) of this write."""

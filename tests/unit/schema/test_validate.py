@@ -13,8 +13,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kingest.catalog import load_catalog, message_class
 from kingest.dev.synth import SyntheticStream
-from kingest.schema.codec import decode_event, encode_event
+from kingest.schema.codec import catalog_classes, decode_event, encode_event
 from kingest.schema.v1.events_pb2 import (
     DataDriftDetected,
     EvaluationCompleted,
@@ -30,10 +31,12 @@ from kingest.schema.v1.events_pb2 import (
 )
 from kingest.schema.validate import (
     INDEXED_IDENTIFIER_FIELDS,
+    EventValidator,
     ValidationError,
     event_type,
     validate_event,
 )
+from tests.catalog_support import OPTIONS_IMPORT, compile_catalog
 
 NOW = 1_760_000_000.0
 DAY = 86_400
@@ -509,3 +512,57 @@ def test_indexed_identifier_set_matches_the_indexed_columns() -> None:
     not_event_text = {"occurred_at", "step", "status", "status_at", "dead_lettered_at"}
     not_event_text |= {"error_class", "kafka_topic", "kafka_partition", "kafka_offset"}
     assert indexed - not_event_text == set(INDEXED_IDENTIFIER_FIELDS)
+
+
+IGNORE_UNKNOWN_FIELDS = (
+    "option (kingest.options.v1.catalog).unknown_fields = UNKNOWN_FIELDS_IGNORE;\n"
+)
+SHOP = """
+syntax = "proto3";
+package shop.v1;
+import "google/protobuf/timestamp.proto";
+import "kingest/options/v1/options.proto";
+
+message ShopEvent {
+  option (kingest.options.v1.table).envelope = true;
+  string event_id = 1;
+  google.protobuf.Timestamp occurred_at = 3;
+  oneof event {
+    CartUpdated cart_updated = 10;
+  }
+}
+
+message CartUpdated {
+  string cart_id = 1;
+}
+"""
+
+
+@pytest.mark.parametrize(
+    ("option", "error_class"),
+    [("", "unknown_fields"), (IGNORE_UNKNOWN_FIELDS, "missing_payload")],
+)
+def test_an_event_type_newer_than_the_catalog_is_an_unknown_field(
+    tmp_path: Path, option: str, error_class: str
+) -> None:
+    # A producer with a newer catalog sends an envelope whose oneof member the catalog
+    # does not define: held back whole as unknown_fields, replayable once the catalog
+    # has it (unless the file ignores unknown fields: then there is nothing to store).
+    source = SHOP.replace(
+        'import "kingest/options/v1/options.proto";\n', f"{OPTIONS_IMPORT}\n{option}"
+    )
+    catalog = load_catalog(compile_catalog(tmp_path, {"shop/v1/events.proto": source}))
+    validator = EventValidator(catalog, catalog_classes(catalog))
+    envelope = message_class(catalog, "shop.v1.ShopEvent")
+    newer = envelope(event_id="")
+    newer.occurred_at.FromSeconds(int(NOW))
+    newer_member = b"\x5a\x03\x0a\x01c"  # field 11, a message holding cart_id "c"
+    newer.MergeFromString(newer_member)
+    with pytest.raises(ValidationError) as refused:
+        validator.validate(newer, now=NOW)
+    assert refused.value.error_class == error_class
+    if error_class == "unknown_fields":
+        assert "holds fields 11" in str(refused.value)
+    with pytest.raises(ValidationError, match="no payload") as empty:
+        validator.validate(envelope(event_id=""), now=NOW)
+    assert empty.value.error_class == "missing_payload"
