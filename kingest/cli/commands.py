@@ -299,13 +299,7 @@ def _produce_stream(
     from kingest.dev import CatalogStream, CatalogSynthError, SyntheticStream
 
     if catalog is None:
-        problems = [
-            f"{option}: only with --catalog"
-            for option, value in (("--message", message), ("--schema-id", schema_id))
-            if value is not None
-        ]
-        if problems:
-            _exit_bad_input("kingest produce", problems)
+        _refuse_without_catalog("kingest produce", {"--message": message, "--schema-id": schema_id})
         share = _DEFAULT_WIRE_FORMAT_SHARE if wire_format_share is None else wire_format_share
         return SyntheticStream(seed=seed, wire_format_share=share), "events"
     problems = []
@@ -322,6 +316,13 @@ def _produce_stream(
     if stream is None or problems:
         _exit_bad_input("kingest produce", problems)
     return stream, f"{stream.message_name} messages"
+
+
+def _refuse_without_catalog(command: str, options: dict[str, object]) -> None:
+    """Exit 2 when an option that needs ``--catalog`` was given without it."""
+    problems = [f"{option}: only with --catalog" for option, v in options.items() if v is not None]
+    if problems:
+        _exit_bad_input(command, problems)
 
 
 def _exit_bad_input(command: str, problems: list[str]) -> NoReturn:
@@ -407,13 +408,7 @@ def _demo_catalog(
     from kingest.dev import DEMO_SCHEMA, DEMO_TOPIC, DemoCatalogError, load_demo_catalog
 
     if catalog is None:
-        problems = [
-            f"{option}: only with --catalog"
-            for option, value in (("--schema", schema), ("--topic-types", topic_types))
-            if value is not None
-        ]
-        if problems:
-            _exit_bad_input("kingest demo", problems)
+        _refuse_without_catalog("kingest demo", {"--schema": schema, "--topic-types": topic_types})
         return None
     try:
         return load_demo_catalog(

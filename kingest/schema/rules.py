@@ -20,9 +20,20 @@ from collections.abc import Callable, Mapping
 from math import isfinite
 from typing import Any, Final
 
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from google.protobuf.unknown_fields import UnknownFieldSet
+
 from kingest.catalog import FactTable, FieldMapping, ValueKind
 
-__all__ = ["ValidationError", "compile_rules", "enum_error", "missing", "number_error"]
+__all__ = [
+    "ValidationError",
+    "check_unknown_fields",
+    "compile_rules",
+    "enum_error",
+    "missing",
+    "number_error",
+]
 
 
 class ValidationError(ValueError):
@@ -109,6 +120,35 @@ def _check_enum_items(values: Any, known: frozenset[int], path: str) -> None:
             raise enum_error(value, f"{path}[{index}]")
 
 
+def check_unknown_fields(message: Message, prefix: str) -> None:
+    """Raise ``unknown_fields`` when the message, or a message in it, holds fields its
+    type does not define: the catalog is behind the producer, and storing the row without
+    them would lose them (the dead letter keeps the whole value, for a replay once the
+    catalog has them)."""
+    unknown = UnknownFieldSet(message)
+    if len(unknown):
+        numbers = sorted({unknown[n].field_number for n in range(len(unknown))})
+        where = prefix.rstrip(".") or message.DESCRIPTOR.full_name
+        raise ValidationError(
+            "unknown_fields",
+            prefix.rstrip(".") or None,
+            f"{where} holds fields {', '.join(map(str, numbers))}, which the catalog does not "
+            "define (the producer is ahead of it): apply the newer catalog, then replay",
+        )
+    for field, value in message.ListFields():
+        if field.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        if isinstance(value, Message):
+            check_unknown_fields(value, f"{prefix}{field.name}.")
+        elif isinstance(value, Mapping):
+            for key, item in value.items():
+                if isinstance(item, Message):
+                    check_unknown_fields(item, f"{prefix}{field.name}[{key}].")
+        else:
+            for index, item in enumerate(value):
+                check_unknown_fields(item, f"{prefix}{field.name}[{index}].")
+
+
 def _read(target: str, name: str) -> str:
     return f"getattr({target}, {name!r})" if keyword.iskeyword(name) else f"{target}.{name}"
 
@@ -185,7 +225,8 @@ def _message_like(field: FieldMapping) -> bool:
 
 
 def _rules_source(table: FactTable, prefix: str, out: _Writer) -> None:
-    out.emit(0, "def rules(p):")
+    """``rules(p, e)``: ``p`` the payload, ``e`` the whole event (the envelope, or ``p``)."""
+    out.emit(0, "def rules(p, e):")
     emitted = False
     for number, column in enumerate(table.payload_columns):
         field = column.field
@@ -225,14 +266,19 @@ def _rules_source(table: FactTable, prefix: str, out: _Writer) -> None:
         for line in block.lines:
             out.emit(depth, line)
         emitted = True
+    if table.dead_letter_unknown_fields:
+        out.emit(1, 'check_unknown_fields(e, "")')
+        emitted = True
     if not emitted:
         out.emit(1, "return None")
 
 
-def compile_rules(tables: Mapping[str, FactTable]) -> dict[str, Callable[[Any], None]]:
-    """Event type -> a function raising :class:`ValidationError` for a payload that breaks
-    a rule of its table's fields, in field order (the first failure is reported)."""
-    compiled: dict[str, Callable[[Any], None]] = {}
+def compile_rules(tables: Mapping[str, FactTable]) -> dict[str, Callable[[Any, Any], None]]:
+    """Event type -> a function ``(payload, event)`` raising :class:`ValidationError` for a
+    payload that breaks a rule of its table's fields, in field order (the first failure is
+    reported), then (unless the table ignores them) for fields the catalog does not
+    define anywhere in the event."""
+    compiled: dict[str, Callable[[Any, Any], None]] = {}
     for event_type, table in tables.items():
         out = _Writer()
         _rules_source(table, event_type, out)
@@ -246,11 +292,12 @@ def compile_rules(tables: Mapping[str, FactTable]) -> dict[str, Callable[[Any], 
             "_check_finite_items": _check_finite_items,
             "_check_finite_within": _check_finite_within,
             "_check_enum_items": _check_enum_items,
+            "check_unknown_fields": check_unknown_fields,
             **out.constants,
         }
         source = "\n".join(out.lines) + "\n"
         exec(compile(source, f"<kingest rules of {event_type}>", "exec"), namespace)  # noqa: S102
-        function: Callable[[Any], None] = namespace["rules"]
+        function: Callable[[Any, Any], None] = namespace["rules"]
         function.__doc__ = source
         compiled[event_type] = function
     return compiled

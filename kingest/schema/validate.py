@@ -82,10 +82,9 @@ from typing import Any, Final
 import attrs
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from google.protobuf.unknown_fields import UnknownFieldSet
 
 from kingest.catalog import Catalog, EnvelopeFields, FactTable, ValueKind, load_catalog
-from kingest.schema.rules import ValidationError, compile_rules
+from kingest.schema.rules import ValidationError, check_unknown_fields, compile_rules
 from kingest.schema.v1.events_pb2 import Event
 
 __all__ = [
@@ -236,35 +235,6 @@ def _nul_error(event: Message) -> ValidationError:
     )
 
 
-def _check_unknown_fields(message: Message, prefix: str) -> None:
-    """Raise ``unknown_fields`` when the message, or a message in it, holds fields its
-    type does not define: the catalog is behind the producer, and storing the row without
-    them would lose them (the dead letter keeps the whole value, for a replay once the
-    catalog has them)."""
-    unknown = UnknownFieldSet(message)
-    if len(unknown):
-        numbers = sorted({unknown[n].field_number for n in range(len(unknown))})
-        where = prefix.rstrip(".") or message.DESCRIPTOR.full_name
-        raise ValidationError(
-            "unknown_fields",
-            prefix.rstrip(".") or None,
-            f"{where} holds fields {', '.join(map(str, numbers))}, which the catalog does not "
-            "define (the producer is ahead of it): apply the newer catalog, then replay",
-        )
-    for field, value in message.ListFields():
-        if field.type != FieldDescriptor.TYPE_MESSAGE:
-            continue
-        if isinstance(value, Message):
-            _check_unknown_fields(value, f"{prefix}{field.name}.")
-        elif isinstance(value, Mapping):
-            for key, item in value.items():
-                if isinstance(item, Message):
-                    _check_unknown_fields(item, f"{prefix}{field.name}[{key}].")
-        else:
-            for index, item in enumerate(value):
-                _check_unknown_fields(item, f"{prefix}{field.name}[{index}].")
-
-
 @attrs.frozen
 class _TextLimits:
     """Per message type and field: the character limit and whether it is an indexed
@@ -362,13 +332,20 @@ def _check_unset_time(event: Message, name: str, seconds: int, *, required: bool
         raise ValidationError("missing_field", name, f"{name} is not set")
 
 
-def _time_roles(fields: EnvelopeFields) -> tuple[str | None, str | None, bool]:
-    """(event id field, occurred_at field, whether occurred_at is required) of a message."""
-    return (
-        fields.fields.get("event_id"),
-        fields.fields.get("occurred_at"),
-        fields.occurred_at_required,
-    )
+def _time_roles(
+    fields: EnvelopeFields,
+) -> tuple[Callable[[Message], tuple[Any, Any]], str | None, str | None, bool]:
+    """A reader of ``(event id, occurred_at)`` in one call ('' and None for a role the
+    message lacks), their field names, and whether occurred_at is required."""
+    id_field, time_field = fields.fields.get("event_id"), fields.fields.get("occurred_at")
+    read: Callable[[Message], tuple[Any, Any]]
+    if id_field and time_field:
+        read = attrgetter(id_field, time_field)
+    else:
+        read_id = attrgetter(id_field) if id_field else (lambda message: "")
+        read_time = attrgetter(time_field) if time_field else (lambda message: None)
+        read = lambda message: (read_id(message), read_time(message))  # noqa: E731
+    return read, id_field, time_field, fields.occurred_at_required
 
 
 class EventValidator:
@@ -435,7 +412,7 @@ class EventValidator:
         kind: str | None = event.WhichOneof(self._oneof) if self._oneof else None
         if kind is None or kind not in self.tables:
             if self._unknown_dead_lettered:
-                _check_unknown_fields(event, "")
+                check_unknown_fields(event, "")
             raise ValidationError("missing_payload", "payload", "event carries no payload")
         return kind
 
@@ -472,29 +449,30 @@ class EventValidator:
         if kind is None:
             oneof = self._oneof
             member: Any = event.WhichOneof(oneof) if oneof is not None else None
-            rules = self._rules.get(member)
-            if rules is None:
+            try:
+                rules = self._rules[member]
+            except KeyError:
                 if self._unknown_dead_lettered:  # a new member of the oneof is unknown
-                    _check_unknown_fields(event, "")
-                raise ValidationError("missing_payload", "payload", "event carries no payload")
+                    check_unknown_fields(event, "")
+                raise ValidationError(
+                    "missing_payload", "payload", "event carries no payload"
+                ) from None
             kind = member
             payload = getattr(event, member)
-            id_field, time_field, time_required = self._envelope_roles
+            read_roles, id_field, time_field, time_required = self._envelope_roles
         else:
             rules = self._rules[kind]
             payload = event
-            id_field, time_field, time_required = self._own_roles[kind]
+            read_roles, id_field, time_field, time_required = self._own_roles[kind]
         if encoded is not None:
             encoded_size = len(encoded)
-        if id_field is not None:
-            event_id = getattr(event, id_field)
-            if event_id and _uuid_match(event_id) is None:
-                raise ValidationError(
-                    "invalid_uuid", id_field, f"{id_field} {event_id[:64]!r} is no UUID"
-                )
+        event_id, occurred_at = read_roles(event)
+        if event_id and _uuid_match(event_id) is None:
+            raise ValidationError(
+                "invalid_uuid", id_field, f"{id_field} {event_id[:64]!r} is no UUID"
+            )
         occurred_micros: int | None = None
         if time_field is not None:
-            occurred_at = getattr(event, time_field)
             seconds: int = occurred_at.seconds
             latest = (time.time() if now is None else now) + MAX_FUTURE_SKEW_SECONDS
             if MIN_OCCURRED_AT_SECONDS <= seconds <= latest:
@@ -515,9 +493,7 @@ class EventValidator:
             or encoded.find(b"\x00", _FRAMED_PAYLOAD_START if encoded[:1] == b"\x00" else 0) != -1
         ):
             self._check_nul(event, kind, payload)
-        rules(payload)
-        if kind in self._unknown_dead_lettered:
-            _check_unknown_fields(event, "")
+        rules(payload, event)
         return kind, payload, occurred_micros
 
     def _check_nul(self, event: Message, kind: str, payload: Message) -> None:

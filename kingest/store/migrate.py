@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ __all__ = [
     "MigrationError",
     "apply_migrations",
     "load_migrations",
+    "migration_lock",
     "migrations_dir",
     "pending_migrations",
 ]
@@ -173,37 +176,51 @@ def apply_migrations(
     """
     migrations = load_migrations(directory)
     applied_now: list[str] = []
-    with psycopg.connect(conninfo, autocommit=True) as conn:
-        timeout_ms = max(1, round(lock_timeout_s * 1000))
-        conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{timeout_ms}ms")))
-        try:
-            conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-        except psycopg.errors.LockNotAvailable as exc:
-            raise MigrationError(
-                f"another process held the migration lock for more than {lock_timeout_s} s"
-            ) from exc
-        try:
-            with conn.transaction():
-                conn.execute(_BOOTSTRAP)
-            applied = _applied_checksums(conn)
-            _check_unchanged(migrations, applied)
-            for migration in migrations:
-                if migration.version in applied:
-                    continue
-                try:
-                    with conn.transaction():
-                        conn.execute(migration.sql.encode())
-                        conn.execute(
-                            "INSERT INTO kingest.schema_migrations (version, name, checksum)"
-                            " VALUES (%s, %s, %s)",
-                            (migration.version, migration.name, migration.checksum),
-                        )
-                except psycopg.Error as exc:
-                    raise MigrationError(
-                        f"migration {migration.version}_{migration.name}.sql failed: {exc}"
-                    ) from exc
-                applied_now.append(migration.version)
-        finally:
-            if not conn.closed and not conn.broken:
-                conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
+    with (
+        psycopg.connect(conninfo, autocommit=True) as conn,
+        migration_lock(conn, lock_timeout_s, MigrationError),
+    ):
+        with conn.transaction():
+            conn.execute(_BOOTSTRAP)
+        applied = _applied_checksums(conn)
+        _check_unchanged(migrations, applied)
+        for migration in migrations:
+            if migration.version in applied:
+                continue
+            try:
+                with conn.transaction():
+                    conn.execute(migration.sql.encode())
+                    conn.execute(
+                        "INSERT INTO kingest.schema_migrations (version, name, checksum)"
+                        " VALUES (%s, %s, %s)",
+                        (migration.version, migration.name, migration.checksum),
+                    )
+            except psycopg.Error as exc:
+                raise MigrationError(
+                    f"migration {migration.version}_{migration.name}.sql failed: {exc}"
+                ) from exc
+            applied_now.append(migration.version)
     return applied_now
+
+
+@contextmanager
+def migration_lock(
+    conn: psycopg.Connection[Any], lock_timeout_s: float, error: type[Exception]
+) -> Iterator[None]:
+    """Hold the migrations' advisory lock (``kingest migrate``, ``kingest schema apply``)
+    on an autocommit connection, every lock wait bounded by ``lock_timeout_s`` while it
+    is held; ``error`` is raised when the lock is not had in time."""
+    timeout_ms = max(1, round(lock_timeout_s * 1000))
+    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{timeout_ms}ms")))
+    try:
+        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
+    except psycopg.errors.LockNotAvailable as exc:
+        raise error(
+            f"another process held the migration lock for more than {lock_timeout_s} s"
+        ) from exc
+    try:
+        yield
+    finally:
+        if not conn.closed and not conn.broken:
+            conn.execute("RESET lock_timeout")
+            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))

@@ -31,7 +31,6 @@ from typing import Any
 
 import attrs
 import psycopg
-from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from kingest.catalog import (
@@ -54,7 +53,7 @@ from kingest.catalog import (
     quote_identifier,
 )
 from kingest.store.introspect import LiveSchema, LiveTable, introspect_schema
-from kingest.store.migrate import MIGRATION_LOCK_KEY
+from kingest.store.migrate import migration_lock
 
 __all__ = [
     "RecordedCatalog",
@@ -453,15 +452,7 @@ def apply_schema(
     """
     if not conn.autocommit:
         raise ValueError("apply_schema needs a connection in autocommit mode")
-    timeout_ms = max(1, round(lock_timeout_s * 1000))
-    conn.execute(sql.SQL("SET lock_timeout = {}").format(sql.Literal(f"{timeout_ms}ms")))
-    try:
-        conn.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK_KEY,))
-    except psycopg.errors.LockNotAvailable as exc:
-        raise SchemaPlanError(
-            f"another process held the migration lock for more than {lock_timeout_s} s"
-        ) from exc
-    try:
+    with migration_lock(conn, lock_timeout_s, SchemaPlanError):
         if not _catalogs_table_exists(conn):
             raise SchemaPlanError(
                 "kingest.catalogs does not exist: run `kingest migrate` before applying"
@@ -485,10 +476,6 @@ def apply_schema(
                     ),
                 )
         return plan
-    finally:
-        if not conn.closed and not conn.broken:
-            conn.execute("RESET lock_timeout")
-            conn.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK_KEY,))
 
 
 def catalog_gaps(conn: psycopg.Connection[Any], catalog: Catalog) -> list[str]:

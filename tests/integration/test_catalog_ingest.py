@@ -38,8 +38,8 @@ from kingest.dev import records_from_descriptor_set
 from kingest.pipeline.consumer import RunOutcome
 from kingest.runtime.service import StartupError, check_database
 from kingest.store import apply_migrations, apply_schema, plan_schema, write_plan
+from tests.catalog_texts import compile_catalog
 from tests.integration.support import InProcessKingest, all_committed, kingest_env, wait_for
-from tests.protoc import compile_catalog
 
 pytestmark = pytest.mark.integration
 

@@ -22,7 +22,7 @@ from kingest.cli.commands import app
 from kingest.store.introspect import introspect_schema, schema_differences
 from kingest.store.migrate import MIGRATION_LOCK_KEY, apply_migrations
 from kingest.store.schema_plan import SchemaPlanError, apply_schema, plan_schema
-from tests.protoc import ORDERS_V1, compile_catalog
+from tests.catalog_texts import ORDERS_V1, compile_catalog
 
 pytestmark = pytest.mark.integration
 

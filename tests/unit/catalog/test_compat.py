@@ -8,7 +8,7 @@ import pytest
 
 from kingest.catalog import Catalog, load_catalog
 from kingest.catalog.compat import Incompatibility, catalog_incompatibilities
-from tests.protoc import ORDERS_V1, compile_catalog
+from tests.catalog_texts import ORDERS_V1, compile_catalog
 
 
 def catalog(tmp_path: Path, *replacements: tuple[str, str]) -> Catalog:

@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 import kingest.dev
 from kingest.cli.commands import app
 from tests.catalog_support import EXAMPLE_PROTO, compile_example_catalog
-from tests.protoc import compile_catalog
+from tests.catalog_texts import compile_catalog
 
 
 @pytest.fixture(scope="module")

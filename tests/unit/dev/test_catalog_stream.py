@@ -13,7 +13,7 @@ from kingest.dev.catalog_synth import load_descriptor_set_pool, record_key
 from kingest.dev.catalog_values import CatalogSynthError
 from kingest.schema import MessageDecoder, split_wire_format
 from tests.catalog_support import EXAMPLE_PROTO, compile_example_catalog
-from tests.protoc import compile_catalog
+from tests.catalog_texts import compile_catalog
 
 BUILTIN_CATALOG = Path(__file__).resolve().parents[3] / "kingest/schema/v1/catalog.binpb"
 TOPICS_PROTO = EXAMPLE_PROTO / "llmserving/v1/topics.proto"

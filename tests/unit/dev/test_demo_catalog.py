@@ -9,7 +9,7 @@ import pytest
 from kingest.config import load_settings
 from kingest.dev.demo_catalog import DemoCatalogError, load_demo_catalog
 from tests.catalog_support import compile_example_catalog
-from tests.protoc import compile_catalog
+from tests.catalog_texts import compile_catalog
 
 TYPES = "gpu:llmserving.v1.GpuUtilizationSample,datasets:.llmserving.v1.DatasetVersionCreated"
 
