@@ -613,7 +613,14 @@ def expected_columns(
                 )
             )
         elif not parent_set:
-            columns[name] = None
+            # A flattened message unset: NULL, but a repeated field or map keeps its NOT
+            # NULL column and is empty (as the type table says: never NULL).
+            if field.category == "map":
+                columns[name] = {}
+            elif field.repeated:
+                columns[name] = []
+            else:
+                columns[name] = None
         else:
             columns[name] = _value(spec, message, field)
     return columns

@@ -478,19 +478,33 @@ def apply_schema(
         return plan
 
 
+#: Tables and their columns from the system catalogs alone: no function here opens a
+#: table (as pg_get_expr or pg_get_indexdef do), so a table locked by a migration or a
+#: VACUUM FULL does not hold up the start-up check behind its lock.
+_TABLE_COLUMNS = """
+SELECT c.relname, a.attname
+FROM pg_class AS c
+JOIN pg_namespace AS n ON n.oid = c.relnamespace
+LEFT JOIN pg_attribute AS a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+WHERE n.nspname = %s AND c.relkind IN ('r', 'p')
+"""
+
+
 def catalog_gaps(conn: psycopg.Connection[Any], catalog: Catalog) -> list[str]:
     """The catalog's tables and columns the database lacks (``schema.table`` or
     ``schema.table.column``): what ``kingest start`` refuses to run without."""
-    live = introspect_schema(conn, catalog.schema)
+    live: dict[str, set[str]] = {}
+    for table, column in conn.execute(_TABLE_COLUMNS, (catalog.schema,)):
+        live.setdefault(table, set()).add(column)
     gaps: list[str] = []
     for table in catalog.tables:
-        found = live.tables.get(table.name)
+        found = live.get(table.name)
         if found is None:
             gaps.append(f"{catalog.schema}.{table.name}")
             continue
         gaps += [
             f"{catalog.schema}.{table.name}.{column.name}"
             for column in table.columns
-            if column.name not in found.columns
+            if column.name not in found
         ]
     return gaps

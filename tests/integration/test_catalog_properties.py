@@ -15,10 +15,17 @@ from typing import Any
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, event, given, reject, settings
 from hypothesis import strategies as st
 
-from kingest.catalog import Catalog, catalog_ddl, load_catalog, message_class, quote_identifier
+from kingest.catalog import (
+    Catalog,
+    CatalogError,
+    catalog_ddl,
+    load_catalog,
+    message_class,
+    quote_identifier,
+)
 from kingest.store import (
     RowBatch,
     WriteResult,
@@ -94,7 +101,7 @@ def _round_trip(
 
 
 @settings(
-    max_examples=40,
+    max_examples=25,
     deadline=None,
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
@@ -103,7 +110,14 @@ def test_a_random_message_round_trips(
     migrated_url: str, data: st.DataObject, spec: CatalogSpec
 ) -> None:
     schema = f"g{uuid.uuid4().hex[:12]}"
-    catalog = load_catalog(compile_spec(spec), schema=schema, topic_types={schema: FULL_NAME})
+    try:
+        catalog = load_catalog(compile_spec(spec), schema=schema, topic_types={schema: FULL_NAME})
+    except CatalogError as error:
+        # Flattening can make two columns one name (field a_a beside a flattened a.a):
+        # refused with that reason, a valid answer that leaves nothing to round-trip.
+        if not all("two columns are named" in p for p in error.problems):
+            raise
+        reject()
     cls = message_class(catalog, FULL_NAME)
     # An all-default message is empty bytes: test_an_all_default_message_is_a_row.
     # Events that share an event_id are one row: not what this property is about.

@@ -90,9 +90,12 @@ def test_interrupted_mid_stream_then_restarted_loses_and_doubles_nothing(
     apply_migrations(database_url)
     group = f"interrupted-{interruption}"
     env = kingest_env(kafka_bootstrap, database_url, topic, group)
-    producer = BackgroundProducer(kafka_bootstrap, topic, seed=11, count=EVENTS, rate=8_000)
 
     with KingestProcess(env, tmp_path / "first.log") as first:
+        # The stream starts once kingest consumes, so that however long its start-up
+        # takes on this machine, the interruption comes a quarter into the stream.
+        wait_for(lambda: "assigned" in first.log, timeout=60, what="partitions assigned")
+        producer = BackgroundProducer(kafka_bootstrap, topic, seed=11, count=EVENTS, rate=8_000)
         wait_for(
             lambda: committed_total(kafka_bootstrap, group, topic, PARTITIONS) >= EVENTS // 4,
             timeout=90,
