@@ -21,8 +21,9 @@ from rich.table import Table
 
 from kingest import __version__
 from kingest.cli.bench import bench
+from kingest.cli.catalog_options import CatalogPath, SchemaName, TopicTypesOption, cli_catalog
 from kingest.cli.dlq import dlq_app
-from kingest.cli.schema import schema_app
+from kingest.cli.schema import apply_catalog, schema_app
 from kingest.config import (
     ConfigError,
     Settings,
@@ -185,12 +186,20 @@ def migrate(
         str,
         typer.Option(envvar="KINGEST_DATABASE_URL", help="PostgreSQL URL.", show_default=False),
     ],
+    catalog_path: CatalogPath = None,
+    schema: SchemaName = "kingest",
+    topic_types: TopicTypesOption = "",
 ) -> None:
-    """Apply the SQL migrations (idempotent; concurrent runs wait on an advisory lock)."""
+    """Apply the SQL migrations (idempotent; concurrent runs wait on an advisory lock),
+    then, with a catalog of your own (--catalog, KINGEST_CATALOG), its tables as
+    `kingest schema apply` does."""
     import psycopg
 
     from kingest.store import MigrationError, apply_migrations
 
+    catalog = None
+    if catalog_path is not None:  # checked before anything is changed
+        catalog = cli_catalog(catalog_path, schema, topic_types, command="migrate")
     configure_logging("INFO", "console")
     try:
         applied = apply_migrations(database_url)
@@ -202,6 +211,8 @@ def migrate(
         typer.echo(f"applied {len(applied)} migrations: {', '.join(applied)}")
     else:
         typer.echo("database is up to date")
+    if catalog is not None:
+        apply_catalog(database_url, catalog)
 
 
 _MAX_SCHEMA_ID = 2**31 - 1

@@ -27,9 +27,10 @@ from kingest.config import redact_conninfo, safe_error_text
 from kingest.runtime import EXIT_FAILED
 
 if TYPE_CHECKING:
+    from kingest.catalog import Catalog
     from kingest.store import SchemaPlan
 
-__all__ = ["schema_app"]
+__all__ = ["apply_catalog", "schema_app"]
 
 schema_app = typer.Typer(
     name="schema",
@@ -110,9 +111,15 @@ def apply_command(
 ) -> None:
     """Create and extend the catalog's tables, then record the catalog (idempotent;
     waits for `kingest migrate` and other applies on their advisory lock)."""
+    catalog = cli_catalog(catalog_path, schema, topic_types, command="schema")
+    apply_catalog(database_url, catalog)
+
+
+def apply_catalog(database_url: str, catalog: Catalog) -> None:
+    """Apply ``catalog`` and say what was done; exit 1 listing every breaking change, or
+    on a database failure (``kingest schema apply``, ``kingest migrate --catalog``)."""
     from kingest.store import SchemaPlanError, apply_schema  # noqa: PLC0415
 
-    catalog = cli_catalog(catalog_path, schema, topic_types, command="schema")
     with _database(database_url, "apply") as conn:
         try:
             plan = apply_schema(conn, catalog)

@@ -36,6 +36,28 @@ def test_migrate_applies_once_then_reports_up_to_date(runner: CliRunner, databas
     assert "database is up to date" in second.output
 
 
+def test_migrate_with_a_catalog_also_applies_its_tables_once(
+    runner: CliRunner, database_url: str, tmp_path: Path
+) -> None:
+    catalog = compile_example_catalog(tmp_path)
+    env = {
+        "KINGEST_DATABASE_URL": database_url,
+        "KINGEST_CATALOG": str(catalog),
+        "KINGEST_DATABASE_SCHEMA": "llm",
+    }
+    first = runner.invoke(app, ["migrate"], env=env)
+    assert first.exit_code == 0, first.output
+    assert f"applied {len(load_migrations())} migrations" in first.output
+    assert re.search(r"applied \d+ statements; recorded catalog [0-9a-f]{12}", first.output)
+    second = runner.invoke(app, ["migrate"], env=env)
+    assert second.exit_code == 0, second.output
+    assert "database is up to date" in second.output
+    assert "the database already holds the catalog" in second.output
+    bad = runner.invoke(app, ["migrate", "--catalog", str(tmp_path / "none.binpb")], env=env)
+    assert bad.exit_code == 2, bad.output
+    assert "no such file" in bad.output
+
+
 def test_migrate_reports_an_unreachable_database_without_a_traceback(runner: CliRunner) -> None:
     url = "postgresql://kingest:hunter2@127.0.0.1:1/nowhere?connect_timeout=2"
     result = runner.invoke(app, ["migrate", "--database-url", url])
