@@ -27,7 +27,7 @@ from kingest.catalog.load import (
     is_builtin,
     load_catalog,
 )
-from kingest.catalog.messages import file_messages, message_class
+from kingest.catalog.messages import message_class
 from kingest.catalog.model import (
     Catalog,
     Column,
@@ -66,7 +66,6 @@ __all__ = [
     "create_index_ddl",
     "create_table_ddl",
     "enum_labels",
-    "file_messages",
     "is_builtin",
     "load_catalog",
     "message_class",

@@ -25,6 +25,7 @@ __all__ = [
     "enum_labels",
     "envelope_fields",
     "envelope_roles",
+    "one_line",
 ]
 
 Role = options_pb2.Role
@@ -53,8 +54,12 @@ class FieldContext:
     problems: list[str]
 
     def comment(self, full_name: str) -> str | None:
-        text = self.comments.get(full_name, "")
-        return " ".join(line.strip() for line in text.splitlines() if line.strip()) or None
+        return one_line(self.comments.get(full_name, ""))
+
+
+def one_line(text: str) -> str | None:
+    """A ``.proto`` comment as one line of text (a table's or column's COMMENT)."""
+    return " ".join(line.strip() for line in text.splitlines() if line.strip()) or None
 
 
 def envelope_fields(message: DescriptorProto) -> EnvelopeFields:

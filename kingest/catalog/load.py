@@ -42,6 +42,7 @@ from kingest.catalog.fields import (
     columns_of_message,
     envelope_fields,
     envelope_roles,
+    one_line,
     snake_case,
 )
 from kingest.catalog.model import (
@@ -140,12 +141,6 @@ def is_builtin(catalog: Catalog) -> bool:
     return catalog.digest == _builtin_digest()
 
 
-def _comment(text: str) -> str | None:
-    """A ``.proto`` comment as one line of text (the comment of a table or column)."""
-    joined = " ".join(line.strip() for line in text.splitlines() if line.strip())
-    return joined or None
-
-
 @attrs.define
 class _Index:
     """Every message and enum of a descriptor set by full name, with its comments."""
@@ -191,7 +186,7 @@ class _Index:
             self.enums[f"{full_name}.{enum.name}"] = enum
 
     def comment(self, full_name: str) -> str | None:
-        return _comment(self.comments.get(full_name, ""))
+        return one_line(self.comments.get(full_name, ""))
 
 
 def _sentence_inside(text: str) -> str:

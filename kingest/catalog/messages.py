@@ -16,7 +16,7 @@ from google.protobuf.message import Message
 
 from kingest.catalog.model import Catalog
 
-__all__ = ["file_messages", "message_class"]
+__all__ = ["message_class"]
 
 
 @cache
@@ -35,9 +35,3 @@ def _descriptor(catalog: Catalog, full_name: str) -> Descriptor:
 def message_class(catalog: Catalog, full_name: str) -> type[Message]:
     """The class of ``full_name`` (``pkg.Message``) in ``catalog``'s own pool."""
     return message_factory.GetMessageClass(_descriptor(catalog, full_name))
-
-
-def file_messages(catalog: Catalog, full_name: str) -> list[Descriptor]:
-    """The top-level messages of the file that defines ``full_name``, in file order:
-    what a Schema Registry message-index path counts from."""
-    return list(_descriptor(catalog, full_name).file.message_types_by_name.values())

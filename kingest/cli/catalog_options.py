@@ -19,7 +19,7 @@ from kingest.runtime import EXIT_BAD_CONFIG
 if TYPE_CHECKING:
     from kingest.catalog import Catalog
 
-__all__ = ["CatalogPath", "SchemaName", "TopicTypesOption", "cli_catalog"]
+__all__ = ["CatalogPath", "SchemaName", "TopicTypesOption", "cli_catalog", "exit_listing"]
 
 _stderr = Console(stderr=True, soft_wrap=True)
 
@@ -50,7 +50,8 @@ TopicTypesOption = Annotated[
 ]
 
 
-def _exit(code: int, headline: str, lines: list[str]) -> NoReturn:
+def exit_listing(code: int, headline: str, lines: list[str]) -> NoReturn:
+    """Print ``headline`` and each line as a list item on stderr, then exit ``code``."""
     _stderr.print(headline, highlight=False)
     for line in lines:
         _stderr.print(f"  - {line}", markup=False, highlight=False)
@@ -70,9 +71,9 @@ def cli_catalog(path: Path | None, schema: str, topic_types: str, *, command: st
     if path is not None and not path.is_file():
         problems.append(f"--catalog {path}: no such file")
     if problems:
-        _exit(EXIT_BAD_CONFIG, f"[bold red]kingest {command}: bad input[/]", problems)
+        exit_listing(EXIT_BAD_CONFIG, f"[bold red]kingest {command}: bad input[/]", problems)
     try:
         return load_catalog(path, schema=schema, topic_types=types or None)
     except CatalogError as error:
         headline = f"[bold red]kingest {command}: the catalog does not load[/]"
-        _exit(EXIT_BAD_CONFIG, headline, error.problems)
+        exit_listing(EXIT_BAD_CONFIG, headline, error.problems)

@@ -21,7 +21,13 @@ import psycopg
 import typer
 from rich.console import Console
 
-from kingest.cli.catalog_options import CatalogPath, SchemaName, TopicTypesOption, cli_catalog
+from kingest.cli.catalog_options import (
+    CatalogPath,
+    SchemaName,
+    TopicTypesOption,
+    cli_catalog,
+    exit_listing,
+)
 from kingest.cli.dlq import DatabaseUrl
 from kingest.config import redact_conninfo, safe_error_text
 from kingest.runtime import EXIT_FAILED
@@ -42,13 +48,6 @@ schema_app = typer.Typer(
 _stderr = Console(stderr=True, soft_wrap=True)
 
 
-def _exit(code: int, headline: str, lines: list[str]) -> NoReturn:
-    _stderr.print(headline, highlight=False)
-    for line in lines:
-        _stderr.print(f"  - {line}", markup=False, highlight=False)
-    raise typer.Exit(code)
-
-
 @contextmanager
 def _database(database_url: str, command: str) -> Iterator[psycopg.Connection[Any]]:
     """An autocommit connection; a database failure is one line and exit 1."""
@@ -56,7 +55,7 @@ def _database(database_url: str, command: str) -> Iterator[psycopg.Connection[An
         with psycopg.connect(database_url, autocommit=True) as conn:
             yield conn
     except psycopg.Error as error:
-        _exit(
+        exit_listing(
             EXIT_FAILED,
             f"[bold red]kingest schema {command} failed[/] on {redact_conninfo(database_url)}:",
             [safe_error_text(error, database_url)],
@@ -70,7 +69,7 @@ def _print_notes(plan: SchemaPlan) -> None:
 
 def _refuse(plan: SchemaPlan) -> NoReturn:
     _print_notes(plan)
-    _exit(
+    exit_listing(
         EXIT_FAILED,
         f"[bold red]kingest schema: refused[/], {len(plan.breaking)} breaking changes "
         f"in schema {plan.schema}:",
@@ -126,7 +125,7 @@ def apply_catalog(database_url: str, catalog: Catalog) -> None:
         except SchemaPlanError as error:
             if error.plan is not None:
                 _refuse(error.plan)
-            _exit(EXIT_FAILED, "[bold red]kingest schema apply failed:[/]", [str(error)])
+            exit_listing(EXIT_FAILED, "[bold red]kingest schema apply failed:[/]", [str(error)])
     _print_notes(plan)
     digest = catalog.digest[:12]
     if plan.statements:

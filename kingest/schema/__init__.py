@@ -16,6 +16,7 @@ from kingest.schema.codec import (
     message_index_path,
     split_wire_format,
 )
+from kingest.schema.rules import attribute_read
 from kingest.schema.v1.events_pb2 import Event
 from kingest.schema.validate import (
     MAX_INDEXED_IDENTIFIER_BYTES,
@@ -34,6 +35,7 @@ __all__ = [
     "EventValidator",
     "MessageDecoder",
     "ValidationError",
+    "attribute_read",
     "builtin_validator",
     "catalog_classes",
     "catalog_decoders",

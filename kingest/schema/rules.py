@@ -28,6 +28,7 @@ from kingest.catalog import FactTable, FieldMapping, ValueKind
 
 __all__ = [
     "ValidationError",
+    "attribute_read",
     "check_unknown_fields",
     "compile_rules",
     "enum_error",
@@ -149,7 +150,8 @@ def check_unknown_fields(message: Message, prefix: str) -> None:
                 check_unknown_fields(item, f"{prefix}{field.name}[{index}].")
 
 
-def _read(target: str, name: str) -> str:
+def attribute_read(target: str, name: str) -> str:
+    """Generated code reading field ``name`` of ``target`` (``getattr`` for a keyword)."""
     return f"getattr({target}, {name!r})" if keyword.iskeyword(name) else f"{target}.{name}"
 
 
@@ -236,7 +238,7 @@ def _rules_source(table: FactTable, prefix: str, out: _Writer) -> None:
         parent = "p"
         for step in field.path[:-1]:  # a flattened field: its rules hold when its parent is set
             guards.append(f"{parent}.HasField({step!r})")
-            parent = _read(parent, step)
+            parent = attribute_read(parent, step)
         name = field.path[-1]
         block = _Writer()
         block.constants = out.constants
@@ -249,12 +251,12 @@ def _rules_source(table: FactTable, prefix: str, out: _Writer) -> None:
             ):
                 # A NaN or infinity inside: JSON and PostgreSQL numbers have none.
                 block.emit(0, f"if {parent}.HasField({name!r}):")
-                block.emit(1, f"_check_finite_within({_read(parent, name)}, {path})")
+                block.emit(1, f"_check_finite_within({attribute_read(parent, name)}, {path})")
         else:
             value = f"v{number}"
             _field_rules(block, field, value, path, 0)
             if block.lines:
-                block.lines.insert(0, f"{value} = {_read(parent, name)}")
+                block.lines.insert(0, f"{value} = {attribute_read(parent, name)}")
                 if field.present:  # a oneof member or proto3 optional: checked when set
                     guards.append(f"{parent}.HasField({name!r})")
         if not block.lines:

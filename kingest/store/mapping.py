@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import json
-import keyword
 from collections.abc import Callable, Mapping
 from functools import cache
 from typing import Any, Final
@@ -29,6 +28,7 @@ from kingest.catalog import Column, FieldMapping, ValueKind
 from kingest.schema import (
     EventValidator,
     MessageDecoder,
+    attribute_read,
     catalog_classes,
     catalog_decoders,
 )
@@ -88,10 +88,6 @@ _HELPERS: Final = {
 }
 
 
-def _read(target: str, name: str) -> str:
-    return f"getattr({target}, {name!r})" if keyword.iskeyword(name) else f"{target}.{name}"
-
-
 class _Source:
     """Source text of one row function and the constants its namespace holds."""
 
@@ -125,9 +121,9 @@ def _value(out: _Source, column: Column, transport: ColumnType, number: int) -> 
     guards: list[str] = []
     for step in field.path[:-1]:
         guards.append(f"{parent}.HasField({step!r})")
-        parent = _read(parent, step)
+        parent = attribute_read(parent, step)
     name = field.path[-1]
-    read = _read(parent, name)
+    read = attribute_read(parent, name)
     kind = field.kind
     present = f"{parent}.HasField({name!r})"
     # Rendering JSON may raise (a value json cannot hold): such values are computed

@@ -220,8 +220,8 @@ def _text_array(values: Sequence[str]) -> str | Sequence[str]:
 
 def _nullable_text_array(values: Sequence[str | None]) -> str | Sequence[str | None]:
     """A text array literal of values cast in SQL (``ColumnType.CAST``): None is NULL."""
-    if not values:
-        return "{}"
+    if None not in values:
+        return _text_array(values)  # type: ignore[arg-type]
     body = ",".join(
         "NULL" if value is None else '"' + _escape_array_element(value) + '"' for value in values
     )
