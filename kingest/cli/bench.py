@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kingest.dev import BenchError, Options, parse_sweep, run_bench
+from kingest.dev import BenchError, Options, parse_sweep, run_bench, target_checks
 from kingest.runtime import EXIT_FAILED
 
 __all__ = ["bench", "render"]
@@ -61,15 +61,27 @@ def render(results: dict[str, Any]) -> Table:
             f"{summary['broker_cpu_us_per_event']['median']:.1f}",
         )
     latency = results.get("latency")
+    lines = []
     if latency and "skipped" not in latency:
-        table.caption = (
-            f"latency at {latency['rate']:,} events/s ({latency['events']:,} events), Kafka "
-            f"timestamp to row committed: p50 {latency['p50_ms']:.0f} ms, p95 "
-            f"{latency['p95_ms']:.0f} ms, p99 {latency['p99_ms']:.0f} ms, max "
-            f"{latency['max_ms']:.0f} ms"
-        )
+        lines.append(f"latency at {latency['rate']:,} events/s, Kafka timestamp to row committed")
+        for number, run in enumerate(latency["runs"], 1):
+            lines.append(
+                f"  run {number} ({run['events']:,} events): p50 {run['p50_ms']:.0f} ms, "
+                f"p95 {run['p95_ms']:.0f} ms, p99 {run['p99_ms']:.0f} ms, "
+                f"max {run['max_ms']:.0f} ms"
+            )
     elif latency:
-        table.caption = f"latency: skipped ({latency['skipped']})"
+        lines.append(f"latency: skipped ({latency['skipped']})")
+    for check in target_checks(results):
+        target = check.target
+        values = ", ".join(f"{value:,.2f}" for value in check.values)
+        lines.append(
+            f"target {target.name}: {values} {target.figure} (bound {target.compare} "
+            f"{target.limit:g}): {'met' if check.met else 'NOT met'}"
+        )
+    if lines:
+        table.caption = "\n".join(lines)
+        table.caption_justify = "left"
     return table
 
 

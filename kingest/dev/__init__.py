@@ -30,6 +30,7 @@ cluster, and the helpers to create topics and wait for them.
 
 from __future__ import annotations
 
+from kingest.dev.bench_figures import TARGETS, Target, TargetCheck, target_checks
 from kingest.dev.benchmark import BenchError, Options, parse_sweep, run_bench
 from kingest.dev.catalog_stream import CatalogRecord, CatalogStream, default_message
 from kingest.dev.catalog_synth import (
@@ -65,6 +66,7 @@ __all__ = [
     "DEMO_SCHEMA",
     "DEMO_TOPIC",
     "FAST_GROUP_SETTINGS",
+    "TARGETS",
     "TEST_POSTGRES_SETTINGS",
     "BenchError",
     "CatalogRecord",
@@ -85,6 +87,8 @@ __all__ = [
     "Services",
     "SyntheticRecord",
     "SyntheticStream",
+    "Target",
+    "TargetCheck",
     "committed_offsets",
     "committed_total",
     "create_topic",
@@ -104,4 +108,5 @@ __all__ = [
     "records_from_descriptor_set",
     "run_bench",
     "run_demo",
+    "target_checks",
 ]

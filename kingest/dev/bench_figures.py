@@ -12,17 +12,27 @@ peak RSS in MiB. Every case runs several times, and :func:`summarize_runs` repor
 figure as median, min and max (:func:`median_min_max`): the median is the number to
 quote, the range says how much to trust it. Latencies are reported as nearest-rank
 percentiles (:func:`percentile`), which are always values that occurred.
+
+:func:`target_checks` compares the default case with the baseline loop of the same
+bench, and each latency run with its bound, against :data:`TARGETS`: what kingest
+promises per event against a plain loop doing the same job (docs/performance.md).
 """
 
 from __future__ import annotations
 
 import math
+import operator
 import os
 import statistics
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Final
 
 __all__ = [
+    "TARGETS",
+    "Target",
+    "TargetCheck",
     "median_min_max",
     "peak_rss",
     "percentile",
@@ -30,6 +40,7 @@ __all__ = [
     "process_tree",
     "run_figures",
     "summarize_runs",
+    "target_checks",
     "tree_cpu_seconds",
 ]
 
@@ -69,6 +80,77 @@ def run_figures(
         "broker_cpu_us_per_event": broker / events * 1e6,
         "postgres_cpu_us_per_event": postgres / events * 1e6,
     }
+
+
+# --- targets ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """A bound on one figure of a bench: ``figure`` must be ``<=`` or ``>=`` ``limit``."""
+
+    name: str
+    figure: str
+    compare: str
+    limit: float
+
+
+#: What a bench with the baseline and the latency case must show (each ratio is taken
+#: between the default case's median and the baseline's median of the same bench).
+TARGETS: Final = (
+    Target("CPU per event", "x baseline", "<=", 0.8),
+    Target("peak RSS", "x baseline", "<=", 1.25),
+    Target("throughput", "x baseline", ">=", 2.0),
+    Target("memory bound", "x peak RSS", "<=", 2.0),
+    Target("p99 latency", "ms, every run", "<=", 250.0),
+)
+
+_COMPARE: Final[dict[str, Callable[[float, float], bool]]] = {
+    "<=": operator.le,
+    ">=": operator.ge,
+}
+
+
+@dataclass(frozen=True)
+class TargetCheck:
+    """A target and the figures a bench measured for it (one per latency run)."""
+
+    target: Target
+    values: tuple[float, ...]
+
+    @property
+    def met(self) -> bool:
+        compare = _COMPARE[self.target.compare]
+        return all(compare(value, self.target.limit) for value in self.values)
+
+
+def target_checks(results: Mapping[str, Any]) -> list[TargetCheck]:
+    """The targets a bench's results can be held to (none without a baseline)."""
+    cases = results.get("cases", {})
+    kingest, baseline = cases.get("default"), cases.get("baseline")
+    if kingest is None or baseline is None:
+        return []
+
+    def median(case: Mapping[str, Any], figure: str) -> float:
+        value: float = case["summary"][figure]["median"]
+        return value
+
+    def ratio(figure: str) -> float:
+        return median(kingest, figure) / median(baseline, figure)
+
+    cpu, rss, throughput, bound, p99 = TARGETS
+    checks = [
+        TargetCheck(cpu, (ratio("cpu_us_per_event"),)),
+        TargetCheck(rss, (ratio("peak_rss_mib"),)),
+        TargetCheck(throughput, (ratio("events_per_s"),)),
+    ]
+    if "memory_bound_mib" in kingest["summary"]:
+        bounds = median(kingest, "memory_bound_mib") / median(kingest, "peak_rss_mib")
+        checks.append(TargetCheck(bound, (bounds,)))
+    latency = results.get("latency") or {}
+    if latency.get("runs"):
+        checks.append(TargetCheck(p99, tuple(run["p99_ms"] for run in latency["runs"])))
+    return checks
 
 
 # --- processes ----------------------------------------------------------------------------

@@ -85,6 +85,7 @@ __all__ = [
 ]
 
 _SUMMARY = re.compile(r"stopped: (\d+) messages consumed, (\d+) written.*?([\d.]+)s from first")
+_MEMORY_BOUND = re.compile(r"memory bound for \d+ partitions: (\d+) MiB")
 _RUN_TIMEOUT_S: Final = 900.0
 
 
@@ -314,12 +315,18 @@ def run_kingest(
     finally:
         if process.poll() is None:
             process.kill()
-    summaries = [tuple(map(float, m)) for m in _SUMMARY.findall(log.read_text())]
+    text = log.read_text()
+    summaries = [tuple(map(float, m)) for m in _SUMMARY.findall(text)]
     if not summaries:
         raise BenchError(f"{case.name}: kingest logged no summary line; see {log}")
     written, busy = sum(s[1] for s in summaries), max(s[2] for s in summaries)
     measured.check_and_drop(options.events)
-    return run_figures(written, busy, cpu=cpu, rss=rss, broker=broker, postgres=postgres)
+    figures = run_figures(written, busy, cpu=cpu, rss=rss, broker=broker, postgres=postgres)
+    # The bound each process logged at its last assignment (the largest, as for RSS).
+    bounds = [int(found) for found in _MEMORY_BOUND.findall(text)]
+    if bounds and options.processes == 1:
+        figures["memory_bound_mib"] = float(bounds[-1])
+    return figures
 
 
 # --- the baseline ------------------------------------------------------------------------
@@ -384,7 +391,7 @@ def _wait_ready(port: int, process: subprocess.Popen[bytes], log: Path) -> None:
 
 
 def _produce_paced(
-    bootstrap: str, topic: str, rate: int, seconds: float, progress: Progress
+    bootstrap: str, topic: str, rate: int, seconds: float, progress: Progress, *, label: str
 ) -> dict[tuple[int, int], int]:
     """Produce at ``rate`` events/s for ``seconds``; (partition, offset) -> timestamp ms."""
     count = int(rate * seconds)
@@ -407,17 +414,19 @@ def _produce_paced(
         headers: list[tuple[str, str | bytes | None]] = [(k, v) for k, v in record.headers]
         producer.produce(topic, record.value, record.key, headers=headers, on_delivery=delivered)
         if index % 500 == 0:
-            progress(f"latency at {rate}/s", index, count)
+            progress(label, index, count)
     producer.flush(60)
     return stamps
 
 
 def run_latency(
-    found: BenchServices, options: Options, workdir: Path, progress: Progress
+    found: BenchServices, options: Options, workdir: Path, progress: Progress, *, run: int = 0
 ) -> dict[str, float]:
-    topic, group, log = "bench-latency", "bench-latency", workdir / "kingest-latency.log"
+    """One latency run: its own topic, consumer group and database."""
+    name = f"bench-latency-{run + 1}"
+    topic, group, log = name, name, workdir / f"kingest-latency-{run + 1}.log"
     create_topic(found.bootstrap_servers, topic, options.partitions)
-    url = fresh_database(found.server_url, "bench_latency")
+    url = fresh_database(found.server_url, f"bench_latency_{run + 1}")
     port = free_port("127.0.0.1")
     env = _kingest_env(found, topic, group=group, url=url, settings=options.settings, http=port)
     process = _start_kingest(env, 1, log)
@@ -425,10 +434,20 @@ def run_latency(
     try:
         _wait_ready(port, process, log)
         stamps = _produce_paced(
-            found.bootstrap_servers, topic, options.latency_rate, options.latency_seconds, progress
+            found.bootstrap_servers,
+            topic,
+            options.latency_rate,
+            options.latency_seconds,
+            progress,
+            label=f"latency #{run + 1} at {options.latency_rate}/s",
         )
         _wait_committed(
-            watch, len(stamps), processes=[process], log=log, label="latency", progress=progress
+            watch,
+            len(stamps),
+            processes=[process],
+            log=log,
+            label=f"latency #{run + 1}",
+            progress=progress,
         )
         _stop(process, log)
     finally:
@@ -447,6 +466,7 @@ def run_latency(
                 latencies.append(float(committed) * 1000 - stamps[(partition, offset)])
     if len(latencies) != len(stamps):
         raise BenchError(f"latency: {len(latencies)} rows for {len(stamps)} events; see {log}")
+    drop_database(found.server_url, url)
     return {
         "events": len(latencies),
         "rate": options.latency_rate,
@@ -531,7 +551,15 @@ def run_bench(options: Options, progress: Progress) -> dict[str, Any]:
                 )
         if options.latency:
             if found.commit_timestamps:
-                results["latency"] = run_latency(found, options, workdir, progress)
+                runs = [
+                    run_latency(found, options, workdir, progress, run=run)
+                    for run in range(options.runs)
+                ]
+                results["latency"] = {
+                    "rate": options.latency_rate,
+                    "runs": runs,
+                    "summary": summarize_runs(runs),
+                }
             else:
                 results["latency"] = {"skipped": "track_commit_timestamp is off on this server"}
     return results

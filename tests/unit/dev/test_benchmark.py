@@ -8,7 +8,7 @@ from rich.console import Console
 
 from kingest.cli.bench import render
 from kingest.dev import Options, parse_sweep
-from kingest.dev.bench_figures import median_min_max, percentile
+from kingest.dev.bench_figures import TARGETS, median_min_max, percentile, target_checks
 from kingest.dev.benchmark import cases
 
 
@@ -68,11 +68,10 @@ def test_the_table_shows_medians_ranges_ratio_and_latency() -> None:
         "cases": {"default": case(60_000), "baseline": case(20_000)},
         "latency": {
             "rate": 5000,
-            "events": 150_000,
-            "p50_ms": 90,
-            "p95_ms": 150,
-            "p99_ms": 180,
-            "max_ms": 240,
+            "runs": [
+                {"events": 150_000, "p50_ms": 90, "p95_ms": 150, "p99_ms": 180, "max_ms": 240},
+                {"events": 150_000, "p50_ms": 95, "p95_ms": 170, "p99_ms": 260, "max_ms": 300},
+            ],
         },
     }
     console = Console(width=200, record=True)
@@ -81,4 +80,54 @@ def test_the_table_shows_medians_ranges_ratio_and_latency() -> None:
     assert "60,000 (60,000-60,000)" in text
     assert "3.00" in text
     assert "1.00" in text
-    assert "p99 180 ms" in text
+    assert "run 1 (150,000 events): p50 90 ms, p95 150 ms, p99 180 ms, max 240 ms" in text
+    assert "run 2 (150,000 events): p50 95 ms, p95 170 ms, p99 260 ms, max 300 ms" in text
+    # Every target is stated with its figures and verdict (one latency run is over 250 ms).
+    assert "target throughput: 3.00 x baseline (bound >= 2): met" in text
+    assert "target p99 latency: 180.00, 260.00 ms, every run (bound <= 250): NOT met" in text
+
+
+def _summary(**medians: float) -> dict[str, object]:
+    return {"summary": {key: median_min_max([value]) for key, value in medians.items()}}
+
+
+def test_targets_are_ratios_to_the_baseline_of_the_same_bench() -> None:
+    results = {
+        "cases": {
+            "default": _summary(
+                events_per_s=80_000,
+                cpu_us_per_event=8.0,
+                peak_rss_mib=200.0,
+                memory_bound_mib=380.0,
+            ),
+            "baseline": _summary(events_per_s=40_000, cpu_us_per_event=10.0, peak_rss_mib=160.0),
+        },
+        "latency": {"runs": [{"p99_ms": 240.0}, {"p99_ms": 251.0}, {"p99_ms": 100.0}]},
+    }
+    checks = {check.target.name: check for check in target_checks(results)}
+    assert [check.target for check in checks.values()] == list(TARGETS)
+    assert checks["CPU per event"].values == (0.8,)
+    assert checks["CPU per event"].met  # the bound itself is met
+    assert checks["peak RSS"].values == (1.25,)
+    assert checks["peak RSS"].met
+    assert checks["throughput"].values == (2.0,)
+    assert checks["throughput"].met
+    assert checks["memory bound"].values == (1.9,)
+    assert checks["memory bound"].met
+    # One run over the bound fails the latency target, whatever the others measured.
+    assert checks["p99 latency"].values == (240.0, 251.0, 100.0)
+    assert not checks["p99 latency"].met
+
+
+def test_targets_need_the_baseline_and_miss_by_the_smallest_margin() -> None:
+    assert target_checks({"cases": {"default": _summary(events_per_s=1.0)}}) == []
+    results = {
+        "cases": {
+            "default": _summary(events_per_s=79_999, cpu_us_per_event=8.01, peak_rss_mib=201.0),
+            "baseline": _summary(events_per_s=40_000, cpu_us_per_event=10.0, peak_rss_mib=160.0),
+        }
+    }
+    checks = target_checks(results)
+    # Without a logged bound or a latency case those targets are not claimed.
+    assert [check.target.name for check in checks] == ["CPU per event", "peak RSS", "throughput"]
+    assert not any(check.met for check in checks)
