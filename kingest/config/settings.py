@@ -382,13 +382,13 @@ class PipelineSettings:
     writer_queue_batches: int = _setting(
         "KINGEST_WRITER_QUEUE_BATCHES",
         "Bound of the writers' shared queue, in batches.",
-        2,
+        8,
         check=_between(1, 10_000),
     )
     partition_queue_messages: int = _setting(
         "KINGEST_PARTITION_QUEUE_MESSAGES",
         "Queued messages per partition before it is paused on the consumer.",
-        5_000,
+        10_000,
         check=_at_least(1),
     )
     partition_queue_bytes: int = _setting(
