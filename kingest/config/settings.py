@@ -414,6 +414,15 @@ class PipelineSettings:
         0,
         check=_at_least(0),
     )
+    in_flight_bytes: int = _setting(
+        "KINGEST_IN_FLIGHT_BYTES",
+        "Message bytes the whole process may hold consumed and not yet durable: over "
+        "it the consumer loop stops taking messages from the client (whose own bounded "
+        "prefetch keeps them) until writes catch up; after a second of that it pauses the "
+        "partitions instead. 0: no process-wide bound.",
+        32 * 1024 * 1024,
+        check=_at_least(0),
+    )
     drain_timeout_s: float = _setting(
         "KINGEST_DRAIN_TIMEOUT_S",
         "On shutdown or revoke, how long in-flight work may take to finish.",

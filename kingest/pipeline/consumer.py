@@ -63,6 +63,15 @@ log = logging.getLogger(__name__)
 #: How long one poll waits for messages; bounds the latency of pause/resume and commits.
 POLL_TIMEOUT_S = 0.02
 
+#: While the process holds KINGEST_IN_FLIGHT_BYTES of work not yet durable, the loop
+#: takes no messages and waits this long before it looks again.
+IN_FLIGHT_WAIT_S = 0.005
+#: How long the loop may take no messages because of the in-flight bound before it
+#: pauses the partitions instead and polls on (rebalances are served only while it
+#: polls). Pausing makes the client drop what it prefetched for a partition, which it
+#: fetches again on resume: kept for writes that stall, not for writers that are busy.
+IN_FLIGHT_PAUSE_S = 1.0
+
 #: Once the drain deadline has passed, how long closing the consumer may still take
 #: (leaving the group is one request). librdkafka's close waits for every offset commit
 #: request still unanswered, each up to socket.timeout.ms (60 s by default), and cannot
@@ -154,6 +163,10 @@ class Pipeline:
         #: unacknowledged age, and the unacknowledged bound of backpressure).
         self._unacked: dict[TopicPartitionKey, Unacknowledged] = {}
         self._unacked_bounds = partition_unacked_bounds(settings)
+        #: Bytes of the whole process's unacknowledged work at which the loop stops
+        #: taking messages (0: no such bound), and since when it has held off.
+        self._in_flight_limit = settings.pipeline.in_flight_bytes
+        self._held_since: float | None = None
         self._fetching = FetchWatch(
             stall_s=settings.http.max_fetch_stall_s,
             auto_offset_reset=settings.kafka.auto_offset_reset,
@@ -305,9 +318,12 @@ class Pipeline:
         batch_size = self.settings.kafka.poll_batch_size
         while not self._stop.is_set():
             self._heartbeat = time.monotonic()
-            messages = consumer.consume(batch_size, POLL_TIMEOUT_S)
-            if messages:
-                self._dispatch(messages)
+            if self._holding_off():
+                self._stop.wait(IN_FLIGHT_WAIT_S)
+            else:
+                messages = consumer.consume(batch_size, POLL_TIMEOUT_S)
+                if messages:
+                    self._dispatch(messages)
             if self._partitions:
                 self._apply_backpressure(consumer)
                 self._commit_progress(consumer)
@@ -357,6 +373,38 @@ class Pipeline:
 
     # ------------------------------------------------------------------ backpressure
 
+    def _in_flight_bytes(self) -> int:
+        """Bytes of every partition's work consumed and not known durable (as
+        :func:`records_size` counts them); what became durable is forgotten first
+        whenever the total is over half the in-flight bound."""
+        total = sum(pending.nbytes for pending in self._unacked.values())
+        if 2 * total > self._in_flight_limit:
+            self._forget_acknowledged()
+            total = sum(pending.nbytes for pending in self._unacked.values())
+        return total
+
+    def _holding_off(self) -> bool:
+        """Whether the loop takes no messages now: the process holds its in-flight bound
+        (``KINGEST_IN_FLIGHT_BYTES``), for less than :data:`IN_FLIGHT_PAUSE_S` so far.
+
+        Not polling lets the client keep what it prefetched (its queue is bounded on its
+        own) where pausing would make it drop and fetch it again. Past the grace
+        :meth:`_apply_backpressure` pauses the partitions and the loop polls on.
+        """
+        if not self._in_flight_limit or self._in_flight_bytes() < self._in_flight_limit:
+            self._held_since = None
+            return False
+        now = time.monotonic()
+        if self._held_since is None:
+            self._held_since = now
+        return now - self._held_since < IN_FLIGHT_PAUSE_S
+
+    def _held_too_long(self) -> bool:
+        return (
+            self._held_since is not None
+            and time.monotonic() - self._held_since >= IN_FLIGHT_PAUSE_S
+        )
+
     def _apply_backpressure(self, consumer: Consumer) -> None:
         """Pause a partition whose mailbox, or whose work consumed and not yet durable
         (mailbox, open batch, writers' queue, writers, retries), is over its bound;
@@ -373,6 +421,12 @@ class Pipeline:
             self._forget_acknowledged()
         to_pause: list[TopicPartition] = []
         to_resume: list[TopicPartition] = []
+        # The process-wide bound: every partition is paused once the loop has held off
+        # for the grace period, and none resumes before the total is down to half.
+        held_too_long = self._held_too_long()
+        may_resume = (
+            not self._in_flight_limit or 2 * self._in_flight_bytes() <= self._in_flight_limit
+        )
         for tp, actor in self._partitions.items():
             queued_bytes = actor.mailbox.nbytes
             pending = unacked.get(tp)
@@ -384,7 +438,8 @@ class Pipeline:
                 unacked_messages, unacked_bytes = pending.messages, pending.nbytes
             if tp in self._paused:
                 if (
-                    backlog <= max_messages // 2
+                    may_resume
+                    and backlog <= max_messages // 2
                     and queued_bytes <= max_bytes // 2
                     and unacked_messages <= max_unacked // 2
                     and unacked_bytes <= max_unacked_bytes // 2
@@ -392,7 +447,8 @@ class Pipeline:
                     self._paused.discard(tp)
                     to_resume.append(TopicPartition(tp[0], tp[1]))
             elif (
-                backlog >= max_messages
+                held_too_long
+                or backlog >= max_messages
                 or queued_bytes >= max_bytes
                 or unacked_messages >= max_unacked
                 or unacked_bytes >= max_unacked_bytes

@@ -218,7 +218,16 @@ def memory_budget(
     # messages, so it may hold batch_size plus one more batch.
     in_flight = pipeline.writers * (pipeline.batch_size + largest_batch) * written_row
 
-    dynamic = prefetch + mailboxes + open_batches + writer_queue + in_flight
+    # The loop takes no more messages once the whole process holds in_flight_bytes of
+    # work not yet durable (as records_size counts it: at least the payload and the
+    # message overhead each), and one poll may overshoot: the four stages above hold at
+    # most that many messages together, each at most as costly as a row being written.
+    stages = mailboxes + open_batches + writer_queue + in_flight
+    capped = stages
+    if pipeline.in_flight_bytes:
+        in_flight_messages = math.ceil(pipeline.in_flight_bytes / python_message) + poll
+        capped = min(stages, in_flight_messages * written_row)
+    dynamic = prefetch + capped
     terms = (
         MemoryTerm(
             "baseline",
@@ -251,6 +260,15 @@ def memory_budget(
             in_flight,
             f"{pipeline.writers} writers x {pipeline.batch_size + largest_batch:,} rows "
             f"x {written_row} B (rows, merged columns, psycopg and libpq buffers)",
+        ),
+        MemoryTerm(
+            "in-flight bound",
+            capped - stages,
+            "the stages above together hold at most "
+            f"{math.ceil(pipeline.in_flight_bytes / python_message) + poll:,} messages "
+            f"x {written_row} B (KINGEST_IN_FLIGHT_BYTES and a poll)"
+            if pipeline.in_flight_bytes
+            else "none (KINGEST_IN_FLIGHT_BYTES=0)",
         ),
         MemoryTerm(
             "allocator slack",

@@ -278,3 +278,71 @@ def test_a_partition_whose_writes_are_held_is_paused_at_its_unacknowledged_bound
     assert set(stored) == produced.event_ids
     assert max(stored.values()) == 1
     print(f"\nheld per partition: {held}; unacked {[p.unacked_messages for p in state.partitions]}")
+
+
+#: The process-wide bound of the held-writes test below: about 2,000 synthetic messages.
+IN_FLIGHT_LIMIT = 1 << 20
+IN_FLIGHT_EVENTS = 20_000
+
+
+def test_the_process_takes_no_more_than_its_in_flight_bound_while_writes_are_held(
+    kafka_bootstrap: str, database_url: str, topic_factory: Callable[[int], str]
+) -> None:
+    # Writes held by a lock: nothing becomes durable. The per-partition bounds are left
+    # at their defaults (10,000 messages, 16 MiB per mailbox), which would take in the
+    # whole topic; only the process-wide KINGEST_IN_FLIGHT_BYTES can stop the loop, first
+    # by not polling, then (past its grace) by pausing every partition.
+    topic = topic_factory(2)
+    apply_migrations(database_url)
+    records = SyntheticStream(seed=44).take(IN_FLIGHT_EVENTS)
+    produced = produce_records(
+        kafka_bootstrap, topic, records, count=IN_FLIGHT_EVENTS, collect_ids=True
+    )
+    assert produced.delivered == IN_FLIGHT_EVENTS
+    # What the bound counts for one message (records_size): 320 B, its key and value.
+    smallest = min(320 + len(r.value) + len(r.key or b"") for r in records)
+    group = "in-flight-bound"
+    env = kingest_env(
+        kafka_bootstrap,
+        database_url,
+        topic,
+        group,
+        KINGEST_IN_FLIGHT_BYTES=str(IN_FLIGHT_LIMIT),
+        KINGEST_KAFKA_POLL_BATCH_SIZE=str(UNACKED_POLL),
+        KINGEST_BATCH_SIZE="200",
+        KINGEST_DATABASE_STATEMENT_TIMEOUT_MS="2000",
+    )
+    kingest = InProcessKingest(env)
+    pipeline = kingest.pipeline
+    with psycopg.connect(database_url) as blocker, kingest:
+        blocker.execute("LOCK TABLE kingest.inferences IN ACCESS EXCLUSIVE MODE")
+        wait_for(
+            lambda: len(pipeline.state().partitions) == 2 and pipeline.state().paused_count == 2,
+            timeout=60,
+            what="both partitions paused once the loop held off for its grace",
+        )
+        retries = pipeline.stats.get("retries")
+        wait_for(
+            lambda: pipeline.stats.get("retries") >= retries + 3,
+            timeout=60,
+            what="the held writes retried while the partitions stay paused",
+        )
+        consumed = pipeline.stats.get("messages_consumed")
+        committed = committed_offsets(kafka_bootstrap, group, topic, 2)
+        held = consumed - sum(max(offset, 0) for offset in committed.values())
+        unacked = sum(p.unacked_messages for p in pipeline.state().partitions)
+        # The loop looks before each poll: the bound plus one poll at most.
+        assert held <= IN_FLIGHT_LIMIT // smallest + UNACKED_POLL, (held, unacked)
+        assert unacked <= IN_FLIGHT_LIMIT // smallest + UNACKED_POLL, (held, unacked)
+        blocker.rollback()
+        wait_for(
+            lambda: all_committed(kafka_bootstrap, group, topic, produced.end_offsets, 2),
+            timeout=120,
+            what="every offset committed once the lock is released",
+        )
+        assert kingest.stop() is RunOutcome.DRAINED
+    assert_committed_are_stored(database_url, kafka_bootstrap, group, topic, 2)
+    stored = stored_event_ids(database_url)
+    assert set(stored) == produced.event_ids
+    assert max(stored.values()) == 1
+    print(f"\nheld {held} messages in flight (bound {IN_FLIGHT_LIMIT // smallest} + a poll)")

@@ -1,4 +1,5 @@
-"""The consumer loop's assignment callback: every partition it is given is resumed.
+"""The consumer loop's assignment callback (every partition it is given is resumed) and
+its process-wide in-flight bound (hold off, then pause, then resume at half).
 
 librdkafka keeps a partition's pause flag across a rebalance, and kingest forgets its own
 pause record of a partition it releases: a partition paused by backpressure and handed
@@ -15,8 +16,9 @@ from confluent_kafka import TopicPartition
 from actors import Actor, ActorSystem, Pool
 from kingest.config.loading import load_settings
 from kingest.pipeline.committer import OffsetCommitter
-from kingest.pipeline.consumer import Pipeline
+from kingest.pipeline.consumer import IN_FLIGHT_PAUSE_S, Pipeline
 from kingest.pipeline.messages import WriteBatch
+from kingest.pipeline.unacked import Unacknowledged
 from tests.unit.config.test_settings import VALID
 
 
@@ -67,3 +69,67 @@ def test_every_assignment_resumes_the_partitions_it_gives() -> None:
         assert [state[tp].paused for tp in sorted(state)] == [False, True, False]
         assert all(p.fetched_at is not None for p in state.values())
         pipeline._on_revoke(consumer, [*both, TopicPartition("events", 2)])
+
+
+class NothingDurable:
+    """A committer stand-in that has seen nothing become durable yet."""
+
+    def __init__(self) -> None:
+        self.durable: dict[tuple[str, int], tuple[int, int]] = {}
+
+    def committable(self) -> dict[tuple[str, int], tuple[int, int]]:
+        return dict(self.durable)
+
+
+def test_the_in_flight_bound_holds_off_the_loop_then_pauses_and_resumes_at_half() -> None:
+    settings = load_settings({**VALID, "KINGEST_IN_FLIGHT_BYTES": "1000"})
+    pipeline = Pipeline(settings)
+    consumer: Any = RecordingConsumer()
+    both = [TopicPartition("events", 0), TopicPartition("events", 1)]
+    with ActorSystem("in-flight-test") as system:
+        pipeline._committer = system.spawn(OffsetCommitter())
+        pipeline._writers = system.spawn(Pool("writers", lambda i: Discard(f"w{i}"), 1, capacity=4))
+        pipeline._on_assign(consumer, both)
+        generation = pipeline._generation
+        consumer.calls.clear()
+        durable = NothingDurable()
+        pipeline._committer = durable  # type: ignore[assignment]
+        # Under the bound: the loop polls.
+        pipeline._unacked[("events", 0)] = Unacknowledged()
+        pipeline._unacked[("events", 0)].add(9, 0.0, 10, 600)
+        assert not pipeline._holding_off()
+        # Over it: the loop takes no messages, and nothing is paused (the client keeps
+        # what it prefetched).
+        pipeline._unacked[("events", 1)] = Unacknowledged()
+        pipeline._unacked[("events", 1)].add(9, 0.0, 10, 600)
+        assert pipeline._holding_off()
+        pipeline._apply_backpressure(consumer)
+        assert consumer.calls == []
+        # Held off for the whole grace: every partition is paused and the loop polls on
+        # (rebalances are served only while it polls).
+        assert pipeline._held_since is not None
+        pipeline._held_since -= IN_FLIGHT_PAUSE_S
+        assert not pipeline._holding_off()
+        pipeline._apply_backpressure(consumer)
+        assert consumer.calls == [("pause", [("events", 0), ("events", 1)])]
+        consumer.calls.clear()
+        # Partition 0's messages became durable: 600 of 1000 bytes remain, over half.
+        durable.durable[("events", 0)] = (generation, 10)
+        pipeline._apply_backpressure(consumer)
+        assert consumer.calls == []
+        assert not pipeline._holding_off()
+        assert pipeline._held_since is None
+        # Partition 1's too: both resume.
+        durable.durable[("events", 1)] = (generation, 10)
+        pipeline._apply_backpressure(consumer)
+        assert consumer.calls == [("resume", [("events", 0), ("events", 1)])]
+        pipeline._committer = system.spawn(OffsetCommitter())
+        pipeline._on_lost(consumer, both)
+
+
+def test_no_in_flight_bound_never_holds_off() -> None:
+    pipeline = Pipeline(load_settings({**VALID, "KINGEST_IN_FLIGHT_BYTES": "0"}))
+    pipeline._unacked[("events", 0)] = Unacknowledged()
+    pipeline._unacked[("events", 0)].add(9, 0.0, 10, 1 << 40)
+    assert not pipeline._holding_off()
+    assert not pipeline._held_too_long()

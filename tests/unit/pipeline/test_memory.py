@@ -139,11 +139,16 @@ def test_the_prefetch_count_is_bounded_to_a_few_polls_and_refetched_quickly() ->
 
 
 def test_a_byte_bound_on_batches_caps_them_for_large_messages() -> None:
+    # Without the process-wide bound, which would cap both alike.
     count_only = memory_budget(
-        settings(**SMALL, KINGEST_BATCH_BYTES=str(1 << 30)), partitions=4, message_bytes=100_000
+        settings(**SMALL, KINGEST_BATCH_BYTES=str(1 << 30), KINGEST_IN_FLIGHT_BYTES="0"),
+        partitions=4,
+        message_bytes=100_000,
     )
     capped = memory_budget(
-        settings(**SMALL, KINGEST_BATCH_BYTES="1048576"), partitions=4, message_bytes=100_000
+        settings(**SMALL, KINGEST_BATCH_BYTES="1048576", KINGEST_IN_FLIGHT_BYTES="0"),
+        partitions=4,
+        message_bytes=100_000,
     )
     # RowBatch counts 700 B + twice the payload per row: 1 MiB closes a batch at its 6th
     # row of 100 kB, so a batch holds at most 6 + 99 rows instead of 500 + 99.
@@ -186,3 +191,24 @@ def test_a_tighter_unacknowledged_bound_caps_the_mailboxes() -> None:
     assert term(by_bytes, "partition mailboxes") == (4 * 300 + 100) * (
         1000 + PYTHON_MESSAGE_OVERHEAD
     )
+
+
+def test_the_process_in_flight_bound_caps_what_the_stages_hold_together() -> None:
+    # 8 partitions of 1000-byte messages at the defaults: the stages alone would allow
+    # hundreds of MiB; 4 MiB in flight (a poll of 5,000 more) caps them together.
+    stages = ("partition mailboxes", "open batches", "writer queue", "batches in flight")
+    unbounded = memory_budget(settings(KINGEST_IN_FLIGHT_BYTES="0"), 8, message_bytes=1000)
+    bounded = memory_budget(settings(KINGEST_IN_FLIGHT_BYTES=str(4 * MIB)), 8, message_bytes=1000)
+    assert term(unbounded, "in-flight bound") == 0
+    python_message = 1000 + PYTHON_MESSAGE_OVERHEAD
+    written_row = python_message + ROW_OVERHEAD + 1000 + 2 * (ENCODED_ROW_OVERHEAD + 1000)
+    messages = -(-4 * MIB // python_message) + 5000
+    assert sum(term(bounded, name) for name in (*stages, "in-flight bound")) == (
+        messages * written_row
+    )
+    assert f"{messages:,} messages" in bounded.describe()
+    assert bounded.total_bytes < unbounded.total_bytes
+    # A bound larger than the stages allow changes nothing.
+    loose = memory_budget(settings(KINGEST_IN_FLIGHT_BYTES=str(1 << 40)), 8, message_bytes=1000)
+    assert term(loose, "in-flight bound") == 0
+    assert loose.total_bytes == unbounded.total_bytes
