@@ -420,7 +420,7 @@ class PipelineSettings:
         "it the consumer loop stops taking messages from the client (whose own bounded "
         "prefetch keeps them) until writes catch up; after a second of that it pauses the "
         "partitions instead. 0: no process-wide bound.",
-        32 * 1024 * 1024,
+        16 * 1024 * 1024,
         check=_at_least(0),
     )
     drain_timeout_s: float = _setting(
