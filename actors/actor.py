@@ -54,7 +54,8 @@ class Actor(Generic[M]):
 
     `capacity`, `max_bytes` and `sizeof` bound the actor's own mailbox (`sizeof`
     measures a message, not its envelope). `receive_timeout` makes the actor call
-    `on_receive_timeout()` whenever its mailbox stayed empty that many seconds.
+    `on_receive_timeout()` whenever its mailbox stayed empty that many seconds (an actor
+    with deadlines of its own overrides `next_receive_timeout()`).
     `mailbox` supplies a ready-made mailbox instead (a `Pool` shares one among its
     workers; stopping any actor closes its mailbox, so stop a pool, not its workers).
 
@@ -117,6 +118,12 @@ class Actor(Generic[M]):
 
     def on_receive_timeout(self) -> None:
         """Runs when the mailbox stayed empty for `receive_timeout` seconds."""
+
+    def next_receive_timeout(self) -> float | None:
+        """How long the coming wait for a message may last before `on_receive_timeout()`
+        runs; asked before every wait. The `receive_timeout` given at construction, unless
+        the actor keeps a deadline of its own (0: at once, if no message is waiting)."""
+        return self.__receive_timeout
 
     # -- API -----------------------------------------------------------------------
 
@@ -301,10 +308,10 @@ class Actor(Generic[M]):
 
     def __loop(self) -> None:
         get = self.__mailbox.get
-        receive_timeout = self.__receive_timeout
+        next_receive_timeout = self.next_receive_timeout
         while True:
             try:
-                envelope = get(receive_timeout)
+                envelope = get(next_receive_timeout())
             except queue.Empty:
                 if not self.__idle():
                     return

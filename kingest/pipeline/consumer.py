@@ -60,7 +60,8 @@ __all__ = ["CLOSE_AFTER_DEADLINE_S", "Pipeline", "RunOutcome"]
 
 log = logging.getLogger(__name__)
 
-#: How long one poll waits for messages; bounds the latency of pause/resume and commits.
+#: How long the loop waits for a message when the client has none; bounds the latency
+#: of pause/resume and commits.
 POLL_TIMEOUT_S = 0.02
 
 #: While the process holds KINGEST_IN_FLIGHT_BYTES of work not yet durable, the loop
@@ -111,6 +112,25 @@ def _by_partition(messages: list[Message]) -> dict[TopicPartitionKey, list[Messa
             group.extend(messages[start:end])
         start = end
     return groups
+
+
+def _next_messages(consumer: Consumer, batch_size: int) -> list[Message]:
+    """Up to ``batch_size`` messages: those the client holds now, else the first one to
+    arrive within :data:`POLL_TIMEOUT_S` and whatever came with it.
+
+    ``consume(n, timeout)`` returns only once it has ``n`` messages or the timeout has
+    passed, so in a stream slower than the batch every message would wait out the
+    timeout in the client; a backlog fills every batch at once either way.
+    """
+    messages = consumer.consume(batch_size, 0)
+    if messages:
+        return messages
+    first = consumer.poll(POLL_TIMEOUT_S)
+    if first is None:
+        return []
+    if batch_size == 1:
+        return [first]
+    return [first, *consumer.consume(batch_size - 1, 0)]
 
 
 class Pipeline:
@@ -321,7 +341,7 @@ class Pipeline:
             if self._holding_off():
                 self._stop.wait(IN_FLIGHT_WAIT_S)
             else:
-                messages = consumer.consume(batch_size, POLL_TIMEOUT_S)
+                messages = _next_messages(consumer, batch_size)
                 if messages:
                     self._dispatch(messages)
             if self._partitions:

@@ -180,6 +180,14 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
             },
         )
 
+    def next_receive_timeout(self) -> float | None:
+        """While a batch is open, the time left of its linger: the linger counts from
+        when the batch opened, so a partition whose messages keep trickling in still
+        flushes on time (an idle timeout would wait for a pause in its stream)."""
+        if self._first is None:
+            return super().next_receive_timeout()
+        return max(0.0, self._opened_at + self._linger - time.monotonic())
+
     def on_receive_timeout(self) -> None:
         if self._count:
             self.flush()

@@ -331,3 +331,28 @@ def test_subclass_private_names_do_not_collide_with_the_runtime() -> None:
     assert actor.name == "busy"
     assert actor.processed == 1
     assert actor._processed == [21]
+
+
+def test_an_actor_with_a_deadline_of_its_own_sets_each_wait() -> None:
+    # The constructor's receive_timeout (an hour) never elapses here: the actor's own
+    # deadline, asked before every wait, is due at once.
+    due = threading.Event()
+    waits: list[float | None] = []
+
+    class Deadline(Actor[int]):
+        def receive(self, message: int) -> None:
+            pass
+
+        def next_receive_timeout(self) -> float | None:
+            waits.append(super().next_receive_timeout())
+            return 0.0
+
+        def on_receive_timeout(self) -> None:
+            due.set()
+
+    actor = Deadline("deadline", receive_timeout=3600).start()
+    try:
+        assert due.wait(timeout=5)
+        assert waits[0] == 3600  # what the base class would have waited
+    finally:
+        assert actor.stop(timeout=5)

@@ -16,7 +16,7 @@ from confluent_kafka import TopicPartition
 from actors import Actor, ActorSystem, Pool
 from kingest.config.loading import load_settings
 from kingest.pipeline.committer import OffsetCommitter
-from kingest.pipeline.consumer import IN_FLIGHT_PAUSE_S, Pipeline
+from kingest.pipeline.consumer import IN_FLIGHT_PAUSE_S, POLL_TIMEOUT_S, Pipeline, _next_messages
 from kingest.pipeline.messages import WriteBatch
 from kingest.pipeline.unacked import Unacknowledged
 from tests.unit.config.test_settings import VALID
@@ -133,3 +133,43 @@ def test_no_in_flight_bound_never_holds_off() -> None:
     pipeline._unacked[("events", 0)].add(9, 0.0, 10, 1 << 40)
     assert not pipeline._holding_off()
     assert not pipeline._held_too_long()
+
+
+class QueuedConsumer:
+    """A client holding ``queued`` messages (arriving ones come through ``poll``)."""
+
+    def __init__(self, queued: list[str], arriving: list[str]) -> None:
+        self.queued = queued
+        self.arriving = arriving
+        self.calls: list[tuple[Any, ...]] = []
+
+    def consume(self, num_messages: int, timeout: float) -> list[str]:
+        self.calls.append(("consume", num_messages, timeout))
+        taken, self.queued = self.queued[:num_messages], self.queued[num_messages:]
+        return taken
+
+    def poll(self, timeout: float) -> str | None:
+        self.calls.append(("poll", timeout))
+        if not self.arriving:
+            return None
+        first, *rest = self.arriving
+        self.arriving = []
+        self.queued.extend(rest)
+        return first
+
+
+def test_the_loop_takes_what_the_client_holds_without_waiting_for_a_full_batch() -> None:
+    # Messages held: taken at once, however few (consume(n, t) would wait out t for n).
+    held: Any = QueuedConsumer(["a", "b"], [])
+    assert list(map(str, _next_messages(held, 5000))) == ["a", "b"]
+    assert held.calls == [("consume", 5000, 0)]
+    # None held: wait for the first to arrive, then take what came with it.
+    arriving: Any = QueuedConsumer([], ["c", "d", "e"])
+    assert list(map(str, _next_messages(arriving, 5000))) == ["c", "d", "e"]
+    assert arriving.calls == [("consume", 5000, 0), ("poll", POLL_TIMEOUT_S), ("consume", 4999, 0)]
+    # Nothing arrives within the poll timeout; and a batch of one is the first alone.
+    idle: Any = QueuedConsumer([], [])
+    assert not _next_messages(idle, 5000)
+    single: Any = QueuedConsumer([], ["f", "g"])
+    assert list(map(str, _next_messages(single, 1))) == ["f"]
+    assert single.calls == [("consume", 1, 0), ("poll", POLL_TIMEOUT_S)]

@@ -100,3 +100,40 @@ def test_messages_whose_headers_cannot_be_read_are_counted_once_per_poll() -> No
     actor.receive(records)  # found once: a later read sees the replaced headers
     assert stats.series(catalog.UNREADABLE_HEADERS) == {("events", "0"): 2}
     assert actor.received_offset == 4
+
+
+def test_the_linger_counts_from_when_the_batch_opened() -> None:
+    # A stream whose polls keep coming (never idle for a linger) is still flushed once
+    # its batch is a linger old. The actor is not started: receive() and the timeout hook
+    # are called here, as its thread calls them.
+    batches: list[WriteBatch] = []
+    seen = threading.Event()
+    records = [FakeRecord(v, offset=i, partition=0) for i, v in enumerate(event_values(20))]
+    with ActorSystem("linger-test") as system:
+        committer = system.spawn(OffsetCommitter())
+        writers: Pool[WriteBatch] = system.spawn(
+            Pool("writers", lambda i: Collector(i, batches, seen), 1, capacity=100)
+        )
+        actor = PartitionActor(
+            ("events", 0),
+            1,
+            writers=writers,
+            committer=committer,
+            max_bytes=1 << 30,
+            batch_size=1000,
+            batch_bytes=1 << 30,
+            batch_linger_s=60,
+        )
+        assert actor.next_receive_timeout() == 60  # nothing open: the linger, as ever
+        actor.receive(records[:10])
+        assert 59 < (actor.next_receive_timeout() or 0) <= 60
+        actor._opened_at -= 30  # half the linger has passed since the batch opened
+        actor.receive(records[10:])  # another poll does not start the linger again
+        assert 29 < (actor.next_receive_timeout() or 0) <= 30
+        actor._opened_at -= 30
+        assert actor.next_receive_timeout() == 0.0
+        actor.on_receive_timeout()  # what the loop runs when that wait finds nothing
+        assert seen.wait(10)
+        assert actor.next_receive_timeout() == 60
+        writers.stop(drain=True, timeout=10)
+    assert [(b.first_offset, b.message_count) for b in batches] == [(0, 20)]
