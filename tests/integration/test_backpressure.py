@@ -12,7 +12,8 @@ from __future__ import annotations
 import os
 import re
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil  # type: ignore[import-untyped]
@@ -24,7 +25,7 @@ from kingest.config.loading import load_settings
 from kingest.dev.demo import committed_offsets
 from kingest.dev.producer import produce_records
 from kingest.dev.synth import SyntheticRecord, SyntheticStream
-from kingest.pipeline.consumer import RunOutcome
+from kingest.pipeline.consumer import Pipeline, RunOutcome
 from kingest.pipeline.memory import memory_budget
 from kingest.store.migrate import apply_migrations
 from kingest.telemetry import catalog
@@ -204,47 +205,41 @@ UNACKED_POLL = 100
 UNACKED_EVENTS = 30_000
 
 
-def test_a_partition_whose_writes_are_held_is_paused_at_its_unacknowledged_bound(
-    kafka_bootstrap: str, database_url: str, topic_factory: Callable[[int], str]
-) -> None:
-    # A lock on a table every batch writes to holds every write: nothing becomes durable,
-    # so nothing is committed. Each partition must stop being consumed once what it has
-    # consumed and not seen durable reaches KINGEST_PARTITION_UNACKED_MESSAGES (one poll
-    # may overshoot), not only once its mailbox is full.
-    topic = topic_factory(2)
+@contextmanager
+def writes_held_until_paused(
+    kafka_bootstrap: str,
+    database_url: str,
+    topic: str,
+    *,
+    group: str,
+    seed: int,
+    events: int,
+    retries: int,
+    **settings: str,
+) -> Iterator[tuple[Pipeline, list[SyntheticRecord]]]:
+    """Produce ``events`` to the two-partition ``topic``, run kingest on it with every
+    write held by a lock on a table every batch writes to (nothing becomes durable, so
+    nothing is committed) until both partitions are paused and the held writes have been
+    retried ``retries`` more times; yield the pipeline and the records. Then release the
+    lock and check that every event is stored exactly once, against the producer's record."""
     apply_migrations(database_url)
-    records = SyntheticStream(seed=43).take(UNACKED_EVENTS)
-    produced = produce_records(
-        kafka_bootstrap, topic, records, count=UNACKED_EVENTS, collect_ids=True
-    )
-    assert produced.delivered == UNACKED_EVENTS
-    group = "unacked-bound"
+    records = SyntheticStream(seed=seed).take(events)
+    produced = produce_records(kafka_bootstrap, topic, records, count=events, collect_ids=True)
+    assert produced.delivered == events
     env = kingest_env(
         kafka_bootstrap,
         database_url,
         topic,
         group,
-        KINGEST_PARTITION_UNACKED_MESSAGES=str(UNACKED_BOUND),
-        KINGEST_PARTITION_QUEUE_MESSAGES="5000",
         KINGEST_KAFKA_POLL_BATCH_SIZE=str(UNACKED_POLL),
         KINGEST_BATCH_SIZE="200",
         # Held writes give up a statement after 2 s and are retried: retries prove time
         # passes with the writers stuck.
         KINGEST_DATABASE_STATEMENT_TIMEOUT_MS="2000",
+        **settings,
     )
     kingest = InProcessKingest(env)
     pipeline = kingest.pipeline
-
-    def consumed_uncommitted() -> dict[int, int]:
-        """Per partition, messages consumed (counted by the loop) minus the committed
-        offset the broker holds (a fresh group starts at offset 0)."""
-        consumed = {
-            int(partition): count
-            for (_, partition, _), count in pipeline.stats.series(catalog.MESSAGES_CONSUMED).items()
-        }
-        committed = committed_offsets(kafka_bootstrap, group, topic, 2)
-        return {p: n - max(committed.get(p, -1), 0) for p, n in consumed.items()}
-
     with psycopg.connect(database_url) as blocker, kingest:
         blocker.execute("LOCK TABLE kingest.inferences IN ACCESS EXCLUSIVE MODE")
         wait_for(
@@ -252,20 +247,13 @@ def test_a_partition_whose_writes_are_held_is_paused_at_its_unacknowledged_bound
             timeout=60,
             what="both partitions paused",
         )
-        retries = pipeline.stats.get("retries")
+        before = pipeline.stats.get("retries")
         wait_for(
-            lambda: pipeline.stats.get("retries") >= retries + 4,
+            lambda: pipeline.stats.get("retries") >= before + retries,
             timeout=60,
             what="the held writes retried while the partitions stay paused",
         )
-        state = pipeline.state()
-        held = consumed_uncommitted()
-        assert state.paused_count == 2
-        assert all(n <= UNACKED_BOUND + UNACKED_POLL for n in held.values()), held
-        assert all(p.unacked_messages <= UNACKED_BOUND + UNACKED_POLL for p in state.partitions), (
-            state.partitions
-        )
-        assert sum(held.values()) < UNACKED_EVENTS
+        yield pipeline, records
         blocker.rollback()
         wait_for(
             lambda: all_committed(kafka_bootstrap, group, topic, produced.end_offsets, 2),
@@ -277,6 +265,46 @@ def test_a_partition_whose_writes_are_held_is_paused_at_its_unacknowledged_bound
     stored = stored_event_ids(database_url)
     assert set(stored) == produced.event_ids
     assert max(stored.values()) == 1
+
+
+def test_a_partition_whose_writes_are_held_is_paused_at_its_unacknowledged_bound(
+    kafka_bootstrap: str, database_url: str, topic_factory: Callable[[int], str]
+) -> None:
+    # Each partition must stop being consumed once what it has consumed and not seen
+    # durable reaches KINGEST_PARTITION_UNACKED_MESSAGES (one poll may overshoot), not
+    # only once its mailbox is full.
+    topic = topic_factory(2)
+    group = "unacked-bound"
+
+    def consumed_uncommitted(pipeline: Pipeline) -> dict[int, int]:
+        """Per partition, messages consumed (counted by the loop) minus the committed
+        offset the broker holds (a fresh group starts at offset 0)."""
+        consumed = {
+            int(partition): count
+            for (_, partition, _), count in pipeline.stats.series(catalog.MESSAGES_CONSUMED).items()
+        }
+        committed = committed_offsets(kafka_bootstrap, group, topic, 2)
+        return {p: n - max(committed.get(p, -1), 0) for p, n in consumed.items()}
+
+    with writes_held_until_paused(
+        kafka_bootstrap,
+        database_url,
+        topic,
+        group=group,
+        seed=43,
+        events=UNACKED_EVENTS,
+        retries=4,
+        KINGEST_PARTITION_UNACKED_MESSAGES=str(UNACKED_BOUND),
+        KINGEST_PARTITION_QUEUE_MESSAGES="5000",
+    ) as (pipeline, _):
+        state = pipeline.state()
+        held = consumed_uncommitted(pipeline)
+        assert state.paused_count == 2
+        assert all(n <= UNACKED_BOUND + UNACKED_POLL for n in held.values()), held
+        assert all(p.unacked_messages <= UNACKED_BOUND + UNACKED_POLL for p in state.partitions), (
+            state.partitions
+        )
+        assert sum(held.values()) < UNACKED_EVENTS
     print(f"\nheld per partition: {held}; unacked {[p.unacked_messages for p in state.partitions]}")
 
 
@@ -288,45 +316,24 @@ IN_FLIGHT_EVENTS = 20_000
 def test_the_process_takes_no_more_than_its_in_flight_bound_while_writes_are_held(
     kafka_bootstrap: str, database_url: str, topic_factory: Callable[[int], str]
 ) -> None:
-    # Writes held by a lock: nothing becomes durable. The per-partition bounds are left
-    # at their defaults (10,000 messages, 16 MiB per mailbox), which would take in the
-    # whole topic; only the process-wide KINGEST_IN_FLIGHT_BYTES can stop the loop, first
-    # by not polling, then (past its grace) by pausing every partition.
+    # The per-partition bounds are left at their defaults (10,000 messages, 16 MiB per
+    # mailbox), which would take in the whole topic; only the process-wide
+    # KINGEST_IN_FLIGHT_BYTES can stop the loop, first by not polling, then (past its
+    # grace) by pausing every partition.
     topic = topic_factory(2)
-    apply_migrations(database_url)
-    records = SyntheticStream(seed=44).take(IN_FLIGHT_EVENTS)
-    produced = produce_records(
-        kafka_bootstrap, topic, records, count=IN_FLIGHT_EVENTS, collect_ids=True
-    )
-    assert produced.delivered == IN_FLIGHT_EVENTS
-    # What the bound counts for one message (records_size): 320 B, its key and value.
-    smallest = min(320 + len(r.value) + len(r.key or b"") for r in records)
     group = "in-flight-bound"
-    env = kingest_env(
+    with writes_held_until_paused(
         kafka_bootstrap,
         database_url,
         topic,
-        group,
+        group=group,
+        seed=44,
+        events=IN_FLIGHT_EVENTS,
+        retries=3,
         KINGEST_IN_FLIGHT_BYTES=str(IN_FLIGHT_LIMIT),
-        KINGEST_KAFKA_POLL_BATCH_SIZE=str(UNACKED_POLL),
-        KINGEST_BATCH_SIZE="200",
-        KINGEST_DATABASE_STATEMENT_TIMEOUT_MS="2000",
-    )
-    kingest = InProcessKingest(env)
-    pipeline = kingest.pipeline
-    with psycopg.connect(database_url) as blocker, kingest:
-        blocker.execute("LOCK TABLE kingest.inferences IN ACCESS EXCLUSIVE MODE")
-        wait_for(
-            lambda: len(pipeline.state().partitions) == 2 and pipeline.state().paused_count == 2,
-            timeout=60,
-            what="both partitions paused once the loop held off for its grace",
-        )
-        retries = pipeline.stats.get("retries")
-        wait_for(
-            lambda: pipeline.stats.get("retries") >= retries + 3,
-            timeout=60,
-            what="the held writes retried while the partitions stay paused",
-        )
+    ) as (pipeline, records):
+        # What the bound counts for one message (records_size): 320 B, its key and value.
+        smallest = min(320 + len(r.value) + len(r.key or b"") for r in records)
         consumed = pipeline.stats.get("messages_consumed")
         committed = committed_offsets(kafka_bootstrap, group, topic, 2)
         held = consumed - sum(max(offset, 0) for offset in committed.values())
@@ -334,15 +341,4 @@ def test_the_process_takes_no_more_than_its_in_flight_bound_while_writes_are_hel
         # The loop looks before each poll: the bound plus one poll at most.
         assert held <= IN_FLIGHT_LIMIT // smallest + UNACKED_POLL, (held, unacked)
         assert unacked <= IN_FLIGHT_LIMIT // smallest + UNACKED_POLL, (held, unacked)
-        blocker.rollback()
-        wait_for(
-            lambda: all_committed(kafka_bootstrap, group, topic, produced.end_offsets, 2),
-            timeout=120,
-            what="every offset committed once the lock is released",
-        )
-        assert kingest.stop() is RunOutcome.DRAINED
-    assert_committed_are_stored(database_url, kafka_bootstrap, group, topic, 2)
-    stored = stored_event_ids(database_url)
-    assert set(stored) == produced.event_ids
-    assert max(stored.values()) == 1
     print(f"\nheld {held} messages in flight (bound {IN_FLIGHT_LIMIT // smallest} + a poll)")

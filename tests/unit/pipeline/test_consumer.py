@@ -40,13 +40,18 @@ class RecordingConsumer:
         self.calls.append(("resume", [(p.topic, p.partition) for p in partitions]))
 
 
+def give_actors(pipeline: Pipeline, system: ActorSystem) -> None:
+    """The committer and a writer pool that discards, as :meth:`Pipeline.run` spawns them."""
+    pipeline._committer = system.spawn(OffsetCommitter())
+    pipeline._writers = system.spawn(Pool("writers", lambda i: Discard(f"w{i}"), 1, capacity=4))
+
+
 def test_every_assignment_resumes_the_partitions_it_gives() -> None:
     pipeline = Pipeline(load_settings(VALID))
     consumer: Any = RecordingConsumer()
     both = [TopicPartition("events", 0), TopicPartition("events", 1)]
     with ActorSystem("assign-test") as system:
-        pipeline._committer = system.spawn(OffsetCommitter())
-        pipeline._writers = system.spawn(Pool("writers", lambda i: Discard(f"w{i}"), 1, capacity=4))
+        give_actors(pipeline, system)
         pipeline._on_assign(consumer, both)
         assert consumer.calls == [("resume", [("events", 0), ("events", 1)])]
         # Backpressure paused partition 0; a rebalance takes both partitions away
@@ -87,8 +92,7 @@ def test_the_in_flight_bound_holds_off_the_loop_then_pauses_and_resumes_at_half(
     consumer: Any = RecordingConsumer()
     both = [TopicPartition("events", 0), TopicPartition("events", 1)]
     with ActorSystem("in-flight-test") as system:
-        pipeline._committer = system.spawn(OffsetCommitter())
-        pipeline._writers = system.spawn(Pool("writers", lambda i: Discard(f"w{i}"), 1, capacity=4))
+        give_actors(pipeline, system)
         pipeline._on_assign(consumer, both)
         generation = pipeline._generation
         consumer.calls.clear()

@@ -4,6 +4,8 @@ linger; every batch is registered with the committer before the writers see it."
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from actors import Actor, ActorSystem, Pool
@@ -27,7 +29,16 @@ class Collector(Actor[WriteBatch]):
         self._seen.set()
 
 
-def run_partition(values: list[bytes], **limits: Any) -> list[WriteBatch]:
+#: A partition actor, the batches its writers collected, and set once one is.
+Collected = tuple[PartitionActor, list[WriteBatch], threading.Event]
+
+
+@contextmanager
+def partition_actor(
+    **limits: Any,
+) -> Iterator[tuple[PartitionActor, list[WriteBatch], threading.Event]]:
+    """A partition actor (not started) whose writers collect the batches it hands over;
+    the writers are drained on the way out."""
     batches: list[WriteBatch] = []
     seen = threading.Event()
     with ActorSystem("partition-test") as system:
@@ -43,13 +54,18 @@ def run_partition(values: list[bytes], **limits: Any) -> list[WriteBatch]:
             max_bytes=1 << 30,
             **limits,
         )
-        system.spawn(actor)
+        yield actor, batches, seen
+        writers.stop(drain=True, timeout=10)
+
+
+def run_partition(values: list[bytes], **limits: Any) -> list[WriteBatch]:
+    with partition_actor(**limits) as (actor, batches, _):
+        actor.start()
         records = [FakeRecord(v, offset=i, partition=0) for i, v in enumerate(values)]
         for start in range(0, len(records), 10):
             actor.tell(records[start : start + 10])
         actor.stop(drain=True, timeout=10)
         assert actor.join(10)
-        writers.stop(drain=True, timeout=10)
     return batches
 
 
@@ -106,24 +122,12 @@ def test_the_linger_counts_from_when_the_batch_opened() -> None:
     # A stream whose polls keep coming (never idle for a linger) is still flushed once
     # its batch is a linger old. The actor is not started: receive() and the timeout hook
     # are called here, as its thread calls them.
-    batches: list[WriteBatch] = []
-    seen = threading.Event()
     records = [FakeRecord(v, offset=i, partition=0) for i, v in enumerate(event_values(20))]
-    with ActorSystem("linger-test") as system:
-        committer = system.spawn(OffsetCommitter())
-        writers: Pool[WriteBatch] = system.spawn(
-            Pool("writers", lambda i: Collector(i, batches, seen), 1, capacity=100)
-        )
-        actor = PartitionActor(
-            ("events", 0),
-            1,
-            writers=writers,
-            committer=committer,
-            max_bytes=1 << 30,
-            batch_size=1000,
-            batch_bytes=1 << 30,
-            batch_linger_s=60,
-        )
+    with partition_actor(batch_size=1000, batch_bytes=1 << 30, batch_linger_s=60) as (
+        actor,
+        batches,
+        seen,
+    ):
         assert actor.next_receive_timeout() == 60  # nothing open: the linger, as ever
         actor.receive(records[:10])
         assert 59 < (actor.next_receive_timeout() or 0) <= 60
@@ -135,5 +139,4 @@ def test_the_linger_counts_from_when_the_batch_opened() -> None:
         actor.on_receive_timeout()  # what the loop runs when that wait finds nothing
         assert seen.wait(10)
         assert actor.next_receive_timeout() == 60
-        writers.stop(drain=True, timeout=10)
     assert [(b.first_offset, b.message_count) for b in batches] == [(0, 20)]
