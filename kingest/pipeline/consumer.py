@@ -445,7 +445,9 @@ class Pipeline:
         # for the grace period, and none resumes before the total is down to half.
         held_too_long = self._held_too_long()
         may_resume = (
-            not self._in_flight_limit or 2 * self._in_flight_bytes() <= self._in_flight_limit
+            not self._paused
+            or not self._in_flight_limit
+            or 2 * self._in_flight_bytes() <= self._in_flight_limit
         )
         for tp, actor in self._partitions.items():
             queued_bytes = actor.mailbox.nbytes
