@@ -322,7 +322,8 @@ def run_kingest(
     written, busy = sum(s[1] for s in summaries), max(s[2] for s in summaries)
     measured.check_and_drop(options.events)
     figures = run_figures(written, busy, cpu=cpu, rss=rss, broker=broker, postgres=postgres)
-    # The bound each process logged at its last assignment (the largest, as for RSS).
+    # The bound the process logged at its last assignment (with --processes N each
+    # child logs its own, and which one the peak RSS belongs to is not known).
     bounds = [int(found) for found in _MEMORY_BOUND.findall(text)]
     if bounds and options.processes == 1:
         figures["memory_bound_mib"] = float(bounds[-1])

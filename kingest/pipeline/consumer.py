@@ -414,12 +414,12 @@ class Pipeline:
         if not self._in_flight_limit or self._in_flight_bytes() < self._in_flight_limit:
             self._held_since = None
             return False
-        now = time.monotonic()
         if self._held_since is None:
-            self._held_since = now
-        return now - self._held_since < IN_FLIGHT_PAUSE_S
+            self._held_since = time.monotonic()
+        return not self._held_too_long()
 
     def _held_too_long(self) -> bool:
+        """Whether the loop has held off for the whole grace, :data:`IN_FLIGHT_PAUSE_S`."""
         return (
             self._held_since is not None
             and time.monotonic() - self._held_since >= IN_FLIGHT_PAUSE_S

@@ -224,9 +224,14 @@ def memory_budget(
     # most that many messages together, each at most as costly as a row being written.
     stages = mailboxes + open_batches + writer_queue + in_flight
     capped = stages
+    cap_explanation = "none (KINGEST_IN_FLIGHT_BYTES=0)"
     if pipeline.in_flight_bytes:
         in_flight_messages = math.ceil(pipeline.in_flight_bytes / python_message) + poll
         capped = min(stages, in_flight_messages * written_row)
+        cap_explanation = (
+            f"the stages above together hold at most {in_flight_messages:,} messages "
+            f"x {written_row} B (KINGEST_IN_FLIGHT_BYTES and a poll)"
+        )
     dynamic = prefetch + capped
     terms = (
         MemoryTerm(
@@ -261,15 +266,7 @@ def memory_budget(
             f"{pipeline.writers} writers x {pipeline.batch_size + largest_batch:,} rows "
             f"x {written_row} B (rows, merged columns, psycopg and libpq buffers)",
         ),
-        MemoryTerm(
-            "in-flight bound",
-            capped - stages,
-            "the stages above together hold at most "
-            f"{math.ceil(pipeline.in_flight_bytes / python_message) + poll:,} messages "
-            f"x {written_row} B (KINGEST_IN_FLIGHT_BYTES and a poll)"
-            if pipeline.in_flight_bytes
-            else "none (KINGEST_IN_FLIGHT_BYTES=0)",
-        ),
+        MemoryTerm("in-flight bound", capped - stages, cap_explanation),
         MemoryTerm(
             "allocator slack",
             math.ceil(dynamic * ALLOCATOR_SLACK),
