@@ -234,10 +234,15 @@ def _write_column(column: Column) -> WriteColumn:
         )
     elif kind is ValueKind.ARRAY and field is not None:
         element = column.sql_type.removesuffix("[]")
-        decode = "decode(e, 'hex')" if field.element is ValueKind.BYTES else f"e::{element}"
+        # Qualified by the element's own alias: a bare name would resolve to a payload
+        # column of that name (jsonb_array_elements_text's column is "value").
+        item = "_element.value"
+        decode = (
+            f"decode({item}, 'hex')" if field.element is ValueKind.BYTES else f"{item}::{element}"
+        )
         cast = (
-            f"ARRAY(SELECT {decode} FROM jsonb_array_elements_text(({{}})::jsonb) AS e)"
-            f"::{column.sql_type}"
+            f"ARRAY(SELECT {decode} FROM jsonb_array_elements_text(({{}})::jsonb)"
+            f" AS _element(value))::{column.sql_type}"
         )
     else:
         cast = f"({{}})::{column.sql_type}"
