@@ -11,7 +11,9 @@ holds an event twice), rolls back to the savepoint and writes the table's rows w
 idempotent statement instead. Invariant 2 of ``docs/design.md`` (no duplicates)
 holds either way: the primary key on ``event_id`` decides.
 
-Rows are sent with psycopg's own binary ``COPY`` formatting (C-accelerated); the only
+Rows are formatted by psycopg's own binary ``COPY`` row formatter (C-accelerated),
+mapped over a thousand rows at a time in C (:func:`_write_rows`; psycopg's
+``write_row`` adds two Python calls per row, 17 % of the formatting). The only
 Python work per value is for the types psycopg cannot take from our column buffers:
 event ids (canonical UUID text -> 16 bytes), event times (epoch microseconds ->
 PostgreSQL's microseconds since 2000-01-01), jsonb (version byte + text) and optional
@@ -23,13 +25,19 @@ from __future__ import annotations
 
 import operator
 import struct
-from collections.abc import Callable, Sequence
-from itertools import repeat
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from itertools import islice, repeat
 from typing import Any, Final
 
 import psycopg
 from psycopg.adapt import Dumper
 from psycopg.pq import Format
+
+try:  # psycopg's binary row formatter (C when psycopg-binary or -c is installed)
+    from psycopg._copy_base import format_row_binary
+except ImportError:  # pragma: no cover - a psycopg that moved it: row by row
+    format_row_binary = None
 
 from kingest.store.tables import ColumnType, WriteTable
 
@@ -40,6 +48,12 @@ _POSTGRES_EPOCH_US: Final = 946_684_800_000_000
 _JSONB_VERSION: Final = "\x01"
 _NULL_IF_EMPTY: Final = {"": None}
 _without_hyphens = operator.methodcaller("replace", "-", "")
+#: The binary COPY stream's header (signature, flags, header extension length) and
+#: trailer (a field count of -1), as PostgreSQL's COPY documentation defines them.
+_BINARY_HEADER: Final = b"PGCOPY\n\xff\r\n\x00" + bytes(8)
+_BINARY_TRAILER: Final = b"\xff\xff"
+#: Rows formatted into one buffer before it is sent (a few hundred KiB).
+_ROWS_PER_WRITE: Final = 1000
 
 
 def _oid(name: str) -> int:
@@ -96,6 +110,25 @@ _FIELDS: Final[dict[ColumnType, tuple[str, Callable[[Any], Sequence[Any]] | None
 }
 
 
+def _write_rows(copy: psycopg.Copy, rows: Iterator[tuple[Any, ...]]) -> None:
+    """Send ``rows`` in COPY's binary format, :data:`_ROWS_PER_WRITE` rows per message.
+
+    ``Copy.write_row`` costs two Python calls per row around psycopg's C row formatter;
+    here the formatter is mapped over each chunk of rows in C, and the stream's header
+    and trailer (PostgreSQL's binary COPY format) are written around the rows.
+    """
+    if format_row_binary is None:  # psycopg without its row formatter: row by row
+        deque(map(copy.write_row, rows), maxlen=0)
+        return
+    transformer = copy.formatter.transformer
+    copy.write(_BINARY_HEADER)
+    while chunk := list(islice(rows, _ROWS_PER_WRITE)):
+        out = bytearray()
+        deque(map(format_row_binary, chunk, repeat(transformer), repeat(out)), maxlen=0)
+        copy.write(out)
+    copy.write(_BINARY_TRAILER)
+
+
 def copy_rows(
     cursor: psycopg.Cursor[Any], table: WriteTable, columns: Sequence[Sequence[Any]]
 ) -> int:
@@ -120,9 +153,7 @@ def copy_rows(
     try:
         with cursor.copy(table.copy_statement) as copy:
             copy.set_types(types)
-            write_row = copy.write_row
-            for row in zip(*fields, strict=True):
-                write_row(row)
+            _write_rows(copy, zip(*fields, strict=True))
     except (struct.error, OverflowError, ValueError, TypeError) as exc:
         # Raised by a dumper (None in a NOT NULL number, an int8 out of range); psycopg
         # has already failed the COPY, so the statement is over as with a server error.

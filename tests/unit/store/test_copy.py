@@ -23,6 +23,7 @@ from psycopg.pq import TransactionStatus
 from kingest.schema.codec import encode_event
 from kingest.schema.v1.events_pb2 import Event, MetricLogged, ModelDeployed
 from kingest.store import RowBatch, write_batch
+from kingest.store import copy as copy_module
 from kingest.store.copy import copy_rows
 from kingest.store.tables import TABLES_BY_EVENT_TYPE, WRITE_PLAN, Statement, WriteTable
 from tests.fakes import FakeRecord
@@ -59,6 +60,14 @@ def batch_of(*records: FakeRecord) -> RowBatch:
 
 def metrics(count: int) -> RowBatch:
     return batch_of(*(metric(str(uuid.uuid4()), offset) for offset in range(count)))
+
+
+@pytest.fixture(autouse=True)
+def rows_one_by_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fake COPY takes rows (it cannot read the binary stream): copy_rows sends them
+    as it does with a psycopg that lacks its row formatter. The formatted stream is
+    written against a real PostgreSQL by every integration test that stores rows."""
+    monkeypatch.setattr(copy_module, "format_row_binary", None)
 
 
 class FakeCopy:
