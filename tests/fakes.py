@@ -40,6 +40,9 @@ class FakeRecord:
     def value(self) -> bytes | None:
         return self._value
 
+    def __len__(self) -> int:  # as confluent_kafka.Message: the value's length
+        return len(self._value or b"")
+
     def headers(self) -> list[tuple[str, bytes | None]] | None:
         return self._headers
 

@@ -72,6 +72,9 @@ class ReplayRecord:
     def value(self) -> bytes | None:
         return self._rejection.value
 
+    def __len__(self) -> int:
+        return len(self._rejection.value or b"")
+
     def headers(self) -> list[tuple[str, bytes | None]]:
         return list(self._rejection.headers)
 

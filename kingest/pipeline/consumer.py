@@ -94,20 +94,30 @@ _message_topic = operator.methodcaller("topic")
 _message_partition = operator.methodcaller("partition")
 
 
-def _by_partition(messages: list[Message]) -> dict[TopicPartitionKey, list[Message]]:
+def _by_partition(
+    messages: list[Message], topic: str | None = None
+) -> dict[TopicPartitionKey, list[Message]]:
     """The messages of one poll grouped by partition, each group in offset order.
 
     A poll returns each partition's messages in runs (librdkafka hands them over fetch
-    by fetch), so the work per message is two C calls and a tuple; per run, one slice.
+    by fetch), so the work per message is one or two C calls; per run, one slice.
+    ``topic`` is the only topic subscribed, when there is just one: every message is of
+    it, so only partitions are read.
     """
-    keys = list(zip(map(_message_topic, messages), map(_message_partition, messages), strict=True))
+    keys: list[Any]
+    if topic is None:
+        topics, partitions = map(_message_topic, messages), map(_message_partition, messages)
+        keys = list(zip(topics, partitions, strict=True))
+    else:
+        keys = list(map(_message_partition, messages))
     groups: dict[TopicPartitionKey, list[Message]] = {}
     start = 0
     for key, run in groupby(keys):
         end = start + len(list(run))
-        group = groups.get(key)
+        tp = key if topic is None else (topic, key)
+        group = groups.get(tp)
         if group is None:
-            groups[key] = messages[start:end]
+            groups[tp] = messages[start:end]
         else:
             group.extend(messages[start:end])
         start = end
@@ -187,6 +197,10 @@ class Pipeline:
         #: taking messages (0: no such bound), and since when it has held off.
         self._in_flight_limit = settings.pipeline.in_flight_bytes
         self._held_since: float | None = None
+        #: The topic of every message, when only one is subscribed (grouping reads
+        #: partitions only).
+        topics = settings.kafka.topics
+        self._only_topic = topics[0] if len(topics) == 1 else None
         self._fetching = FetchWatch(
             stall_s=settings.http.max_fetch_stall_s,
             auto_offset_reset=settings.kafka.auto_offset_reset,
@@ -356,7 +370,7 @@ class Pipeline:
                 if error is not None:
                     self._on_consume_error(error)
             messages = [message for message in messages if message.error() is None]
-        groups = _by_partition(messages)
+        groups = _by_partition(messages, self._only_topic)
         consumed: dict[tuple[str, ...], int] = {}
         group_id = self.settings.kafka.group_id
         now = time.monotonic()

@@ -11,13 +11,20 @@ from __future__ import annotations
 
 from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import Message, TopicPartition
 
 from actors import Actor, ActorSystem, Pool
 from kingest.config.loading import load_settings
 from kingest.pipeline.committer import OffsetCommitter
-from kingest.pipeline.consumer import IN_FLIGHT_PAUSE_S, POLL_TIMEOUT_S, Pipeline, _next_messages
+from kingest.pipeline.consumer import (
+    IN_FLIGHT_PAUSE_S,
+    POLL_TIMEOUT_S,
+    Pipeline,
+    _by_partition,
+    _next_messages,
+)
 from kingest.pipeline.messages import WriteBatch
+from kingest.pipeline.partition import MESSAGE_OVERHEAD_BYTES, records_size
 from kingest.pipeline.unacked import Unacknowledged
 from tests.unit.config.test_settings import VALID
 
@@ -177,3 +184,41 @@ def test_the_loop_takes_what_the_client_holds_without_waiting_for_a_full_batch()
     single: Any = QueuedConsumer([], ["f", "g"])
     assert list(map(str, _next_messages(single, 1))) == ["f"]
     assert single.calls == [("consume", 1, 0), ("poll", POLL_TIMEOUT_S)]
+
+
+def _message(topic: str, partition: int, offset: int) -> Message:
+    return Message(topic=topic, partition=partition, offset=offset, value=b"v")
+
+
+def _offsets(groups: dict[tuple[str, int], list[Message]]) -> dict[tuple[str, int], list[int]]:
+    return {tp: [m.offset() for m in group] for tp, group in groups.items()}
+
+
+def test_a_poll_is_grouped_by_partition_in_offset_order_across_runs() -> None:
+    # Runs of one partition come back separated by another's (fetch after fetch).
+    poll = [_message("a", p, o) for p, o in [(0, 5), (0, 6), (1, 9), (0, 7), (1, 10), (2, 1)]]
+    assert _offsets(_by_partition(poll, "a")) == {
+        ("a", 0): [5, 6, 7],
+        ("a", 1): [9, 10],
+        ("a", 2): [1],
+    }
+    assert _offsets(_by_partition(poll)) == _offsets(_by_partition(poll, "a"))
+
+
+def test_without_a_single_topic_partitions_of_different_topics_are_kept_apart() -> None:
+    poll = [_message("a", 0, 1), _message("b", 0, 1), _message("a", 0, 2)]
+    assert _offsets(_by_partition(poll)) == {("a", 0): [1, 2], ("b", 0): [1]}
+
+
+def test_the_pipeline_groups_by_partition_only_when_it_subscribes_to_one_topic() -> None:
+    assert Pipeline(load_settings(VALID))._only_topic is None  # two topics
+    one = load_settings({**VALID, "KINGEST_TOPICS": "ml-events"})
+    assert Pipeline(one)._only_topic == "ml-events"
+
+
+def test_records_size_counts_values_keys_and_the_per_message_overhead() -> None:
+    records = [
+        Message(topic="t", partition=0, offset=0, key=b"kk", value=b"abc"),
+        Message(topic="t", partition=0, offset=1, key=None, value=None),
+    ]
+    assert records_size(records) == 2 * MESSAGE_OVERHEAD_BYTES + 3 + 2
