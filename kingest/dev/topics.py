@@ -24,7 +24,7 @@ from confluent_kafka.cimpl import NewTopic
 from kingest.dev.lifecycle import ServiceError, wait_until
 from kingest.dev.mock_cluster import MockKafkaCluster
 
-__all__ = ["create_topic", "kafka_metadata_ok"]
+__all__ = ["create_topic", "delete_topic", "kafka_metadata_ok"]
 
 
 def kafka_metadata_ok(bootstrap_servers: str, timeout: float) -> bool:
@@ -104,3 +104,22 @@ def create_topic(
             f"topic {name!r} on {bootstrap_servers} has no leaders for its "
             f"{expected_partitions} partitions after {timeout} s"
         )
+
+
+def delete_topic(bootstrap_servers: str, name: str, *, timeout: float = 10) -> None:
+    """Delete a topic (one that does not exist is fine), so that a broker keeping every
+    topic in memory stops carrying it; raises :class:`ServiceError` otherwise."""
+    admin = AdminClient({"bootstrap.servers": bootstrap_servers})
+    future = admin.delete_topics([name], operation_timeout=timeout)[name]
+    try:
+        future.result(timeout=timeout)
+    except KafkaException as exc:
+        error = exc.args[0]
+        if not (isinstance(error, KafkaError) and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
+            raise ServiceError(
+                f"cannot delete topic {name!r} on {bootstrap_servers}: {error}"
+            ) from exc
+    except TimeoutError as exc:
+        raise ServiceError(
+            f"deleting topic {name!r} on {bootstrap_servers} took longer than {timeout} s"
+        ) from exc

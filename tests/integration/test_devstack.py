@@ -35,6 +35,7 @@ from kingest.dev.services import (
     ENV_SERVICES,
     docker_available,
 )
+from kingest.dev.topics import delete_topic
 
 pytestmark = pytest.mark.integration
 
@@ -154,6 +155,20 @@ def test_create_topic_is_idempotent(
     assert sorted(partitions) == [0, 1]
     with pytest.raises(ValueError, match="at least 1"):
         create_topic(kafka_bootstrap, topic, 0)
+
+
+def test_delete_topic_removes_a_topic_and_accepts_a_missing_one(
+    kafka_bootstrap: str, topic_factory: Callable[[int], str]
+) -> None:
+    topic = topic_factory(2)
+    delete_topic(kafka_bootstrap, topic)
+    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": "metadata-only"})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    finally:
+        consumer.close()
+    assert metadata is None or metadata.error is not None  # gone
+    delete_topic(kafka_bootstrap, topic)  # already gone: fine
 
 
 # --------------------------------------------------------------------------- LocalPostgres

@@ -7,7 +7,7 @@ import pytest
 from rich.console import Console
 
 from kingest.cli.bench import render
-from kingest.dev import Options, parse_sweep
+from kingest.dev import Options, benchmark, parse_sweep
 from kingest.dev.bench_figures import TARGETS, median_min_max, percentile, target_checks
 from kingest.dev.benchmark import cases
 
@@ -131,3 +131,43 @@ def test_targets_need_the_baseline_and_miss_by_the_smallest_margin() -> None:
     # Without a logged bound or a latency case those targets are not claimed.
     assert [check.target.name for check in checks] == ["CPU per event", "peak RSS", "throughput"]
     assert not any(check.met for check in checks)
+
+
+class PacedClock:
+    """The paced producer's clock and client: time passes only while it polls."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.polls: list[float] = []
+        self.produced: list[float] = []
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def poll(self, timeout: float) -> int:
+        self.polls.append(timeout)
+        self.now += timeout
+        return 0
+
+    def produce(self, *args: object, **kwargs: object) -> None:
+        self.produced.append(self.now)
+
+    def flush(self, timeout: float) -> int:
+        return 0
+
+
+def test_the_paced_producer_waits_in_whole_milliseconds_instead_of_spinning(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # At 5,000/s the messages are 0.2 ms apart: a poll of less than a millisecond is a
+    # poll(0), and a loop of those spun a core the measured processes needed.
+    clock = PacedClock()
+    monkeypatch.setattr(benchmark.time, "monotonic", clock.monotonic)
+    monkeypatch.setattr(benchmark, "Producer", lambda config: clock)
+    benchmark._produce_paced("broker:9092", "t", 5000, 0.1, lambda *_: None, label="l")
+    assert len(clock.produced) == 500
+    assert min(clock.polls) >= 0.001
+    assert len(clock.polls) <= 100  # one wait per millisecond at most
+    # Every message is sent when due or up to a millisecond early, never later.
+    due = [index / 5000 for index in range(500)]
+    assert all(-0.001 < sent - at <= 1e-9 for sent, at in zip(clock.produced, due, strict=True))
