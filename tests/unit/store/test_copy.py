@@ -24,7 +24,7 @@ from kingest.schema.codec import encode_event
 from kingest.schema.v1.events_pb2 import Event, MetricLogged, ModelDeployed
 from kingest.store import RowBatch, write_batch
 from kingest.store import copy as copy_module
-from kingest.store.copy import copy_rows
+from kingest.store.copy import _uuid_bytes, copy_rows
 from kingest.store.tables import TABLES_BY_EVENT_TYPE, WRITE_PLAN, Statement, WriteTable
 from tests.fakes import FakeRecord
 
@@ -247,6 +247,27 @@ def test_a_malformed_event_id_is_a_data_error_before_any_copy() -> None:
     conn = FakeConnection()
     columns = metrics(1).columns(METRICS)
     columns[0] = ["not-a-uuid"]
+    with pytest.raises(psycopg.DataError, match="metrics"):
+        copy_rows(cast(psycopg.Cursor[Any], conn.cursor()), METRICS, columns)
+    assert conn.copies == []
+
+
+def test_event_ids_of_either_form_become_their_16_bytes() -> None:
+    ids = [uuid.uuid4() for _ in range(3)]
+    texts = [str(ids[0]), ids[1].hex, str(ids[2]).upper()]
+    assert _uuid_bytes(texts) == [i.bytes for i in ids]
+    assert _uuid_bytes([]) == []
+
+
+@pytest.mark.parametrize(
+    "texts",
+    [["not-a-uuid"], [uuid.uuid4().hex[:-1]], [uuid.uuid4().hex + "0"], ["g" * 32]],
+    ids=["words", "short", "long", "not-hex"],
+)
+def test_an_event_id_that_is_no_uuid_is_a_data_error(texts: list[str]) -> None:
+    conn = FakeConnection()
+    columns = metrics(1).columns(METRICS)
+    columns[0] = texts
     with pytest.raises(psycopg.DataError, match="metrics"):
         copy_rows(cast(psycopg.Cursor[Any], conn.cursor()), METRICS, columns)
     assert conn.copies == []
