@@ -16,6 +16,7 @@ share: a broker is up once a client can fetch its metadata.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
@@ -85,24 +86,13 @@ def create_topic(
         config=dict(config or {}),
     )
     future = admin.create_topics([request], operation_timeout=timeout)[name]
+    subject = f"topic {name!r} on {bootstrap_servers}"
     expected_partitions = partitions
-    try:
-        future.result(timeout=timeout)
-    except KafkaException as exc:
-        error = exc.args[0]
-        if not (isinstance(error, KafkaError) and error.code() == KafkaError.TOPIC_ALREADY_EXISTS):
-            raise ServiceError(
-                f"cannot create topic {name!r} on {bootstrap_servers}: {error}"
-            ) from exc
-        expected_partitions = 1  # whatever it has
-    except TimeoutError as exc:
-        raise ServiceError(
-            f"creating topic {name!r} on {bootstrap_servers} took longer than {timeout} s"
-        ) from exc
+    if _done_unless(future, KafkaError.TOPIC_ALREADY_EXISTS, "create", subject, timeout=timeout):
+        expected_partitions = 1  # it existed: whatever it has
     if not wait_until(lambda: _topic_ready(admin, name, expected_partitions), timeout):
         raise ServiceError(
-            f"topic {name!r} on {bootstrap_servers} has no leaders for its "
-            f"{expected_partitions} partitions after {timeout} s"
+            f"{subject} has no leaders for its {expected_partitions} partitions after {timeout} s"
         )
 
 
@@ -111,15 +101,22 @@ def delete_topic(bootstrap_servers: str, name: str, *, timeout: float = 10) -> N
     topic in memory stops carrying it; raises :class:`ServiceError` otherwise."""
     admin = AdminClient({"bootstrap.servers": bootstrap_servers})
     future = admin.delete_topics([name], operation_timeout=timeout)[name]
+    subject = f"topic {name!r} on {bootstrap_servers}"
+    _done_unless(future, KafkaError.UNKNOWN_TOPIC_OR_PART, "delete", subject, timeout=timeout)
+
+
+def _done_unless(future: Any, tolerated: int, verb: str, subject: str, *, timeout: float) -> bool:
+    """Wait for an admin request (``verb`` a ``subject``, a topic); True when it failed
+    with the error code ``tolerated`` (the topic already exists, or is already gone),
+    False when it succeeded. Any other failure, or none within ``timeout``, is a
+    :class:`ServiceError`."""
     try:
         future.result(timeout=timeout)
     except KafkaException as exc:
         error = exc.args[0]
-        if not (isinstance(error, KafkaError) and error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART):
-            raise ServiceError(
-                f"cannot delete topic {name!r} on {bootstrap_servers}: {error}"
-            ) from exc
+        if not (isinstance(error, KafkaError) and error.code() == tolerated):
+            raise ServiceError(f"cannot {verb} {subject}: {error}") from exc
+        return True
     except TimeoutError as exc:
-        raise ServiceError(
-            f"deleting topic {name!r} on {bootstrap_servers} took longer than {timeout} s"
-        ) from exc
+        raise ServiceError(f"{verb} {subject}: no answer within {timeout} s") from exc
+    return False

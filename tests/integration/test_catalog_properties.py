@@ -197,18 +197,26 @@ def _batch(catalog: Catalog, *messages: Any) -> RowBatch:
     return batch
 
 
-def _stored(url: str, catalog: Catalog, message: Any, column: str) -> Any:
-    """``column`` of the row ``message`` makes, written as :func:`_write` writes."""
+def _stored_row(
+    url: str, catalog: Catalog, message: Any, *columns: str, use_copy: bool = True
+) -> tuple[Any, ...]:
+    """``columns`` of the row ``message`` makes, written by :func:`write_batch`."""
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("SET TimeZone = 'UTC'")
         for statement in catalog_ddl(catalog):
             conn.execute(statement.encode())
         batch = _batch(catalog, message)
         assert batch.rejections == []
-        _write(conn, batch)
-        row = conn.execute(f"SELECT {quote_identifier(column)} FROM ex.m").fetchone()
+        write_batch(conn, batch, use_copy=use_copy)
+        selected = ", ".join(map(quote_identifier, columns))
+        row = conn.execute(f"SELECT {selected} FROM ex.m").fetchone()
     assert row is not None
-    return row[0]
+    return tuple(row)
+
+
+def _stored(url: str, catalog: Catalog, message: Any, column: str) -> Any:
+    """``column`` of the row ``message`` makes."""
+    return _stored_row(url, catalog, message, column)[0]
 
 
 def _new(catalog: Catalog) -> Any:
@@ -236,12 +244,8 @@ def test_write_batch_sends_the_columns_cast_in_sql(
     catalog = _catalog(tmp_path, "message M { optional int64 n = 1; uint64 u = 2; }")
     message = _new(catalog)
     message.n, message.u = 7, 2**64 - 1
-    with psycopg.connect(any_database_url, autocommit=True) as conn:
-        for statement in catalog_ddl(catalog):
-            conn.execute(statement.encode())
-        batch = _batch(catalog, message)
-        write_batch(conn, batch, use_copy=use_copy)
-        assert conn.execute("SELECT n, u FROM ex.m").fetchall() == [(7, 2**64 - 1)]
+    stored = _stored_row(any_database_url, catalog, message, "n", "u", use_copy=use_copy)
+    assert stored == (7, 2**64 - 1)
 
 
 def test_a_bytes_column_round_trips(any_database_url: str, tmp_path: Path) -> None:
@@ -369,8 +373,5 @@ def test_a_repeated_uint64_is_a_numeric_array(
     message = _new(catalog)
     message.e.extend([0, 2**64 - 1])
     message.u.append(5)
-    with psycopg.connect(any_database_url, autocommit=True) as conn:
-        for statement in catalog_ddl(catalog):
-            conn.execute(statement.encode())
-        write_batch(conn, _batch(catalog, message), use_copy=use_copy)
-        assert conn.execute("SELECT e, u FROM ex.m").fetchall() == [([0, 2**64 - 1], [5])]
+    stored = _stored_row(any_database_url, catalog, message, "e", "u", use_copy=use_copy)
+    assert stored == ([0, 2**64 - 1], [5])
