@@ -9,6 +9,7 @@ runs the consumer loop that ties them together; :meth:`Pipeline.run` returns a
 :class:`RunOutcome`.
 
 * :mod:`kingest.pipeline.consumer`: the consumer loop (assignments, backpressure);
+* :mod:`kingest.pipeline.polling`: one poll, taken from the client and split by partition;
 * :mod:`kingest.pipeline.commits`: the loop's offset commits (periodic and final);
 * :mod:`kingest.pipeline.unacked`: the loop's record of work consumed, not yet durable;
 * :mod:`kingest.pipeline.fetching`: the loop's record of fetching (stalled partitions);

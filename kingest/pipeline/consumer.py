@@ -24,7 +24,6 @@ import operator
 import threading
 import time
 from collections.abc import Callable, Sequence
-from itertools import groupby
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
@@ -39,6 +38,7 @@ from kingest.pipeline.fetching import FetchWatch
 from kingest.pipeline.memory import memory_budget, partition_unacked_bounds
 from kingest.pipeline.messages import Assigned, Released, WriteBatch
 from kingest.pipeline.partition import PartitionActor, records_size
+from kingest.pipeline.polling import by_partition, next_messages
 from kingest.pipeline.resources import (
     close_consumer,
     close_within,
@@ -59,10 +59,6 @@ from kingest.telemetry import (
 __all__ = ["CLOSE_AFTER_DEADLINE_S", "Pipeline", "RunOutcome"]
 
 log = logging.getLogger(__name__)
-
-#: How long the loop waits for a message when the client has none; bounds the latency
-#: of pause/resume and commits.
-POLL_TIMEOUT_S = 0.02
 
 #: While the process holds KINGEST_IN_FLIGHT_BYTES of work not yet durable, the loop
 #: takes no messages and waits this long before it looks again.
@@ -90,57 +86,6 @@ class RunOutcome(enum.IntEnum):
 
 
 _message_error = operator.methodcaller("error")
-_message_topic = operator.methodcaller("topic")
-_message_partition = operator.methodcaller("partition")
-
-
-def _by_partition(
-    messages: list[Message], topic: str | None = None
-) -> dict[TopicPartitionKey, list[Message]]:
-    """The messages of one poll grouped by partition, each group in offset order.
-
-    A poll returns each partition's messages in runs (librdkafka hands them over fetch
-    by fetch), so the work per message is one or two C calls; per run, one slice.
-    ``topic`` is the only topic subscribed, when there is just one: every message is of
-    it, so only partitions are read.
-    """
-    keys: list[Any]
-    if topic is None:
-        topics, partitions = map(_message_topic, messages), map(_message_partition, messages)
-        keys = list(zip(topics, partitions, strict=True))
-    else:
-        keys = list(map(_message_partition, messages))
-    groups: dict[TopicPartitionKey, list[Message]] = {}
-    start = 0
-    for key, run in groupby(keys):
-        end = start + len(list(run))
-        tp = key if topic is None else (topic, key)
-        group = groups.get(tp)
-        if group is None:
-            groups[tp] = messages[start:end]
-        else:
-            group.extend(messages[start:end])
-        start = end
-    return groups
-
-
-def _next_messages(consumer: Consumer, batch_size: int) -> list[Message]:
-    """Up to ``batch_size`` messages: those the client holds now, else the first one to
-    arrive within :data:`POLL_TIMEOUT_S` and whatever came with it.
-
-    ``consume(n, timeout)`` returns only once it has ``n`` messages or the timeout has
-    passed, so in a stream slower than the batch every message would wait out the
-    timeout in the client; a backlog fills every batch at once either way.
-    """
-    messages = consumer.consume(batch_size, 0)
-    if messages:
-        return messages
-    first = consumer.poll(POLL_TIMEOUT_S)
-    if first is None:
-        return []
-    if batch_size == 1:
-        return [first]
-    return [first, *consumer.consume(batch_size - 1, 0)]
 
 
 class Pipeline:
@@ -355,7 +300,7 @@ class Pipeline:
             if self._holding_off():
                 self._stop.wait(IN_FLIGHT_WAIT_S)
             else:
-                messages = _next_messages(consumer, batch_size)
+                messages = next_messages(consumer, batch_size)
                 if messages:
                     self._dispatch(messages)
             if self._partitions:
@@ -370,7 +315,7 @@ class Pipeline:
                 if error is not None:
                     self._on_consume_error(error)
             messages = [message for message in messages if message.error() is None]
-        groups = _by_partition(messages, self._only_topic)
+        groups = by_partition(messages, self._only_topic)
         consumed: dict[tuple[str, ...], int] = {}
         group_id = self.settings.kafka.group_id
         now = time.monotonic()

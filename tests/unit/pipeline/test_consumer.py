@@ -16,15 +16,10 @@ from confluent_kafka import Message, TopicPartition
 from actors import Actor, ActorSystem, Pool
 from kingest.config.loading import load_settings
 from kingest.pipeline.committer import OffsetCommitter
-from kingest.pipeline.consumer import (
-    IN_FLIGHT_PAUSE_S,
-    POLL_TIMEOUT_S,
-    Pipeline,
-    _by_partition,
-    _next_messages,
-)
+from kingest.pipeline.consumer import IN_FLIGHT_PAUSE_S, Pipeline
 from kingest.pipeline.messages import WriteBatch
 from kingest.pipeline.partition import MESSAGE_OVERHEAD_BYTES, records_size
+from kingest.pipeline.polling import POLL_TIMEOUT_S, by_partition, next_messages
 from kingest.pipeline.unacked import Unacknowledged
 from tests.unit.config.test_settings import VALID
 
@@ -172,17 +167,17 @@ class QueuedConsumer:
 def test_the_loop_takes_what_the_client_holds_without_waiting_for_a_full_batch() -> None:
     # Messages held: taken at once, however few (consume(n, t) would wait out t for n).
     held: Any = QueuedConsumer(["a", "b"], [])
-    assert list(map(str, _next_messages(held, 5000))) == ["a", "b"]
+    assert list(map(str, next_messages(held, 5000))) == ["a", "b"]
     assert held.calls == [("consume", 5000, 0)]
     # None held: wait for the first to arrive, then take what came with it.
     arriving: Any = QueuedConsumer([], ["c", "d", "e"])
-    assert list(map(str, _next_messages(arriving, 5000))) == ["c", "d", "e"]
+    assert list(map(str, next_messages(arriving, 5000))) == ["c", "d", "e"]
     assert arriving.calls == [("consume", 5000, 0), ("poll", POLL_TIMEOUT_S), ("consume", 4999, 0)]
     # Nothing arrives within the poll timeout; and a batch of one is the first alone.
     idle: Any = QueuedConsumer([], [])
-    assert not _next_messages(idle, 5000)
+    assert not next_messages(idle, 5000)
     single: Any = QueuedConsumer([], ["f", "g"])
-    assert list(map(str, _next_messages(single, 1))) == ["f"]
+    assert list(map(str, next_messages(single, 1))) == ["f"]
     assert single.calls == [("consume", 1, 0), ("poll", POLL_TIMEOUT_S)]
 
 
@@ -197,17 +192,17 @@ def _offsets(groups: dict[tuple[str, int], list[Message]]) -> dict[tuple[str, in
 def test_a_poll_is_grouped_by_partition_in_offset_order_across_runs() -> None:
     # Runs of one partition come back separated by another's (fetch after fetch).
     poll = [_message("a", p, o) for p, o in [(0, 5), (0, 6), (1, 9), (0, 7), (1, 10), (2, 1)]]
-    assert _offsets(_by_partition(poll, "a")) == {
+    assert _offsets(by_partition(poll, "a")) == {
         ("a", 0): [5, 6, 7],
         ("a", 1): [9, 10],
         ("a", 2): [1],
     }
-    assert _offsets(_by_partition(poll)) == _offsets(_by_partition(poll, "a"))
+    assert _offsets(by_partition(poll)) == _offsets(by_partition(poll, "a"))
 
 
 def test_without_a_single_topic_partitions_of_different_topics_are_kept_apart() -> None:
     poll = [_message("a", 0, 1), _message("b", 0, 1), _message("a", 0, 2)]
-    assert _offsets(_by_partition(poll)) == {("a", 0): [1, 2], ("b", 0): [1]}
+    assert _offsets(by_partition(poll)) == {("a", 0): [1, 2], ("b", 0): [1]}
 
 
 def test_the_pipeline_groups_by_partition_only_when_it_subscribes_to_one_topic() -> None:
