@@ -27,6 +27,7 @@ from kingest.dev.producer import produce_records
 from kingest.dev.synth import SyntheticRecord, SyntheticStream
 from kingest.pipeline.consumer import Pipeline, RunOutcome
 from kingest.pipeline.memory import memory_budget
+from kingest.pipeline.partition import MESSAGE_OVERHEAD_BYTES
 from kingest.store.migrate import apply_migrations
 from kingest.telemetry import catalog
 from tests.integration.support import (
@@ -332,8 +333,8 @@ def test_the_process_takes_no_more_than_its_in_flight_bound_while_writes_are_hel
         retries=3,
         KINGEST_IN_FLIGHT_BYTES=str(IN_FLIGHT_LIMIT),
     ) as (pipeline, records):
-        # What the bound counts for one message (records_size): 320 B, its key and value.
-        smallest = min(320 + len(r.value) + len(r.key or b"") for r in records)
+        # What the bound counts for one message (records_size): its overhead, key and value.
+        smallest = min(MESSAGE_OVERHEAD_BYTES + len(r.value) + len(r.key or b"") for r in records)
         consumed = pipeline.stats.get("messages_consumed")
         committed = committed_offsets(kafka_bootstrap, group, topic, 2)
         held = consumed - sum(max(offset, 0) for offset in committed.values())

@@ -28,7 +28,6 @@ from kingest.catalog import (
 )
 from kingest.store import (
     RowBatch,
-    WriteResult,
     apply_migrations,
     derive_event_id,
     write_batch,
@@ -77,10 +76,6 @@ def write_plan_of(catalog: Catalog) -> Any:
     return _PLANS[catalog.digest + catalog.schema]
 
 
-def _write(conn: psycopg.Connection[Any], batch: RowBatch) -> WriteResult:
-    return write_batch(conn, batch)
-
-
 def _round_trip(
     conn: psycopg.Connection[Any], catalog: Catalog, values: list[bytes], topic: str
 ) -> tuple[RowBatch, list[tuple[Any, ...]], list[str]]:
@@ -90,7 +85,7 @@ def _round_trip(
     batch.add_records(
         FakeRecord(value, topic=topic, offset=offset) for offset, value in enumerate(values)
     )
-    _write(conn, batch)
+    write_batch(conn, batch)
     (table,) = catalog.fact_tables
     names = [column.name for column in table.payload_columns]
     selected = ", ".join([*ENVELOPE, *map(quote_identifier, names)])
