@@ -12,6 +12,7 @@ from actors.context import (
     current_correlation_id,
     with_correlation_id,
 )
+from actors.cputime import cpu_seconds_by_thread
 from actors.envelope import Envelope
 from actors.mailbox import Mailbox, MailboxClosed, MailboxFull
 from actors.pool import KeyRouter, Pool, RoundRobinRouter
@@ -44,6 +45,7 @@ __all__ = [
     "RoundRobinRouter",
     "Supervisor",
     "correlation_scope",
+    "cpu_seconds_by_thread",
     "current_correlation_id",
     "escalate_always",
     "restart_on_exception",

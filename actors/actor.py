@@ -28,6 +28,7 @@ from typing import Any, Generic, Self, TypeVar
 
 from opentelemetry import context as otel_context
 
+from actors.cputime import thread_finished
 from actors.envelope import Envelope
 from actors.mailbox import Mailbox, MailboxClosed
 from actors.supervision import ActorRuntimeError, Directive, Failure, Supervisor, default_supervisor
@@ -295,7 +296,10 @@ class Actor(Generic[M]):
         except BaseException as bug:
             self.__runtime_fault(bug)
         finally:
-            self.__finish()
+            try:
+                self.__finish()
+            finally:
+                thread_finished()  # its CPU seconds outlive the thread (actors.cputime)
 
     def __start(self) -> bool:
         self.__last_activity = _monotonic()

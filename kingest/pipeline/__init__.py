@@ -21,11 +21,13 @@ runs the consumer loop that ties them together; :meth:`Pipeline.run` returns a
 * :mod:`kingest.pipeline.committer` and :mod:`kingest.pipeline.offsets`: contiguous
   acknowledgements;
 * :mod:`kingest.pipeline.memory`: the memory bound per assignment;
+* :mod:`kingest.pipeline.threads`: the actors' thread names, and CPU seconds by role;
 * :mod:`kingest.pipeline.messages`: the messages the actors exchange.
 """
 
 from __future__ import annotations
 
 from kingest.pipeline.consumer import Pipeline, RunOutcome
+from kingest.pipeline.threads import ROLES as THREAD_ROLES
 
-__all__ = ["Pipeline", "RunOutcome"]
+__all__ = ["THREAD_ROLES", "Pipeline", "RunOutcome"]

@@ -33,6 +33,7 @@ from kingest.pipeline.messages import (
     Released,
 )
 from kingest.pipeline.offsets import PartitionOffsets
+from kingest.pipeline.threads import COMMITTER_THREAD
 
 __all__ = ["OffsetCommitter"]
 
@@ -41,7 +42,7 @@ class OffsetCommitter(Actor[CommitterMessage]):
     """Tracks contiguous acknowledgements per partition; see the module docstring."""
 
     def __init__(self, *, capacity: int = 100_000, supervisor: Supervisor | None = None) -> None:
-        super().__init__("offset-committer", capacity=capacity, supervisor=supervisor)
+        super().__init__(COMMITTER_THREAD, capacity=capacity, supervisor=supervisor)
         self._trackers: dict[TopicPartitionKey, tuple[int, PartitionOffsets]] = {}
         self._changed = threading.Condition()
         #: Per partition, (last offset, span context) of registered batches whose process

@@ -45,6 +45,7 @@ from kingest.pipeline.resources import (
     open_dead_letter_publisher,
     open_pool,
 )
+from kingest.pipeline.threads import cpu_seconds_by_role, describe_cpu
 from kingest.pipeline.unacked import Unacknowledged, oldest_times, pending_messages
 from kingest.pipeline.writer import PreparedStatements, SchemaNotReadyError, WriterActor
 from kingest.store import write_plan
@@ -589,6 +590,8 @@ class Pipeline:
             busy or 0.0,
             written / busy if busy else 0.0,
         )
+        cpu = cpu_seconds_by_role(loop_thread=threading.current_thread().name)
+        log.info("CPU seconds by thread: %s", describe_cpu(cpu), extra={"cpu_seconds": cpu})
         if self._failure is not None:
             return RunOutcome.FAILED
         return RunOutcome.DRAINED if complete else RunOutcome.DRAIN_TIMEOUT

@@ -27,6 +27,7 @@ from actors import Actor, ActorStopped, Pool, Supervisor
 from kingest.kafka import TopicPartitionKey
 from kingest.pipeline.messages import Register, WriteBatch
 from kingest.pipeline.observe import PartitionTelemetry
+from kingest.pipeline.threads import PARTITION_THREAD_PREFIX
 from kingest.store import KafkaRecord, RowBatch, UnreadableHeaders, WritePlan, unreadable_headers
 
 if TYPE_CHECKING:
@@ -98,7 +99,7 @@ class PartitionActor(Actor[Sequence[KafkaRecord]]):
         plan: WritePlan | None = None,
     ) -> None:
         super().__init__(
-            f"partition-{tp[0]}-{tp[1]}",
+            f"{PARTITION_THREAD_PREFIX}{tp[0]}-{tp[1]}",
             # The consumer loop enqueues with force=True and pauses the partition when it
             # is over its bound, so these bounds never block it; they size the backlog.
             capacity=1_000_000,

@@ -64,6 +64,7 @@ from kingest.deadletters import (
 )
 from kingest.pipeline.messages import Ack, WriteBatch
 from kingest.pipeline.observe import WriterTelemetry
+from kingest.pipeline.threads import WRITER_THREAD_PREFIX
 from kingest.store import (
     ErrorKind,
     Rejection,
@@ -232,7 +233,7 @@ class WriterActor(Actor[WriteBatch]):
         supervisor: Supervisor | None = None,
         metrics: PipelineMetrics | None = None,
     ) -> None:
-        super().__init__(f"writer-{index}", supervisor=supervisor)
+        super().__init__(f"{WRITER_THREAD_PREFIX}{index}", supervisor=supervisor)
         self._pool = pool
         self._ack = ack
         #: Where this writer records its counters, histograms and spans.

@@ -13,6 +13,7 @@ from kingest.dev.synth import SyntheticStream
 from kingest.pipeline.committer import OffsetCommitter
 from kingest.pipeline.messages import WriteBatch
 from kingest.pipeline.partition import PartitionActor
+from kingest.pipeline.threads import thread_role
 from kingest.telemetry import PipelineStats, catalog
 from tests.fakes import FakeRecord
 from tests.unit.store.test_rows_metadata import UndecodableHeadersRecord
@@ -71,6 +72,11 @@ def run_partition(values: list[bytes], **limits: Any) -> list[WriteBatch]:
 
 def event_values(count: int) -> list[bytes]:
     return [r.value for r in SyntheticStream(seed=2).take(count)]
+
+
+def test_a_partition_actors_thread_counts_as_a_partitions_cpu() -> None:
+    with partition_actor(batch_size=10, batch_bytes=1 << 20, batch_linger_s=60) as (actor, *_):
+        assert thread_role(actor.name, loop_thread="MainThread") == "partitions"
 
 
 def test_batches_close_at_the_message_count() -> None:

@@ -18,6 +18,7 @@ import pytest
 from kingest.deadletters import DeadLetterPublishError, PublishFailure
 from kingest.pipeline import writer as writer_module
 from kingest.pipeline.messages import Ack, WriteBatch
+from kingest.pipeline.threads import thread_role
 from kingest.pipeline.writer import RETRIES_EXHAUSTED, Backoff, WriterActor
 from kingest.schema.v1.events_pb2 import MetricLogged
 from kingest.store import Rejection, RowBatch, WriteResult
@@ -171,6 +172,11 @@ def make_writer(
         dead_letter_table=publisher is None,
         dead_letter_publisher=publisher,
     )
+
+
+def test_a_writers_thread_counts_as_a_writers_cpu() -> None:
+    writer = make_writer([], PipelineStats())
+    assert thread_role(writer.name, loop_thread="MainThread") == "writers"
 
 
 def test_a_write_that_succeeds_acknowledges_every_batch_of_the_transaction(
