@@ -34,6 +34,11 @@ def _range(summary: dict[str, float], digits: int = 0) -> str:
     )
 
 
+#: Prefix of the figures of :func:`kingest.dev.bench_figures.thread_cpu_figures`: the CPU
+#: per event of one thread role.
+_ROLE_FIGURE = "cpu_us_per_event_"
+
+
 def render(results: dict[str, Any]) -> Table:
     """The table of every case: medians with (min-max) over the runs."""
     table = Table(
@@ -72,6 +77,14 @@ def render(results: dict[str, Any]) -> Table:
             )
     elif latency:
         lines.append(f"latency: skipped ({latency['skipped']})")
+    for name, case in results["cases"].items():
+        by_role = [
+            f"{key.removeprefix(_ROLE_FIGURE)} {figure['median']:.1f}"
+            for key, figure in case["summary"].items()
+            if key.startswith(_ROLE_FIGURE)
+        ]
+        if by_role:
+            lines.append(f"{name}: kingest CPU us/event by thread: {', '.join(by_role)}")
     for check in target_checks(results):
         target = check.target
         values = ", ".join(f"{value:,.2f}" for value in check.values)

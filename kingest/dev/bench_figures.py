@@ -8,9 +8,11 @@ have already ended is in the postmaster's reaped-children counters, see
 
 :func:`run_figures` turns one run's totals into what the table and the JSON show: events
 per second, CPU microseconds per event (kingest's own, the broker's, PostgreSQL's) and
-peak RSS in MiB. Every case runs several times, and :func:`summarize_runs` reports each
-figure as median, min and max (:func:`median_min_max`): the median is the number to
-quote, the range says how much to trust it. Latencies are reported as nearest-rank
+peak RSS in MiB; :func:`thread_cpu_figures` splits kingest's own CPU per event by the
+role of its threads, from the line each process logs when it stops. Every case runs
+several times, and :func:`summarize_runs` reports each figure as median, min and max
+(:func:`median_min_max`): the median is the number to quote, the range says how much to
+trust it. Latencies are reported as nearest-rank
 percentiles (:func:`percentile`), which are always values that occurred.
 
 :func:`target_checks` compares the default case with the baseline loop of the same
@@ -23,11 +25,14 @@ from __future__ import annotations
 import math
 import operator
 import os
+import re
 import statistics
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
+
+from kingest.pipeline import THREAD_ROLES
 
 __all__ = [
     "TARGETS",
@@ -41,8 +46,12 @@ __all__ = [
     "run_figures",
     "summarize_runs",
     "target_checks",
+    "thread_cpu_figures",
     "tree_cpu_seconds",
 ]
+
+_CPU_BY_THREAD: Final = re.compile(r"CPU seconds by thread: ((?:[a-z]+ [\d.]+s(?:, )?)+)")
+_ROLE_SECONDS: Final = re.compile(r"([a-z]+) ([\d.]+)s")
 
 
 # --- statistics ---------------------------------------------------------------------------
@@ -63,8 +72,12 @@ def median_min_max(values: Sequence[float]) -> dict[str, float]:
 
 
 def summarize_runs(runs: Sequence[Mapping[str, float]]) -> dict[str, dict[str, float]]:
-    """Median, min and max of every figure of a case's runs."""
-    return {key: median_min_max([run[key] for run in runs]) for key in runs[0]}
+    """Median, min and max of every figure of a case's runs (that every run has)."""
+    return {
+        key: median_min_max([run[key] for run in runs])
+        for key in runs[0]
+        if all(key in run for run in runs)
+    }
 
 
 def run_figures(
@@ -79,6 +92,21 @@ def run_figures(
         "peak_rss_mib": rss / 2**20,
         "broker_cpu_us_per_event": broker / events * 1e6,
         "postgres_cpu_us_per_event": postgres / events * 1e6,
+    }
+
+
+def thread_cpu_figures(log_text: str, events: float) -> dict[str, float]:
+    """CPU microseconds per event of each thread role (``cpu_us_per_event_<role>``),
+    summed over the processes whose "CPU seconds by thread" lines ``log_text`` holds;
+    empty if it holds none."""
+    totals: dict[str, float] = {}
+    for line in _CPU_BY_THREAD.findall(log_text):
+        for role, seconds in _ROLE_SECONDS.findall(line):
+            totals[role] = totals.get(role, 0.0) + float(seconds)
+    if not totals:
+        return {}
+    return {
+        f"cpu_us_per_event_{role}": totals.get(role, 0.0) / events * 1e6 for role in THREAD_ROLES
     }
 
 

@@ -56,6 +56,7 @@ from kingest.dev.bench_figures import (
     process_tree,
     run_figures,
     summarize_runs,
+    thread_cpu_figures,
     tree_cpu_seconds,
 )
 from kingest.dev.bench_services import (
@@ -322,6 +323,7 @@ def run_kingest(
     written, busy = sum(s[1] for s in summaries), max(s[2] for s in summaries)
     measured.check_and_drop(options.events)
     figures = run_figures(written, busy, cpu=cpu, rss=rss, broker=broker, postgres=postgres)
+    figures.update(thread_cpu_figures(text, written))
     # The bound the process logged at its last assignment (with --processes N each
     # child logs its own, and which one the peak RSS belongs to is not known).
     bounds = [int(found) for found in _MEMORY_BOUND.findall(text)]

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from kingest.pipeline import THREAD_ROLES
+
 pytestmark = pytest.mark.integration
 
 EVENTS = 3000
@@ -43,6 +45,17 @@ def test_bench_measures_kingest_the_baseline_and_latency(
     assert kingest["ratio_to_baseline"] == pytest.approx(
         kingest["runs"][0]["events_per_s"] / baseline["runs"][0]["events_per_s"]
     )
+    # kingest's CPU by thread role, from the line it logged as it stopped: every actor
+    # role is found by its threads' names, and together the roles are the whole process
+    # (the bench's own figure was read before the stop, so it is at most their sum).
+    (run,) = kingest["runs"]
+    roles = {key: value for key, value in run.items() if key.startswith("cpu_us_per_event_")}
+    assert set(roles) == {f"cpu_us_per_event_{role}" for role in THREAD_ROLES}
+    for role in ("partitions", "writers", "loop", "native"):
+        assert roles[f"cpu_us_per_event_{role}"] > 0, role
+    assert 0.9 * run["cpu_us_per_event"] <= sum(roles.values()) <= 1.5 * run["cpu_us_per_event"]
+    assert not any(key.startswith("cpu_us_per_event_") for key in baseline["runs"][0])
+    assert "default: kingest CPU us/event by thread: partitions" in done.stdout
     # The bound the kingest process logged when it was assigned its partitions.
     assert kingest["runs"][0]["memory_bound_mib"] > kingest["runs"][0]["peak_rss_mib"]
     latency = results["latency"]

@@ -85,6 +85,21 @@ def test_the_table_shows_medians_ranges_ratio_and_latency() -> None:
     # Every target is stated with its figures and verdict (one latency run is over 250 ms).
     assert "target throughput: 3.00 x baseline (bound >= 2): met" in text
     assert "target p99 latency: 180.00, 260.00 ms, every run (bound <= 250): NOT met" in text
+    assert "by thread" not in text  # no case logged its CPU by thread
+
+
+def test_the_caption_shows_kingests_cpu_by_thread_role_per_case() -> None:
+    figures = {"events_per_s": 50_000.0, "cpu_us_per_event": 10.0, "peak_rss_mib": 100.0}
+    figures |= {"postgres_cpu_us_per_event": 9.0, "broker_cpu_us_per_event": 1.0}
+    roles = {"partitions": 5.04, "writers": 2.96, "loop": 1.5, "committer": 0.0}
+    figures |= {f"cpu_us_per_event_{role}": value for role, value in roles.items()}
+    summary = {key: median_min_max([value]) for key, value in figures.items()}
+    results = {"cases": {"default": {"runs": [figures], "summary": summary}}}
+    console = Console(width=200, record=True)
+    console.print(render(results))
+    text = console.export_text()
+    line = "default: kingest CPU us/event by thread: partitions 5.0, writers 3.0, loop 1.5"
+    assert line + ", committer 0.0" in text
 
 
 def _summary(**medians: float) -> dict[str, object]:
