@@ -11,7 +11,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from kingest.dev import BenchError, Options, parse_sweep, run_bench, target_checks
+from kingest.dev import (
+    THREAD_CPU_FIGURE,
+    BenchError,
+    Options,
+    parse_sweep,
+    run_bench,
+    target_checks,
+)
 from kingest.runtime import EXIT_FAILED
 
 __all__ = ["bench", "render"]
@@ -32,11 +39,6 @@ def _range(summary: dict[str, float], digits: int = 0) -> str:
         f"{summary['median']:,.{digits}f} "
         f"({summary['min']:,.{digits}f}-{summary['max']:,.{digits}f})"
     )
-
-
-#: Prefix of the figures of :func:`kingest.dev.bench_figures.thread_cpu_figures`: the CPU
-#: per event of one thread role.
-_ROLE_FIGURE = "cpu_us_per_event_"
 
 
 def render(results: dict[str, Any]) -> Table:
@@ -79,9 +81,9 @@ def render(results: dict[str, Any]) -> Table:
         lines.append(f"latency: skipped ({latency['skipped']})")
     for name, case in results["cases"].items():
         by_role = [
-            f"{key.removeprefix(_ROLE_FIGURE)} {figure['median']:.1f}"
+            f"{key.removeprefix(THREAD_CPU_FIGURE)} {figure['median']:.1f}"
             for key, figure in case["summary"].items()
-            if key.startswith(_ROLE_FIGURE)
+            if key.startswith(THREAD_CPU_FIGURE)
         ]
         if by_role:
             lines.append(f"{name}: kingest CPU us/event by thread: {', '.join(by_role)}")

@@ -30,7 +30,13 @@ cluster, and the helpers to create topics and wait for them.
 
 from __future__ import annotations
 
-from kingest.dev.bench_figures import TARGETS, Target, TargetCheck, target_checks
+from kingest.dev.bench_figures import (
+    TARGETS,
+    THREAD_CPU_FIGURE,
+    Target,
+    TargetCheck,
+    target_checks,
+)
 from kingest.dev.benchmark import BenchError, Options, parse_sweep, run_bench
 from kingest.dev.catalog_stream import CatalogRecord, CatalogStream, default_message
 from kingest.dev.catalog_synth import (
@@ -68,6 +74,7 @@ __all__ = [
     "FAST_GROUP_SETTINGS",
     "TARGETS",
     "TEST_POSTGRES_SETTINGS",
+    "THREAD_CPU_FIGURE",
     "BenchError",
     "CatalogRecord",
     "CatalogStream",

@@ -12,8 +12,8 @@ peak RSS in MiB; :func:`thread_cpu_figures` splits kingest's own CPU per event b
 role of its threads, from the line each process logs when it stops. Every case runs
 several times, and :func:`summarize_runs` reports each figure as median, min and max
 (:func:`median_min_max`): the median is the number to quote, the range says how much to
-trust it. Latencies are reported as nearest-rank
-percentiles (:func:`percentile`), which are always values that occurred.
+trust it. Latencies are reported as nearest-rank percentiles (:func:`percentile`), which
+are always values that occurred.
 
 :func:`target_checks` compares the default case with the baseline loop of the same
 bench, and each latency run with its bound, against :data:`TARGETS`: what kingest
@@ -36,6 +36,7 @@ from kingest.pipeline import THREAD_ROLES
 
 __all__ = [
     "TARGETS",
+    "THREAD_CPU_FIGURE",
     "Target",
     "TargetCheck",
     "median_min_max",
@@ -49,6 +50,10 @@ __all__ = [
     "thread_cpu_figures",
     "tree_cpu_seconds",
 ]
+
+#: Prefix of the figures of :func:`thread_cpu_figures`, one per role of
+#: :data:`~kingest.pipeline.THREAD_ROLES`.
+THREAD_CPU_FIGURE: Final = "cpu_us_per_event_"
 
 _CPU_BY_THREAD: Final = re.compile(r"CPU seconds by thread: ((?:[a-z]+ [\d.]+s(?:, )?)+)")
 _ROLE_SECONDS: Final = re.compile(r"([a-z]+) ([\d.]+)s")
@@ -96,7 +101,7 @@ def run_figures(
 
 
 def thread_cpu_figures(log_text: str, events: float) -> dict[str, float]:
-    """CPU microseconds per event of each thread role (``cpu_us_per_event_<role>``),
+    """CPU microseconds per event of each thread role (:data:`THREAD_CPU_FIGURE` + role),
     summed over the processes whose "CPU seconds by thread" lines ``log_text`` holds;
     empty if it holds none."""
     totals: dict[str, float] = {}
@@ -105,9 +110,7 @@ def thread_cpu_figures(log_text: str, events: float) -> dict[str, float]:
             totals[role] = totals.get(role, 0.0) + float(seconds)
     if not totals:
         return {}
-    return {
-        f"cpu_us_per_event_{role}": totals.get(role, 0.0) / events * 1e6 for role in THREAD_ROLES
-    }
+    return {THREAD_CPU_FIGURE + role: totals.get(role, 0.0) / events * 1e6 for role in THREAD_ROLES}
 
 
 # --- targets ------------------------------------------------------------------------------
